@@ -1,0 +1,63 @@
+# Every target installs what it needs on a fresh machine: a .venv from the pinned requirements,
+# and the pinned CDK CLI from package-lock.json. Re-running is cheap (stamp files).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY_STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+
+# Keep synth quiet, fast and offline: no instance metadata lookups, no version or notice checks.
+export AWS_EC2_METADATA_DISABLED := true
+export CDK_DISABLE_VERSION_CHECK := 1
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
+
+.PHONY: help install test synth deploy destroy demo reliability bench clean
+
+help:
+	@echo "make demo         run the whole loop locally on moto server (no AWS account needed)"
+	@echo "make test         run the test suite (installs everything it needs)"
+	@echo "make synth        synthesize the CloudFormation template into cdk.out/"
+	@echo "make deploy       bootstrap (once per account/region) and deploy the stack to AWS"
+	@echo "make destroy      delete the deployed stack"
+	@echo "make reliability  run the fault scenarios and print lost/duplicated tasks"
+	@echo "make bench        print the scaling simulator and worker cost figures"
+
+install: $(PY_STAMP) $(NODE_STAMP)
+
+$(PY_STAMP): requirements.txt requirements-dev.txt batch_celery_container/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: $(PY_STAMP) $(NODE_STAMP)
+	$(BIN)/python -m pytest
+
+synth: $(PY_STAMP) $(NODE_STAMP)
+	npx cdk synth --no-notices --quiet
+	@echo "template written to cdk.out/"
+
+deploy: $(PY_STAMP) $(NODE_STAMP)
+	npx cdk bootstrap --no-notices
+	npx cdk deploy --no-notices
+
+destroy: $(PY_STAMP) $(NODE_STAMP)
+	npx cdk destroy --no-notices
+
+demo: $(PY_STAMP)
+	@echo "make demo: not yet available (the local run lands with issue 5)"
+
+reliability: $(PY_STAMP)
+	@echo "make reliability: not yet available"
+
+bench: $(PY_STAMP)
+	$(BIN)/python -m bench.scaling
+
+clean:
+	rm -rf cdk.out .pytest_cache
