@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""CDK entry point: the only place that reads cdk.json context.
+
+Configuration lives under the `batch-celery` context key (see batch_celery/settings.py and the
+README table). A bad value stops synth with `error: <key> = <value>: <what is allowed>` and exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import aws_cdk as cdk
+from cdk_nag import AwsSolutionsChecks
+
+from batch_celery.settings import CONTEXT_KEY, Settings, SettingsError
+from batch_celery.stack import BatchCeleryStack
+
+STACK_NAME = "BatchCelery"
+
+
+def build_app(app: cdk.App | None = None) -> tuple[cdk.App, BatchCeleryStack]:
+    """The app with its one stack and the cdk-nag AwsSolutions checks as a validation plugin."""
+    app = app or cdk.App()
+    settings = Settings.from_context(app.node.try_get_context(CONTEXT_KEY))
+    # Environment-agnostic on purpose: synth needs no account, region or AWS lookup; the
+    # deploying credentials choose where it lands.
+    stack = BatchCeleryStack(
+        app,
+        STACK_NAME,
+        settings=settings,
+        description="Celery workers on AWS Batch that scale with the SQS task queue",
+    )
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    return app, stack
+
+
+def main() -> int:
+    try:
+        app, _ = build_app()
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        app.synth()
+    except RuntimeError as error:
+        # cdk-nag v3 runs as a validation plugin: its report is already printed above; the
+        # JavaScript stack trace under it would only hide it.
+        if "ValidationFailed" not in str(error):
+            raise
+        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

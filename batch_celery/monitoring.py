@@ -1,0 +1,49 @@
+"""Alarms for what should never accumulate: dead-lettered tasks and undelivered events."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+
+class Monitoring(Construct):
+    """One alarm per dead-letter queue: any message there needs a human to look at it.
+
+    The alarms have no actions, so users attach their own notification (SNS, chat) to them.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        task_dead_letter_queue: sqs.IQueue,
+        events_dead_letter_queue: sqs.IQueue,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.task_dead_letter_alarm = self._not_empty(
+            "TaskDeadLetterAlarm",
+            task_dead_letter_queue,
+            "Celery tasks were dead-lettered (poison message or too many receives)",
+        )
+        self.events_dead_letter_alarm = self._not_empty(
+            "EventsDeadLetterAlarm",
+            events_dead_letter_queue,
+            "EventBridge could not submit a worker job or run the scaler",
+        )
+
+    def _not_empty(self, construct_id: str, queue: sqs.IQueue, description: str) -> cloudwatch.Alarm:
+        return cloudwatch.Alarm(
+            self,
+            construct_id,
+            metric=queue.metric_approximate_number_of_messages_visible(
+                period=Duration.minutes(5), statistic=cloudwatch.Stats.MAXIMUM
+            ),
+            threshold=1,
+            evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            alarm_description=description,
+        )

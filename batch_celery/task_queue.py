@@ -1,0 +1,46 @@
+"""The SQS queue Celery tasks travel through, and its dead-letter queue."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, aws_sqs as sqs
+from constructs import Construct
+
+from .settings import DLQ_RETENTION_DAYS
+
+
+class TaskQueue(Construct):
+    """Encrypted, TLS-only task queue whose poison messages end up in a dead-letter queue.
+
+    The queue gets no physical name: CloudFormation generates one, and the workers learn it from
+    their job environment, so the name exists in exactly one place.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        visibility_timeout: Duration = Duration.seconds(1800),
+        retention: Duration = Duration.days(4),
+        max_receive_count: int = 3,
+    ) -> None:
+        super().__init__(scope, construct_id)
+
+        self.dead_letter_queue = sqs.Queue(
+            self,
+            "DeadLetterQueue",
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            retention_period=Duration.days(DLQ_RETENTION_DAYS),
+        )
+        self.queue = sqs.Queue(
+            self,
+            "Queue",
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            visibility_timeout=visibility_timeout,
+            retention_period=retention,
+            dead_letter_queue=sqs.DeadLetterQueue(
+                queue=self.dead_letter_queue, max_receive_count=max_receive_count
+            ),
+        )
