@@ -1,0 +1,409 @@
+"""The scaler Lambda handler against moto server (SQS, Batch, IAM, EC2 on 127.0.0.1).
+
+moto's Docker-less Batch (``use_docker: False``) moves every job straight to SUCCEEDED, so it
+cannot hold a job in an active state. Tests that need workers "already coming" switch the
+server to its regular Batch backend with a manual state transition that is never reached: jobs
+then stay SUBMITTED (no container is ever started, so no Docker engine is needed). The fixture
+restores the server's configuration afterwards, because the server is shared by the session.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+import urllib.request
+import uuid
+from contextlib import contextmanager
+
+import boto3
+import pytest
+
+from batch_celery.scaler import handler as scaler
+
+ENV_NAMES = ("QUEUE_URL", "JOB_QUEUE", "JOB_DEFINITION", "JOB_NAME", "MESSAGES_PER_WORKER", "MAX_WORKERS")
+
+
+def _moto_api(server, path, body=None):
+    request = urllib.request.Request(
+        f"{server.endpoint}/moto-api/{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="GET" if body is None else "POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return response.read()
+
+
+@pytest.fixture(scope="module")
+def aws(moto_server):
+    """Clients on moto plus one Fargate compute environment (it needs a VPC and a service role)."""
+    moto_server.configure({"batch": {"use_docker": False}})
+    session = boto3.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name=moto_server.region
+    )
+    clients = {name: session.client(name, endpoint_url=moto_server.endpoint)
+               for name in ("sqs", "batch", "iam", "ec2")}
+    ec2 = clients["ec2"]
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.0.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName=f"scaler-{uuid.uuid4().hex[:8]}", Description="scaler tests",
+                                      VpcId=vpc)["GroupId"]
+    role = clients["iam"].create_role(RoleName=f"batch-service-{uuid.uuid4().hex[:8]}",
+                                      AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}))
+    clients["compute_environment"] = clients["batch"].create_compute_environment(
+        computeEnvironmentName=f"scaler-ce-{uuid.uuid4().hex[:8]}", type="MANAGED", state="ENABLED",
+        serviceRole=role["Role"]["Arn"],
+        computeResources={"type": "FARGATE", "maxvCpus": 48, "subnets": [subnet], "securityGroupIds": [group]},
+    )["computeEnvironmentArn"]
+    return clients
+
+
+@pytest.fixture
+def stack(aws):
+    """A fresh task queue, job queue and worker job definition, as the stack would create them."""
+    suffix = uuid.uuid4().hex[:8]
+    batch = aws["batch"]
+    queue_url = aws["sqs"].create_queue(QueueName=f"tasks-{suffix}",
+                                        Attributes={"VisibilityTimeout": "1800"})["QueueUrl"]
+    job_queue = batch.create_job_queue(
+        jobQueueName=f"jobs-{suffix}", state="ENABLED", priority=1,
+        computeEnvironmentOrder=[{"order": 1, "computeEnvironment": aws["compute_environment"]}],
+    )["jobQueueArn"]
+    job_definition = _register_definition(batch, f"worker-{suffix}")
+    return scaler.ScalerConfig(queue_url=queue_url, job_queue=job_queue, job_definition=job_definition,
+                               job_name=f"batch-celery-worker-{suffix}", messages_per_worker=10, max_workers=48)
+
+
+def _register_definition(batch, name):
+    return batch.register_job_definition(
+        jobDefinitionName=name, type="container", platformCapabilities=["FARGATE"],
+        containerProperties={"image": "worker:latest", "command": ["./run_celery_worker.sh"],
+                             "resourceRequirements": [{"type": "VCPU", "value": "1"},
+                                                      {"type": "MEMORY", "value": "2048"}]},
+    )["jobDefinitionArn"]
+
+
+@pytest.fixture
+def jobs_stay_active(moto_server):
+    """Switch moto to its regular Batch backend with jobs held in SUBMITTED; restore afterwards."""
+    previous = json.loads(_moto_api(moto_server, "config"))
+    moto_server.configure({"batch": {"use_docker": True}})
+    _moto_api(moto_server, "state-manager/set-transition",
+              {"model_name": "batch::job", "transition": {"progression": "manual", "times": 10**9}})
+    try:
+        yield
+    finally:
+        _moto_api(moto_server, "state-manager/unset-transition", {"model_name": "batch::job"})
+        moto_server.configure({"batch": previous.get("batch", {"use_docker": False})})
+
+
+def _send(sqs, queue_url, count, **extra):
+    for start in range(0, count, 10):
+        entries = [{"Id": str(i), "MessageBody": "task", **extra} for i in range(min(10, count - start))]
+        sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+
+
+def _jobs_in(batch, config):
+    """Top-level jobs in the job queue, whatever their status (children skipped)."""
+    found = {}
+    for status in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED"):
+        for summary in batch.list_jobs(jobQueue=config.job_queue, jobStatus=status)["jobSummaryList"]:
+            if ":" not in summary["jobId"]:
+                found[summary["jobId"]] = summary
+    if not found:
+        return []
+    return batch.describe_jobs(jobs=list(found))["jobs"]
+
+
+def _run(config, aws):
+    return scaler.scale(config, aws["sqs"], aws["batch"])
+
+
+def test_submits_one_array_job_sized_to_the_backlog(aws, stack):
+    _send(aws["sqs"], stack.queue_url, 35)
+
+    record = _run(stack, aws)
+
+    assert record["outcome"] == "ok"
+    assert (record["visible"], record["active"], record["wanted"], record["submitted"]) == (35, 0, 4, 4)
+    [job] = _jobs_in(aws["batch"], stack)
+    assert job["arrayProperties"]["size"] == 4
+    assert job["jobName"] == stack.job_name
+    assert job["jobDefinition"] == stack.job_definition
+
+
+def test_submits_a_plain_job_for_a_single_worker(aws, stack):
+    _send(aws["sqs"], stack.queue_url, 3)
+
+    record = _run(stack, aws)
+
+    assert record["submitted"] == 1
+    [job] = _jobs_in(aws["batch"], stack)
+    assert "arrayProperties" not in job or not job["arrayProperties"].get("size")
+
+
+def test_submits_nothing_for_an_empty_queue(aws, stack):
+    record = _run(stack, aws)
+
+    assert (record["outcome"], record["backlog"], record["submitted"]) == ("ok", 0, 0)
+    assert _jobs_in(aws["batch"], stack) == []
+
+
+def test_never_submits_beyond_max_workers(aws, stack):
+    config = scaler.ScalerConfig(**{**stack.__dict__, "max_workers": 3})
+    _send(aws["sqs"], config.queue_url, 100)
+
+    record = _run(config, aws)
+
+    assert (record["wanted"], record["submitted"]) == (3, 3)
+    [job] = _jobs_in(aws["batch"], config)
+    assert job["arrayProperties"]["size"] == 3
+
+
+def test_counts_in_flight_and_delayed_messages(aws, stack):
+    sqs = aws["sqs"]
+    _send(sqs, stack.queue_url, 10)
+    received = sqs.receive_message(QueueUrl=stack.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=600)
+    _send(sqs, stack.queue_url, 5, DelaySeconds=900)
+    _send(sqs, stack.queue_url, 6)
+
+    record = _run(stack, aws)
+
+    assert len(received["Messages"]) == 10
+    assert (record["visible"], record["in_flight"], record["delayed"]) == (6, 10, 5)
+    assert (record["wanted"], record["submitted"]) == (3, 3)
+
+
+def test_finished_workers_do_not_count(aws, stack):
+    _send(aws["sqs"], stack.queue_url, 20)
+    first = _run(stack, aws)
+    # moto's Docker-less Batch has already moved those jobs to SUCCEEDED: they are no help.
+    second = _run(stack, aws)
+
+    assert (first["submitted"], second["active"], second["submitted"]) == (2, 0, 2)
+
+
+def test_submits_only_the_missing_workers_when_jobs_are_active(aws, stack, jobs_stay_active):
+    batch = aws["batch"]
+    batch.submit_job(jobName=stack.job_name, jobQueue=stack.job_queue, jobDefinition=stack.job_definition,
+                     arrayProperties={"size": 3})
+    batch.submit_job(jobName="alarm-rule-worker", jobQueue=stack.job_queue, jobDefinition=stack.job_definition)
+    _send(aws["sqs"], stack.queue_url, 60)
+
+    first = _run(stack, aws)
+    second = _run(stack, aws)
+
+    # An array parent and its three children are three workers, not four; a job named by an alarm
+    # rule is a worker too, because it runs the worker job definition.
+    assert (first["active"], first["wanted"], first["submitted"]) == (4, 6, 2)
+    assert (second["active"], second["submitted"]) == (6, 0)
+
+
+def test_submits_nothing_when_enough_workers_are_active(aws, stack, jobs_stay_active):
+    aws["batch"].submit_job(jobName=stack.job_name, jobQueue=stack.job_queue, jobDefinition=stack.job_definition,
+                            arrayProperties={"size": 5})
+    _send(aws["sqs"], stack.queue_url, 45)
+
+    record = _run(stack, aws)
+
+    assert (record["active"], record["wanted"], record["submitted"]) == (5, 5, 0)
+    assert len(_jobs_in(aws["batch"], stack)) == 1
+
+
+def test_counts_only_the_children_still_active(aws, stack, moto_server, jobs_stay_active):
+    batch = aws["batch"]
+    parent = batch.submit_job(jobName=stack.job_name, jobQueue=stack.job_queue,
+                              jobDefinition=stack.job_definition, arrayProperties={"size": 3})["jobId"]
+    # Let moto move the children on: with no Docker engine they end FAILED, while moto leaves
+    # the parent SUBMITTED, so only the children's statusSummary tells that nobody is coming.
+    _moto_api(moto_server, "state-manager/unset-transition", {"model_name": "batch::job"})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        summary = batch.describe_jobs(jobs=[parent])["jobs"][0]["arrayProperties"]["statusSummary"]
+        if summary["FAILED"] == 3:
+            break
+        time.sleep(0.2)
+    _send(aws["sqs"], stack.queue_url, 15)
+
+    record = _run(stack, aws)
+
+    assert batch.describe_jobs(jobs=[parent])["jobs"][0]["status"] == "SUBMITTED"
+    assert (record["active"], record["submitted"]) == (0, 2)
+
+
+def test_ignores_active_jobs_of_other_job_definitions(aws, stack, jobs_stay_active):
+    batch = aws["batch"]
+    filler = _register_definition(batch, f"filler-{uuid.uuid4().hex[:8]}")
+    batch.submit_job(jobName="fill-queue", jobQueue=stack.job_queue, jobDefinition=filler,
+                     arrayProperties={"size": 4})
+    _send(aws["sqs"], stack.queue_url, 15)
+
+    record = _run(stack, aws)
+
+    assert (record["active"], record["submitted"]) == (0, 2)
+
+
+def test_counts_workers_of_any_revision_of_the_job_definition(aws, stack, jobs_stay_active):
+    batch = aws["batch"]
+    batch.submit_job(jobName=stack.job_name, jobQueue=stack.job_queue, jobDefinition=stack.job_definition)
+    newer = _register_definition(batch, scaler.definition_name(stack.job_definition))
+    config = scaler.ScalerConfig(**{**stack.__dict__, "job_definition": newer})
+    _send(aws["sqs"], config.queue_url, 15)
+
+    record = _run(config, aws)
+
+    assert newer != stack.job_definition
+    assert (record["active"], record["submitted"]) == (1, 1)
+
+
+def test_rejects_unreadable_queue_and_submits_nothing(aws, stack):
+    config = scaler.ScalerConfig(**{**stack.__dict__, "queue_url": stack.queue_url + "-missing"})
+
+    record = _run(config, aws)
+
+    assert (record["outcome"], record["submitted"]) == ("read_failed", 0)
+    assert record["error"].startswith("sqs:GetQueueAttributes failed: ")
+    assert _jobs_in(aws["batch"], stack) == []
+
+
+def test_rejects_unknown_job_queue_and_submits_nothing(aws, stack):
+    _send(aws["sqs"], stack.queue_url, 30)
+    config = scaler.ScalerConfig(**{**stack.__dict__, "job_queue": "no-such-job-queue"})
+
+    record = _run(config, aws)
+
+    assert (record["outcome"], record["submitted"]) == ("read_failed", 0)
+    assert "batch:ListJobs(SUBMITTED) failed: ClientException" in record["error"]
+    assert _jobs_in(aws["batch"], stack) == []
+
+
+def test_reports_a_failed_submission_and_stops(aws, stack):
+    _send(aws["sqs"], stack.queue_url, 30)
+    config = scaler.ScalerConfig(**{**stack.__dict__, "job_definition": "no-such-definition:1"})
+
+    record = _run(config, aws)
+
+    assert (record["outcome"], record["to_submit"], record["submitted"]) == ("submit_failed", 3, 0)
+    assert record["error"].startswith("batch:SubmitJob failed: ClientException")
+    assert _jobs_in(aws["batch"], stack) == []
+
+
+# --- throttling: moto never throttles, so a small proxy answers chosen Batch calls with a real
+# HTTP 429 TooManyRequestsException (what Batch returns) and forwards everything else to moto.
+
+@contextmanager
+def _throttling_proxy(target, throttled_paths):
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.path in throttled_paths:
+                payload = json.dumps({"__type": "TooManyRequestsException", "message": "Too Many Requests"}).encode()
+                self.send_response(429)
+                self.send_header("x-amzn-ErrorType", "TooManyRequestsException")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+                return
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+            request = urllib.request.Request(target + self.path, data=body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    status, reply, reply_headers = response.status, response.read(), response.headers
+            except urllib.error.HTTPError as error:
+                status, reply, reply_headers = error.code, error.read(), error.headers
+            self.send_response(status)
+            for key, value in reply_headers.items():
+                if key.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _batch_through(endpoint, moto_server):
+    return boto3.client("batch", endpoint_url=endpoint, region_name=moto_server.region,
+                        aws_access_key_id="testing", aws_secret_access_key="testing", config=scaler._BOTO_CONFIG)
+
+
+def test_throttled_listing_submits_nothing(aws, stack, moto_server):
+    _send(aws["sqs"], stack.queue_url, 30)
+    with _throttling_proxy(moto_server.endpoint, {"/v1/listjobs"}) as endpoint:
+        record = scaler.scale(stack, aws["sqs"], _batch_through(endpoint, moto_server))
+
+    assert (record["outcome"], record["submitted"]) == ("read_failed", 0)
+    assert "TooManyRequestsException" in record["error"]
+    assert _jobs_in(aws["batch"], stack) == []
+
+
+def test_throttled_submission_is_reported_not_retried(aws, stack, moto_server):
+    _send(aws["sqs"], stack.queue_url, 30)
+    with _throttling_proxy(moto_server.endpoint, {"/v1/submitjob"}) as endpoint:
+        record = scaler.scale(stack, aws["sqs"], _batch_through(endpoint, moto_server))
+
+    assert (record["outcome"], record["to_submit"], record["submitted"]) == ("submit_failed", 3, 0)
+    assert "TooManyRequestsException" in record["error"]
+
+
+# --- the Lambda entry point: configuration from the environment, one JSON line per run.
+
+@pytest.fixture
+def lambda_env(monkeypatch, moto_server, stack):
+    for name, value in moto_server.client_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("QUEUE_URL", stack.queue_url)
+    monkeypatch.setenv("JOB_QUEUE", stack.job_queue)
+    monkeypatch.setenv("JOB_DEFINITION", stack.job_definition)
+    monkeypatch.setenv("JOB_NAME", stack.job_name)
+    monkeypatch.setenv("MESSAGES_PER_WORKER", "10")
+    monkeypatch.setenv("MAX_WORKERS", "48")
+    scaler._clients.cache_clear()  # clients are per container; this test is a fresh container
+    yield
+    scaler._clients.cache_clear()
+
+
+def test_handler_reads_env_and_logs_one_json_line(aws, stack, lambda_env, capsys):
+    _send(aws["sqs"], stack.queue_url, 25)
+
+    returned = scaler.handler({"source": "aws.events"}, None)
+
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1
+    logged = json.loads(lines[0])
+    assert logged == returned
+    assert {k: logged[k] for k in ("outcome", "visible", "in_flight", "delayed", "active", "wanted", "submitted")} == {
+        "outcome": "ok", "visible": 25, "in_flight": 0, "delayed": 0, "active": 0, "wanted": 3, "submitted": 3}
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("MAX_WORKERS", "-1", "MAX_WORKERS='-1' is not allowed: it must be a whole number >= 0"),
+        ("MESSAGES_PER_WORKER", "0", "MESSAGES_PER_WORKER='0' is not allowed: it must be a whole number >= 1"),
+        ("MESSAGES_PER_WORKER", "ten", "MESSAGES_PER_WORKER='ten' is not allowed: it must be a whole number >= 1"),
+        ("QUEUE_URL", "", "missing environment variable(s) QUEUE_URL: the stack must set them"),
+    ],
+)
+def test_handler_rejects_bad_configuration(aws, stack, lambda_env, monkeypatch, capsys, name, value, message):
+    monkeypatch.setenv(name, value)
+    _send(aws["sqs"], stack.queue_url, 25)
+
+    record = scaler.handler({}, None)
+
+    assert (record["outcome"], record["submitted"], record["error"]) == ("config_error", 0, message)
+    assert capsys.readouterr().out.count("\n") == 1
+    assert _jobs_in(aws["batch"], stack) == []
