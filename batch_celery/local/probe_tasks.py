@@ -1,0 +1,64 @@
+"""Tasks that report what happened to them, for tests, the reliability suite and benchmarks.
+
+With no result backend, each task appends one line per event to the file named by
+``PROBE_RECORD_FILE`` (``<event> <task id> <tag> <pid>``), so a caller can count how often each
+task started and finished and prove that none was lost or run twice. Load them into a worker
+with ``CELERY_TASK_MODULES=batch_celery.local.probe_tasks`` (the repository root on PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+from celery import shared_task
+
+
+def _record(event: str, task_id: str, tag: str) -> None:
+    path = os.environ.get("PROBE_RECORD_FILE")
+    if not path:
+        raise RuntimeError("PROBE_RECORD_FILE is not set; probe tasks need a file to record to")
+    # One write of one short line in append mode: lines from concurrent processes never interleave.
+    with open(path, "a", encoding="utf-8") as record:
+        record.write(f"{event} {task_id} {tag} {os.getpid()}\n")
+
+
+@shared_task(name="probe.record", bind=True)
+def record(self, tag: str = "", seconds: float = 0.0) -> str:
+    """Record its start, sleep ``seconds``, record its end."""
+    _record("start", self.request.id, tag)
+    if seconds:
+        time.sleep(seconds)
+    _record("done", self.request.id, tag)
+    return tag
+
+
+@shared_task(name="probe.fail", bind=True)
+def fail(self, tag: str = "") -> None:
+    """Fail every time (a poison task)."""
+    _record("fail", self.request.id, tag)
+    raise RuntimeError(f"probe.fail {tag} fails on purpose")
+
+
+@shared_task(name="probe.crash", bind=True)
+def crash(self, tag: str = "") -> None:
+    """Kill the worker process that runs it (a task that crashes its worker every time)."""
+    _record("crash", self.request.id, tag)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def read_events(path: str | Path) -> dict[str, Counter]:
+    """{event: Counter(task id -> times)} from a record file (empty if it does not exist)."""
+    events: dict[str, Counter] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return events
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 2:
+            events.setdefault(fields[0], Counter())[fields[1]] += 1
+    return events

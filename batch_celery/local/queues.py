@@ -1,0 +1,75 @@
+"""SQS queues for local runs: a task queue with its dead-letter queue, as the stack creates them.
+
+Used by the container tests, the reliability suite, the benchmarks and the local demo, always
+against a local endpoint (moto server); the deployed queues come from CDK.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+COUNT_ATTRIBUTES = (
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+)
+
+
+@dataclass(frozen=True)
+class QueuePair:
+    """A task queue whose redrive policy moves a message to ``dlq_url`` after ``max_receive_count`` receives."""
+
+    name: str
+    url: str
+    dlq_name: str
+    dlq_url: str
+    visibility_timeout: int
+    max_receive_count: int
+
+    def worker_env(self, endpoint: str | None = None) -> dict[str, str]:
+        """The queue part of the worker's environment (the same variables the Batch job gets).
+
+        ``endpoint`` rewrites the queue URL to another endpoint, e.g. a fault-injecting proxy:
+        kombu sends its requests to the queue URL, not to the broker URL.
+        """
+        return {
+            "CELERY_QUEUE_NAME": self.name,
+            "CELERY_QUEUE_URL": via_endpoint(self.url, endpoint) if endpoint else self.url,
+            "VISIBILITY_TIMEOUT_SECONDS": str(self.visibility_timeout),
+        }
+
+
+def via_endpoint(queue_url: str, endpoint: str) -> str:
+    """``queue_url`` with scheme, host and port taken from ``endpoint``."""
+    queue, target = urlsplit(queue_url), urlsplit(endpoint)
+    return urlunsplit((target.scheme, target.netloc, queue.path, queue.query, queue.fragment))
+
+
+def create_queue_pair(
+    sqs, name: str, *, visibility_timeout: int = 30, max_receive_count: int = 3
+) -> QueuePair:
+    """Create ``name`` and ``name-dlq`` with ``sqs`` (a boto3 client) and link them by a redrive policy."""
+    dlq_name = f"{name}-dlq"
+    dlq_url = sqs.create_queue(QueueName=dlq_name)["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    url = sqs.create_queue(
+        QueueName=name,
+        Attributes={
+            "VisibilityTimeout": str(visibility_timeout),
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive_count)}),
+        },
+    )["QueueUrl"]
+    return QueuePair(name, url, dlq_name, dlq_url, visibility_timeout, max_receive_count)
+
+
+def message_counts(sqs, queue_url: str) -> tuple[int, int, int]:
+    """(visible, in flight, delayed) of a queue."""
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=list(COUNT_ATTRIBUTES))["Attributes"]
+    visible, in_flight, delayed = (int(attributes[name]) for name in COUNT_ATTRIBUTES)
+    return visible, in_flight, delayed
+
+
+def total_messages(sqs, queue_url: str) -> int:
+    return sum(message_counts(sqs, queue_url))

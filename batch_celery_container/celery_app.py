@@ -1,0 +1,114 @@
+"""The Celery app of the Batch workers and the example tasks (its settings: worker_settings.py).
+
+Configured once from the job's environment (worker_settings.py). The worker consumes only the
+batch queue, acknowledges a message after its task has finished, and never acknowledges a task
+that failed: the message stays in SQS, is received again after the visibility timeout and, after
+the queue's maxReceiveCount receives, SQS moves it to the dead-letter queue, where it can be
+inspected and redriven. Nothing a worker receives vanishes without a trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from botocore.exceptions import BotoCoreError, ClientError
+from celery import Celery, signals
+
+from worker_settings import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+settings = WorkerSettings.from_env()
+
+app = Celery("batch_celery_worker")
+app.conf.update(settings.celery_config())
+
+
+@signals.worker_init.connect
+def require_dead_letter_queue(**_):
+    """Refuse to serve a queue without a redrive policy: kombu would delete failed tasks there."""
+    try:
+        attributes = settings.sqs_client().get_queue_attributes(
+            QueueUrl=settings.queue_url, AttributeNames=["RedrivePolicy"]
+        )["Attributes"]
+    except (BotoCoreError, ClientError) as error:
+        # kombu itself keeps a rejected message when it cannot read the policy, so a
+        # transient failure here is no reason to stop the worker.
+        logger.warning("could not read the redrive policy of %s: %s", settings.queue_url, error)
+        return
+    if "RedrivePolicy" not in attributes:
+        raise RuntimeError(
+            f"queue {settings.queue_name} has no redrive policy (dead-letter queue); "
+            "a failed task would be deleted, so this worker refuses to start"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Tasks. Names are explicit so a rename of this module never strands queued messages.
+
+
+@app.task(name="batch.calculate_pi")
+def calculate_pi(terms: int = 2_000_000) -> float:
+    """Compute-bound example: pi from the first ``terms`` terms of the Leibniz series."""
+    if not 1 <= terms <= 10**10:
+        raise ValueError(f"terms={terms} is out of range; allowed: 1..10000000000")
+    total = 0.0
+    sign = 1.0
+    for k in range(terms):
+        total += sign / (2 * k + 1)
+        sign = -sign
+    return 4 * total
+
+
+def available_cpus() -> int:
+    """CPUs this container may use: its CPU affinity, capped by a cgroup v2 CPU quota (Fargate)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+def threads_for_external_program() -> int:
+    """Each of the worker's processes only waits on its program, so the programs share the CPUs."""
+    return max(1, available_cpus() // settings.concurrency)
+
+
+EXTERNAL_PROGRAM = Path(__file__).resolve().parent / "parallel_digest.py"
+
+
+@app.task(name="batch.parallel_digest", bind=True)
+def parallel_digest(self, megabytes: int = 64, rounds: int = 4) -> str:
+    """The blog's pattern: Celery runs one process, which hands the work to a multi-threaded
+    external program sized to the container's remaining CPUs (FFmpeg in the blog; here a small
+    hashing program so the image needs nothing extra). Returns the program's digest."""
+    threads = threads_for_external_program()
+    started = time.monotonic()
+    # Finish (or give up) before the soft time limit, so the failure is ours, with a reason.
+    timeout = max(1.0, settings.task_soft_time_limit_seconds - 1.0)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    command = [
+        sys.executable, str(EXTERNAL_PROGRAM),
+        "--threads", str(threads), "--megabytes", str(megabytes), "--rounds", str(rounds),
+    ]
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{EXTERNAL_PROGRAM.name} did not finish within {timeout:.0f} s") from None
+    if completed.returncode != 0:
+        reason = (completed.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{EXTERNAL_PROGRAM.name} exited with {completed.returncode}: {reason}")
+    logger.info(
+        "task %s: %s with %d threads took %.1f s",
+        self.request.id, EXTERNAL_PROGRAM.name, threads, time.monotonic() - started,
+    )
+    return completed.stdout.strip()

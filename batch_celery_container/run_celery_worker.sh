@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# Lifecycle of one Batch worker: start a Celery worker, keep it while the queue has work, stop it
+# once the queue has been empty for IDLE_SECONDS, and exit with a status that says what happened.
+#
+# Exit status (the job's exit code; Batch's retry strategy can match on it):
+#   0    drained: the queue was empty for IDLE_SECONDS and the worker stopped cleanly
+#   2    configuration error, or the worker did not start
+#   3    the worker died on its own (crash, OOM kill)
+#   4    the queue could not be read for MAX_FAILED_READINGS polls in a row
+#   5    the worker did not stop within STOP_TIMEOUT_SECONDS after TERM and was killed
+#   130  stopped by SIGINT, 143 stopped by SIGTERM (e.g. Batch stop or Spot reclaim); worker stopped
+# Nothing is lost at any exit: the worker acks a message only after its task has finished, so a
+# task cut short returns to the queue when its visibility timeout ends.
+#
+# Environment (defaults in brackets): IDLE_SECONDS [60], POLL_SECONDS [10],
+# MAX_FAILED_READINGS [30], STOP_TIMEOUT_SECONDS [TASK_TIME_LIMIT_SECONDS + 30],
+# START_TIMEOUT_SECONDS [60], WORKER_RUN_DIR [a new temporary folder], PYTHON [python3],
+# LOG_LEVEL [INFO]; the queue and worker settings are read by worker_settings.py.
+set -euo pipefail
+
+readonly EXIT_DRAINED=0 EXIT_CONFIG=2 EXIT_WORKER_DIED=3 EXIT_QUEUE_UNREADABLE=4 EXIT_STOP_TIMEOUT=5
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+readonly SCRIPT_DIR
+PYTHON="${PYTHON:-python3}"
+IDLE_SECONDS="${IDLE_SECONDS:-60}"
+POLL_SECONDS="${POLL_SECONDS:-10}"
+MAX_FAILED_READINGS="${MAX_FAILED_READINGS:-30}"
+STOP_TIMEOUT_SECONDS="${STOP_TIMEOUT_SECONDS:-$(( ${TASK_TIME_LIMIT_SECONDS:-900} + 30 ))}"
+START_TIMEOUT_SECONDS="${START_TIMEOUT_SECONDS:-60}"
+LOG_LEVEL="${LOG_LEVEL:-INFO}"
+
+log() { printf '%s run_celery_worker: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*"; }
+
+for name in IDLE_SECONDS POLL_SECONDS MAX_FAILED_READINGS STOP_TIMEOUT_SECONDS START_TIMEOUT_SECONDS; do
+    if [[ ! "${!name}" =~ ^[1-9][0-9]*$ ]]; then
+        log "configuration error: ${name}=${!name} is not allowed; expected a whole number of at least 1"
+        exit "$EXIT_CONFIG"
+    fi
+done
+
+# One line about the settings, or one line about what is wrong with them.
+if ! "$PYTHON" "$SCRIPT_DIR/worker_settings.py"; then
+    exit "$EXIT_CONFIG"
+fi
+
+RUN_DIR="${WORKER_RUN_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/celery-worker.XXXXXX")}"
+readonly RUN_DIR
+mkdir -p "$RUN_DIR"
+readonly PIDFILE="$RUN_DIR/worker.pid" LOGFILE="$RUN_DIR/worker.log"
+rm -f "$PIDFILE"
+: >>"$LOGFILE"
+
+worker_pid=""
+tail_pid=""
+sleep_pid=""
+stop_signal=""
+
+# True while the worker process exists and is not a zombie. A detached worker is not our child:
+# once killed it is reparented and stays a zombie until PID 1 reaps it, and kill -0 still succeeds.
+worker_alive() {
+    local stat state
+    [[ -n "$worker_pid" ]] || return 1
+    if [[ -r "/proc/$worker_pid/stat" ]]; then
+        stat="$(cat "/proc/$worker_pid/stat" 2>/dev/null)" || return 1
+        state="${stat##*) }"
+        [[ "${state:0:1}" != "Z" ]]
+    else
+        kill -0 "$worker_pid" 2>/dev/null
+    fi
+}
+
+# Let tail print the worker's last lines (it ends within 0.2 s of the worker), then end it.
+finish_log() {
+    local waited=0
+    if [[ -n "$tail_pid" ]]; then
+        while kill -0 "$tail_pid" 2>/dev/null && (( waited < 10 )); do
+            sleep 0.1
+            waited=$(( waited + 1 ))
+        done
+        kill "$tail_pid" 2>/dev/null || true
+        wait "$tail_pid" 2>/dev/null || true
+        tail_pid=""
+    fi
+}
+
+# Warm shutdown: the worker finishes its running task, then exits. Returns 1 if it had to be killed.
+stop_worker() {
+    local deadline
+    worker_alive || return 0
+    log "sending TERM to worker $worker_pid (warm shutdown, up to ${STOP_TIMEOUT_SECONDS} s)"
+    kill -TERM "$worker_pid" 2>/dev/null || true
+    deadline=$(( SECONDS + STOP_TIMEOUT_SECONDS ))
+    while worker_alive; do
+        if (( SECONDS >= deadline )); then
+            log "worker $worker_pid did not stop within ${STOP_TIMEOUT_SECONDS} s; killing it (its task returns to the queue)"
+            kill -KILL -- "-$worker_pid" 2>/dev/null || kill -KILL "$worker_pid" 2>/dev/null || true
+            return 1
+        fi
+        sleep 0.2
+    done
+    return 0
+}
+
+finish() {
+    local status="$1"
+    finish_log
+    log "exiting with status $status"
+    exit "$status"
+}
+
+on_signal() {
+    stop_signal="$1"
+    # The poll loop may be sleeping: end the sleep so the signal is acted on at once.
+    if [[ -n "$sleep_pid" ]]; then
+        kill "$sleep_pid" 2>/dev/null || true
+    fi
+}
+trap 'on_signal TERM' TERM
+trap 'on_signal INT' INT
+
+handle_stop_signal() {
+    local status=143
+    [[ "$stop_signal" == "INT" ]] && status=130
+    log "received SIG$stop_signal"
+    if ! stop_worker; then
+        finish "$EXIT_STOP_TIMEOUT"
+    fi
+    finish "$status"
+}
+
+# Sleep that a trapped signal interrupts (bash runs traps only between commands).
+pause() {
+    sleep "$1" &
+    sleep_pid=$!
+    wait "$sleep_pid" 2>/dev/null || true
+    sleep_pid=""
+}
+
+# Set total to the queue's visible + in-flight + delayed count. The reading runs in the background
+# (not in $(...)) so that a stop signal is acted on during a slow reading.
+total=""
+read_total() {
+    local status=0
+    "$PYTHON" "$SCRIPT_DIR/queue_depth.py" --total >"$RUN_DIR/depth" &
+    local reader_pid=$!
+    wait "$reader_pid" || status=$?
+    if [[ -n "$stop_signal" ]]; then
+        kill "$reader_pid" 2>/dev/null || true
+        wait "$reader_pid" 2>/dev/null || true
+        handle_stop_signal
+    fi
+    (( status == 0 )) || return "$status"
+    total="$(<"$RUN_DIR/depth")"
+    [[ "$total" =~ ^[0-9]+$ ]]
+}
+
+now_ms() {
+    local now="${EPOCHREALTIME/[.,]/}"
+    echo $(( now / 1000 ))
+}
+
+cd "$SCRIPT_DIR"
+log "starting Celery worker (run folder $RUN_DIR)"
+# --workdir keeps imports of task modules relative to this folder after the worker detaches.
+"$PYTHON" -m celery --workdir="$SCRIPT_DIR" -A celery_app worker \
+    --detach --pidfile="$PIDFILE" --logfile="$LOGFILE" \
+    --loglevel="$LOG_LEVEL" --without-gossip --without-mingle --without-heartbeat
+
+# The pidfile appears once the detached worker runs; it may also die right away.
+start_deadline=$(( SECONDS + START_TIMEOUT_SECONDS ))
+while [[ ! -s "$PIDFILE" ]]; do
+    if [[ -n "$stop_signal" ]] || (( SECONDS >= start_deadline )); then
+        break
+    fi
+    sleep 0.1
+done
+if [[ -s "$PIDFILE" ]]; then
+    worker_pid="$(tr -dc '0-9' <"$PIDFILE")"
+fi
+# Stream the worker's log to our stdout (CloudWatch); tail ends by itself when the worker does.
+tail -n +1 -F -s 0.2 --pid="${worker_pid:-$$}" "$LOGFILE" 2>/dev/null &
+tail_pid=$!
+if ! worker_alive; then
+    log "worker did not start within ${START_TIMEOUT_SECONDS} s (see its log above)"
+    finish "$EXIT_CONFIG"
+fi
+log "worker $worker_pid running; stopping it after ${IDLE_SECONDS} s of empty queue (checked every ${POLL_SECONDS} s)"
+
+empty_since_ms=""
+failed_readings=0
+while true; do
+    [[ -n "$stop_signal" ]] && handle_stop_signal
+    if ! worker_alive; then
+        log "worker $worker_pid exited on its own; its unfinished task returns to the queue"
+        # Its pool processes would otherwise run on, orphaned, outside any lifecycle.
+        kill -KILL -- "-$worker_pid" 2>/dev/null || true
+        finish "$EXIT_WORKER_DIED"
+    fi
+
+    poll_started_ms="$(now_ms)"
+    if read_total; then
+        failed_readings=0
+        if (( total == 0 )); then
+            empty_since_ms="${empty_since_ms:-$poll_started_ms}"
+            if (( poll_started_ms - empty_since_ms >= IDLE_SECONDS * 1000 )); then
+                log "queue empty for ${IDLE_SECONDS} s; stopping the worker"
+                [[ -n "$stop_signal" ]] && handle_stop_signal
+                if ! stop_worker; then
+                    finish "$EXIT_STOP_TIMEOUT"
+                fi
+                finish "$EXIT_DRAINED"
+            fi
+        else
+            empty_since_ms=""
+        fi
+    else
+        # An unknown count is never an empty queue, and it breaks the run of empty readings.
+        empty_since_ms=""
+        failed_readings=$(( failed_readings + 1 ))
+        log "queue reading failed ($failed_readings of at most $MAX_FAILED_READINGS in a row)"
+        if (( failed_readings >= MAX_FAILED_READINGS )); then
+            log "queue unreadable for $failed_readings polls; stopping the worker"
+            if ! stop_worker; then
+                finish "$EXIT_STOP_TIMEOUT"
+            fi
+            finish "$EXIT_QUEUE_UNREADABLE"
+        fi
+    fi
+
+    # Keep a steady cadence: the reading's own time counts towards the poll interval.
+    elapsed_ms=$(( $(now_ms) - poll_started_ms ))
+    remaining_ms=$(( POLL_SECONDS * 1000 - elapsed_ms ))
+    if (( remaining_ms > 0 )); then
+        pause "$(printf '%d.%03d' $(( remaining_ms / 1000 )) $(( remaining_ms % 1000 )))"
+    fi
+done

@@ -1,0 +1,212 @@
+"""The worker's configuration, read from the environment once and validated.
+
+The queue is born in CDK and reaches the worker only through the job's environment, so this
+module is the one place that reads it. Run it as a script to check an environment before a
+worker starts: it prints one line and exits 0, or prints what is wrong and exits 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Mapping
+from urllib.parse import urlsplit
+
+# SQS limits of a queue's visibility timeout.
+MAX_VISIBILITY_TIMEOUT_SECONDS = 12 * 60 * 60
+
+
+class ConfigError(ValueError):
+    """One environment variable is missing or wrong; the message says which and what is allowed."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    queue_name: str
+    queue_url: str
+    region: str
+    # Standard boto3 variable: when set, the broker and every boto3 client speak to it (moto).
+    endpoint_url: str | None = None
+    concurrency: int = 1
+    task_time_limit_seconds: int = 900
+    visibility_timeout_seconds: int = 1800
+    # Extra modules with tasks the worker imports (comma-separated in CELERY_TASK_MODULES).
+    task_modules: tuple[str, ...] = ()
+
+    @property
+    def task_soft_time_limit_seconds(self) -> int:
+        """A little below the hard limit, so a task can clean up before it is killed."""
+        hard = self.task_time_limit_seconds
+        return max(1, hard - max(1, min(60, hard // 10)))
+
+    @property
+    def broker_url(self) -> str:
+        """``sqs://`` with no credentials, so boto3's chain supplies them (the Batch job role).
+
+        With an endpoint, kombu takes host and port from the URL and the scheme from
+        ``is_secure`` (see ``broker_transport_options``).
+        """
+        if not self.endpoint_url:
+            return "sqs://"
+        parts = urlsplit(self.endpoint_url)
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc = f"{netloc}:{parts.port}"
+        return f"sqs://{netloc}//"
+
+    @property
+    def endpoint_is_secure(self) -> bool:
+        return not self.endpoint_url or urlsplit(self.endpoint_url).scheme == "https"
+
+    def celery_config(self) -> dict:
+        """Every Celery setting of the worker and the filler, in one place."""
+        return dict(
+            broker_url=self.broker_url,
+            # kombu's SQS transport with the outage crash of kombu 5.7.0 fixed (see that module).
+            broker_transport="outage_tolerant_sqs:Transport",
+            broker_transport_options={
+                "region": self.region,
+                # kombu speaks https unless told otherwise, also to a local http endpoint.
+                "is_secure": self.endpoint_is_secure,
+                # The queue and its dead-letter queue exist before any worker (CDK creates them).
+                # Naming it here stops kombu from listing or creating queues.
+                "predefined_queues": {self.queue_name: {"url": self.queue_url}},
+                "visibility_timeout": self.visibility_timeout_seconds,
+                # Pause after an empty or failed receive, and between checks whether the worker
+                # has a free slot again (no request then). An idle queue is long-polled, so this
+                # costs no requests; kombu's 1 s default would cap one worker at 1 task/s.
+                "polling_interval": 0.2,
+            },
+            broker_connection_retry_on_startup=True,
+            # A worker outlives an SQS outage instead of giving up after kombu's default 100
+            # retries: the lifecycle script, not the broker connection, decides when it ends.
+            broker_connection_max_retries=None,
+            # Every task goes to the batch queue unless routed elsewhere; "batch.*" says it twice
+            # on purpose, so a changed default cannot send the compute tasks anywhere else.
+            task_default_queue=self.queue_name,
+            task_routes={"batch.*": {"queue": self.queue_name}},
+            task_serializer="json",
+            accept_content=["json"],
+            result_serializer="json",
+            # No result backend: a task's return value is logged by the worker (CloudWatch).
+            result_backend=None,
+            task_ignore_result=True,
+            # Ack after the task finished; a worker that dies mid-task leaves its message in SQS.
+            task_acks_late=True,
+            task_reject_on_worker_lost=True,
+            # A task that raised or hit its time limit is not acked either. kombu leaves a
+            # rejected message in a queue with a redrive policy, so SQS delivers it again and,
+            # after maxReceiveCount receives, moves it to the dead-letter queue. (Celery's
+            # default acks it: the task would be gone, with only a log line left.)
+            task_acks_on_failure=False,
+            task_acks_on_timeout=False,
+            # Hold no message the worker is not running: a prefetched one would wait out part
+            # of its visibility timeout in this worker's buffer while other workers idle.
+            worker_prefetch_multiplier=1,
+            worker_concurrency=self.concurrency,
+            task_time_limit=self.task_time_limit_seconds,
+            task_soft_time_limit=self.task_soft_time_limit_seconds,
+            # Remote control, events and heartbeats need a fanout exchange SQS does not have.
+            worker_enable_remote_control=False,
+            worker_send_task_events=False,
+            task_send_sent_event=False,
+            # Running tasks keep going when the consumer reconnects: their SQS receipt handles
+            # stay valid, so they are still acked when they finish.
+            worker_cancel_long_running_tasks_on_connection_loss=False,
+            include=list(self.task_modules),
+        )
+
+    def sqs_client(self):
+        """A boto3 SQS client with short timeouts (boto3 honours AWS_ENDPOINT_URL_SQS itself)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "sqs",
+            region_name=self.region,
+            config=Config(connect_timeout=5, read_timeout=10, retries={"mode": "standard", "max_attempts": 3}),
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "WorkerSettings":
+        env = os.environ if environ is None else environ
+        queue_name = _required(env, "CELERY_QUEUE_NAME")
+        queue_url = _required(env, "CELERY_QUEUE_URL")
+        if urlsplit(queue_url).scheme not in ("http", "https") or not urlsplit(queue_url).hostname:
+            raise ConfigError(f"CELERY_QUEUE_URL={queue_url!r} is not a queue URL; expected http(s)://host/ACCOUNT/NAME")
+        if queue_url.rstrip("/").rsplit("/", 1)[-1] != queue_name:
+            raise ConfigError(
+                f"CELERY_QUEUE_URL={queue_url!r} does not end with CELERY_QUEUE_NAME={queue_name!r}; "
+                "they must name the same queue"
+            )
+        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+        if not region:
+            raise ConfigError("AWS_REGION or AWS_DEFAULT_REGION must be set to the queue's region")
+        endpoint_url = env.get("AWS_ENDPOINT_URL_SQS") or None
+        if endpoint_url is not None:
+            parts = urlsplit(endpoint_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(
+                    f"AWS_ENDPOINT_URL_SQS={endpoint_url!r} is not an endpoint; expected http(s)://host[:port]"
+                )
+        visibility = _int(env, "VISIBILITY_TIMEOUT_SECONDS", 1800, 1, MAX_VISIBILITY_TIMEOUT_SECONDS)
+        time_limit = _int(env, "TASK_TIME_LIMIT_SECONDS", 900, 1, MAX_VISIBILITY_TIMEOUT_SECONDS)
+        # The message must still be invisible when the task ends, or SQS hands it to another
+        # worker while the first still runs it: keep 10 % (at least 1 s) for the ack.
+        ack_margin = max(1, visibility // 10)
+        if time_limit > visibility - ack_margin:
+            raise ConfigError(
+                f"TASK_TIME_LIMIT_SECONDS={time_limit} does not fit under VISIBILITY_TIMEOUT_SECONDS={visibility}; "
+                f"allowed: at most {visibility - ack_margin} (the visibility timeout minus 10 %, at least 1 s)"
+            )
+        modules = tuple(m.strip() for m in env.get("CELERY_TASK_MODULES", "").split(",") if m.strip())
+        return cls(
+            queue_name=queue_name,
+            queue_url=queue_url,
+            region=region,
+            endpoint_url=endpoint_url,
+            concurrency=_int(env, "WORKER_CONCURRENCY", 1, 1, 256),
+            task_time_limit_seconds=time_limit,
+            visibility_timeout_seconds=visibility,
+            task_modules=modules,
+        )
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{name} is not set; the worker job's environment must provide it")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number; allowed: {low}..{high}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range; allowed: {low}..{high}")
+    return value
+
+
+def main() -> int:
+    try:
+        settings = WorkerSettings.from_env()
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"queue {settings.queue_name} in {settings.region}"
+        f"{' via ' + settings.endpoint_url if settings.endpoint_url else ''}, "
+        f"concurrency {settings.concurrency}, task time limit {settings.task_time_limit_seconds} s "
+        f"(soft {settings.task_soft_time_limit_seconds} s), visibility timeout {settings.visibility_timeout_seconds} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
