@@ -1,0 +1,76 @@
+"""cdk-nag AwsSolutions, cfn-lint and a snapshot of the whole template."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from cdk_nag import AwsSolutionsChecks
+
+from .conftest import Synth
+
+CFN_LINT = Path(sys.executable).parent / "cfn-lint"
+ASSET_HASH = re.compile(r"\b[0-9a-f]{64}\b")
+
+
+def test_cdk_nag_aws_solutions_has_no_unacknowledged_findings(default: Synth) -> None:
+    report = AwsSolutionsChecks(default.app).validate_scope(default.stack)
+    findings = [
+        f"{v.rule_name}: {[r.locations for r in v.violating_resources]}" for v in report.violations
+    ]
+    assert findings == []
+    assert report.success
+
+
+def test_cdk_nag_acknowledgments_all_carry_reasons(default: Synth) -> None:
+    # The acknowledgments this stack makes, and the reason for each, as recorded in the tree.
+    acks = _acknowledgments(default)
+    assert set(acks) == {
+        ("Scaling/ScalerRole", "AwsSolutions-IAM5[Resource::*]"),
+        ("Scaling/Scaler", "AwsSolutions-L1"),
+        ("Scaling/EventsDeadLetterQueue", "AwsSolutions-SQS3"),
+        ("Workers/WorkerContainer/ExecutionRole", "AwsSolutions-IAM5[Resource::*]"),
+        ("Workers/FillerContainer/ExecutionRole", "AwsSolutions-IAM5[Resource::*]"),
+    }
+    assert all(len(reason) > 80 for reason in acks.values())
+
+
+def _acknowledgments(synth: Synth) -> dict[tuple[str, str], str]:
+    found = {}
+    for construct in synth.stack.node.find_all():
+        for entry in construct.node.metadata:
+            if entry.type == "aws:cdk:acknowledged-rules":
+                path = construct.node.path.removeprefix(synth.stack.node.path + "/")
+                for rule_id, reason in entry.data.items():
+                    # CDK acknowledges some of its own CloudFormation-Validate rules; ours are nag's.
+                    if "AwsSolutions-" in rule_id:
+                        found[(path, rule_id.split("::", 1)[-1])] = reason
+    return found
+
+
+def test_cfn_lint_reports_nothing(default: Synth) -> None:
+    template = default.outdir / "BatchCelery.template.json"
+    # W3005 (a DependsOn already implied by a GetAtt) is ignored: aws-cdk-lib's Lambda L2 renders
+    # an explicit DependsOn on the function's role next to the GetAtt, for our scaler and for
+    # CDK's own default-security-group provider; it is redundant and harmless.
+    result = subprocess.run(
+        [str(CFN_LINT), "--format", "parseable", "--ignore-checks", "W3005", "--", str(template)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def _normalised(template: dict[str, Any]) -> dict[str, Any]:
+    """Asset hashes (image tag, Lambda zip keys) replaced, so code changes don't churn the snapshot."""
+    text = ASSET_HASH.sub("<asset-hash>", json.dumps(template, sort_keys=True))
+    normalised = json.loads(text)
+    normalised.get("Resources", {}).pop("CDKMetadata", None)
+    return normalised
+
+
+def test_template_matches_snapshot(default: Synth, snapshot) -> None:
+    assert _normalised(default.template.to_json()) == snapshot
