@@ -17,8 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from botocore.exceptions import BotoCoreError, ClientError
-from celery import Celery, signals
+from celery import Celery
 
 from worker_settings import WorkerSettings
 
@@ -28,25 +27,6 @@ settings = WorkerSettings.from_env()
 
 app = Celery("batch_celery_worker")
 app.conf.update(settings.celery_config())
-
-
-@signals.worker_init.connect
-def require_dead_letter_queue(**_):
-    """Refuse to serve a queue without a redrive policy: kombu would delete failed tasks there."""
-    try:
-        attributes = settings.sqs_client().get_queue_attributes(
-            QueueUrl=settings.queue_url, AttributeNames=["RedrivePolicy"]
-        )["Attributes"]
-    except (BotoCoreError, ClientError) as error:
-        # kombu itself keeps a rejected message when it cannot read the policy, so a
-        # transient failure here is no reason to stop the worker.
-        logger.warning("could not read the redrive policy of %s: %s", settings.queue_url, error)
-        return
-    if "RedrivePolicy" not in attributes:
-        raise RuntimeError(
-            f"queue {settings.queue_name} has no redrive policy (dead-letter queue); "
-            "a failed task would be deleted, so this worker refuses to start"
-        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,6 +44,16 @@ if ! "$PYTHON" "$SCRIPT_DIR/worker_settings.py"; then
     exit "$EXIT_CONFIG"
 fi
 
+# Failed tasks are left for the queue's redrive policy to move to the dead-letter queue; without
+# one, kombu deletes them. A policy that cannot be read now is checked again by kombu itself.
+dlq_status=0
+"$PYTHON" "$SCRIPT_DIR/queue_depth.py" --require-dead-letter-queue || dlq_status=$?
+if (( dlq_status == 2 )); then
+    exit "$EXIT_CONFIG"
+elif (( dlq_status != 0 )); then
+    log "could not check the queue's redrive policy; starting anyway"
+fi
+
 RUN_DIR="${WORKER_RUN_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/celery-worker.XXXXXX")}"
 readonly RUN_DIR
 mkdir -p "$RUN_DIR"
@@ -52,6 +62,7 @@ rm -f "$PIDFILE"
 : >>"$LOGFILE"
 
 worker_pid=""
+worker_pgid=""
 tail_pid=""
 sleep_pid=""
 stop_signal=""
@@ -68,6 +79,23 @@ worker_alive() {
     else
         kill -0 "$worker_pid" 2>/dev/null
     fi
+}
+
+# The process group of a process (field 5 of /proc/PID/stat), empty if unknown.
+process_group() {
+    local stat fields
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 0
+    read -r -a fields <<<"${stat##*) }"
+    echo "${fields[2]:-}"
+}
+
+# Kill the worker with its pool processes. The detached worker runs in its own session; its
+# group is only used when it is not ours, so this script never kills itself.
+kill_worker_group() {
+    if [[ -n "$worker_pgid" ]]; then
+        kill -KILL -- "-$worker_pgid" 2>/dev/null || true
+    fi
+    kill -KILL "$worker_pid" 2>/dev/null || true
 }
 
 # Let tail print the worker's last lines (it ends within 0.2 s of the worker), then end it.
@@ -94,7 +122,7 @@ stop_worker() {
     while worker_alive; do
         if (( SECONDS >= deadline )); then
             log "worker $worker_pid did not stop within ${STOP_TIMEOUT_SECONDS} s; killing it (its task returns to the queue)"
-            kill -KILL -- "-$worker_pid" 2>/dev/null || kill -KILL "$worker_pid" 2>/dev/null || true
+            kill_worker_group
             return 1
         fi
         sleep 0.2
@@ -177,6 +205,10 @@ while [[ ! -s "$PIDFILE" ]]; do
 done
 if [[ -s "$PIDFILE" ]]; then
     worker_pid="$(tr -dc '0-9' <"$PIDFILE")"
+    worker_pgid="$(process_group "$worker_pid")"
+    if [[ "$worker_pgid" == "$(process_group $$)" ]]; then
+        worker_pgid=""
+    fi
 fi
 # Stream the worker's log to our stdout (CloudWatch); tail ends by itself when the worker does.
 tail -n +1 -F -s 0.2 --pid="${worker_pid:-$$}" "$LOGFILE" 2>/dev/null &
@@ -194,7 +226,7 @@ while true; do
     if ! worker_alive; then
         log "worker $worker_pid exited on its own; its unfinished task returns to the queue"
         # Its pool processes would otherwise run on, orphaned, outside any lifecycle.
-        kill -KILL -- "-$worker_pid" 2>/dev/null || true
+        kill_worker_group
         finish "$EXIT_WORKER_DIED"
     fi
 

@@ -1,0 +1,35 @@
+"""Fixtures of the container tests: a boto3 SQS client on the session's moto server, queue pairs."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import boto3
+import pytest
+
+from batch_celery.local.queues import create_queue_pair
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def sqs(moto_server):
+    env = moto_server.client_env()
+    return boto3.client(
+        "sqs",
+        region_name=moto_server.region,
+        endpoint_url=moto_server.endpoint,
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+@pytest.fixture
+def make_queues(sqs):
+    """``make_queues(visibility_timeout=10, max_receive_count=3)``: a new queue + DLQ per call."""
+
+    def make(**options):
+        return create_queue_pair(sqs, f"container-{os.getpid()}-{next(_names)}", **options)
+
+    return make

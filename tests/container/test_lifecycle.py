@@ -1,0 +1,191 @@
+"""The real lifecycle script with real Celery workers against moto server: drain, stop, survive faults.
+
+Timings are short through the environment (IDLE 3 s, POLL 1 s, visibility timeouts of seconds);
+the bounds asserted are generous because the machine is small and shared.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from batch_celery.local.faults import FaultProxy
+from batch_celery.local.queues import message_counts, total_messages
+
+from .helpers import fill, running_script, wait_until, worker_env
+
+pytestmark = pytest.mark.slow
+
+IDLE, POLL = 3, 1
+# Worker start, its warm shutdown (about 3 s here) and a loaded machine.
+MARGIN = 15
+
+
+def test_drains_queue_and_exits_after_idle(moto_server, sqs, make_queues, tmp_path):
+    queues = make_queues(visibility_timeout=30)
+    env = worker_env(moto_server, queues, tmp_path)
+    fill(env, 20, "probe.record", args=["drain"])
+    fill(env, 2, "batch.calculate_pi", args=[20000])
+
+    with running_script(env, tmp_path / "out.log") as run:
+        wait_until(lambda: total_messages(sqs, queues.url) == 0, timeout=120, what="the queue to drain")
+        empty_at = time.monotonic()
+        status = run.wait(timeout=IDLE + POLL + MARGIN + 30)
+        tail = time.monotonic() - empty_at
+
+    assert status == 0, run.output[-3000:]
+    done = run.events().get("done", {})
+    assert len(done) == 20 and set(done.values()) == {1}, done
+    # calculate_pi's value reaches the log (and so CloudWatch) without a result backend.
+    assert run.output.count("succeeded in") == 22
+    assert "3.1415" in run.output
+    assert tail <= IDLE + POLL + MARGIN, f"exited {tail:.1f} s after the queue became empty"
+
+
+def test_keeps_worker_while_task_in_flight(moto_server, sqs, make_queues, tmp_path):
+    queues = make_queues(visibility_timeout=30)
+    env = worker_env(moto_server, queues, tmp_path)
+    fill(env, 1, "probe.record", args=["long", 10])
+
+    with running_script(env, tmp_path / "out.log") as run:
+        wait_until(lambda: run.events().get("start"), timeout=60, what="the task to start")
+        # Well past IDLE + POLL with nothing visible: only the in-flight count holds the worker.
+        time.sleep(IDLE + 2 * POLL + 1)
+        assert message_counts(sqs, queues.url)[:2] == (0, 1)
+        assert run.process.poll() is None
+        assert "sending TERM" not in run.output
+        status = run.wait(timeout=60)
+
+    assert status == 0, run.output[-3000:]
+    assert list(run.events()["done"].values()) == [1]
+
+
+def test_term_during_task_finishes_it_and_keeps_the_rest(moto_server, sqs, make_queues, tmp_path):
+    queues = make_queues(visibility_timeout=30)
+    env = worker_env(moto_server, queues, tmp_path)
+    fill(env, 3, "probe.record", args=["term", 4])
+
+    with running_script(env, tmp_path / "first.log") as run:
+        wait_until(lambda: run.events().get("start"), timeout=60, what="the first task to start")
+        run.signal(signal.SIGTERM)
+        status = run.wait(timeout=60)
+    assert status == 143, run.output[-3000:]
+    # Warm shutdown: the running task finished and was acked; the others never left the queue.
+    assert list(run.events()["done"].values()) == [1]
+    assert message_counts(sqs, queues.url) == (2, 0, 0)
+
+    with running_script(env, tmp_path / "second.log") as second:
+        assert second.wait(timeout=120) == 0, second.output[-3000:]
+    done = second.events()["done"]
+    assert len(done) == 3 and set(done.values()) == {1}, done
+
+
+def test_worker_killed_mid_task_exits_nonzero_and_task_runs_again(moto_server, sqs, make_queues, tmp_path):
+    queues = make_queues(visibility_timeout=6)
+    env = worker_env(moto_server, queues, tmp_path)
+    fill(env, 1, "probe.record", args=["killed", 3])
+
+    with running_script(env, tmp_path / "first.log") as run:
+        worker_pid = run.worker_pid()
+        wait_until(lambda: run.events().get("start"), timeout=60, what="the task to start")
+        # The whole worker (main process and pool), as an OOM kill or a crash would.
+        os.killpg(os.getpgid(worker_pid), signal.SIGKILL)
+        status = run.wait(timeout=30)
+    assert status == 3, run.output[-3000:]
+    assert "done" not in run.events()
+    assert message_counts(sqs, queues.url)[1] == 1  # still in flight: not lost, not acked
+
+    with running_script(env, tmp_path / "second.log") as second:
+        assert second.wait(timeout=120) == 0, second.output[-3000:]
+    events = second.events()
+    assert list(events["start"].values()) == [2]  # ran again after the visibility timeout
+    assert list(events["done"].values()) == [1]
+
+
+def test_endpoint_outage_does_not_stop_worker(moto_server, sqs, make_queues, tmp_path):
+    queues = make_queues(visibility_timeout=20)
+    with FaultProxy(moto_server.port) as proxy:
+        env = worker_env(moto_server, queues, tmp_path, endpoint=proxy.endpoint, MAX_FAILED_READINGS=100)
+        fill(env, 4, "probe.record", args=["outage", 2])
+        with running_script(env, tmp_path / "out.log") as run:
+            worker_pid = run.worker_pid()
+            wait_until(lambda: run.events().get("start"), timeout=60, what="the first task to start")
+            with proxy.outage():
+                # Longer than IDLE + POLL: failed readings must not count as an empty queue,
+                # and kombu 5.7.0's stock transport would die here ("'list' object has no
+                # attribute 'get'"), which outage_tolerant_sqs prevents.
+                time.sleep(IDLE + 4 * POLL + 2)
+                assert run.process.poll() is None, run.output[-3000:]
+                assert "sending TERM" not in run.output
+                assert os.path.exists(f"/proc/{worker_pid}")
+            status = run.wait(timeout=120)
+
+    assert status == 0, run.output[-3000:]
+    assert "queue reading failed" in run.output
+    assert "Unrecoverable error" not in run.output
+    done = run.events()["done"]
+    # None lost. An ack that fell into the outage is redelivered, so a task may run twice.
+    assert len(done) == 4, done
+    assert total_messages(sqs, queues.url) == 0
+
+
+def test_unreadable_queue_ends_run_with_its_own_status(moto_server, make_queues, tmp_path):
+    queues = make_queues(visibility_timeout=10)
+    with FaultProxy(moto_server.port) as proxy:
+        env = worker_env(moto_server, queues, tmp_path, endpoint=proxy.endpoint, MAX_FAILED_READINGS=3)
+        with running_script(env, tmp_path / "out.log") as run:
+            run.worker_pid()
+            proxy.go_down()
+            status = run.wait(timeout=90)
+    assert status == 4, run.output[-3000:]
+    assert "queue unreadable for 3 polls" in run.output
+
+
+def test_failing_task_ends_in_dead_letter_queue(moto_server, sqs, make_queues, tmp_path):
+    queues = make_queues(visibility_timeout=3, max_receive_count=2)
+    env = worker_env(moto_server, queues, tmp_path)
+    fill(env, 1, "probe.fail", args=["poison"])
+    fill(env, 2, "probe.record", args=["healthy"])
+
+    with running_script(env, tmp_path / "out.log") as run:
+        status = run.wait(timeout=120)
+
+    assert status == 0, run.output[-3000:]
+    events = run.events()
+    assert list(events["fail"].values()) == [2]  # received maxReceiveCount times, never acked
+    assert len(events["done"]) == 2
+    assert message_counts(sqs, queues.dlq_url)[0] == 1
+
+
+def test_refuses_queue_without_dead_letter_queue(moto_server, sqs, make_queues, tmp_path):
+    queues = make_queues(visibility_timeout=10)
+    sqs.set_queue_attributes(QueueUrl=queues.url, Attributes={"RedrivePolicy": ""})
+    assert "RedrivePolicy" not in sqs.get_queue_attributes(QueueUrl=queues.url, AttributeNames=["All"])["Attributes"]
+    env = worker_env(moto_server, queues, tmp_path, START_TIMEOUT_SECONDS=20)
+    with running_script(env, tmp_path / "out.log") as run:
+        status = run.wait(timeout=60)
+    assert status == 2, run.output[-3000:]
+    assert "has no redrive policy" in run.output
+    assert "starting Celery worker" not in run.output
+
+
+def test_rejects_time_limit_over_visibility_timeout(moto_server, make_queues, tmp_path):
+    queues = make_queues(visibility_timeout=10)
+    env = worker_env(moto_server, queues, tmp_path, TASK_TIME_LIMIT_SECONDS=10)
+    with running_script(env, tmp_path / "out.log") as run:
+        status = run.wait(timeout=30)
+    assert status == 2
+    assert "TASK_TIME_LIMIT_SECONDS=10 does not fit under VISIBILITY_TIMEOUT_SECONDS=10" in run.output
+    assert "Traceback" not in run.output
+
+
+@pytest.mark.parametrize("name, value", [("IDLE_SECONDS", "0"), ("POLL_SECONDS", "soon")])
+def test_rejects_bad_timing(moto_server, make_queues, tmp_path, name, value):
+    queues = make_queues()
+    env = worker_env(moto_server, queues, tmp_path, **{name: value})
+    with running_script(env, tmp_path / "out.log") as run:
+        assert run.wait(timeout=30) == 2
+    assert f"{name}={value} is not allowed" in run.output
