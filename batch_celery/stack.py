@@ -11,18 +11,18 @@ from constructs import Construct
 from .monitoring import Monitoring
 from .network import Network
 from .scaling import Scaling
-from .settings import Settings
+from .settings import LOG_RETENTION_DAYS, Settings
 from .task_queue import TaskQueue
 from .workers import WORKER_JOB_NAME, Workers
 
 # RetentionDays members carry names, not numbers, in Python.
 _RETENTION = dict(zip(
-    (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731,
-     1096, 1827, 2192, 2557, 2922, 3288, 3653),
+    LOG_RETENTION_DAYS,
     ("ONE_DAY", "THREE_DAYS", "FIVE_DAYS", "ONE_WEEK", "TWO_WEEKS", "ONE_MONTH", "TWO_MONTHS",
      "THREE_MONTHS", "FOUR_MONTHS", "FIVE_MONTHS", "SIX_MONTHS", "ONE_YEAR", "THIRTEEN_MONTHS",
      "EIGHTEEN_MONTHS", "TWO_YEARS", "THREE_YEARS", "FIVE_YEARS", "SIX_YEARS", "SEVEN_YEARS",
      "EIGHT_YEARS", "NINE_YEARS", "TEN_YEARS"),
+    strict=True,
 ))
 
 
@@ -38,8 +38,9 @@ class BatchCeleryStack(Stack):
         s = settings
         retention = log_retention(s.log_retention_days)
 
-        network = Network(self, "Network", max_azs=s.max_azs, nat_gateways=s.nat_gateways,
-                          log_retention=retention)
+        network = Network(
+            self, "Network", max_azs=s.max_azs, nat_gateways=s.nat_gateways, log_retention=retention
+        )
         tasks = TaskQueue(
             self,
             "TaskQueue",

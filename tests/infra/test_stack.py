@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from aws_cdk.assertions import Match
 
 from .conftest import Synth, grants
@@ -47,10 +48,20 @@ def test_default_security_group_is_stripped_of_rules(default: Synth) -> None:
     default.template.resource_count_is("Custom::VpcRestrictDefaultSG", 1)
 
 
-def test_networking_settings_change_azs_and_nat_gateways(make_synth) -> None:
-    single = make_synth(max_azs=1)
-    assert len(single.of_type("AWS::EC2::Subnet")) == 2
-    single.template.resource_count_is("AWS::EC2::NatGateway", 1)
+@pytest.fixture(scope="module")
+def one_az(make_synth) -> Synth:
+    return make_synth(max_azs=1, log_retention_days=7)
+
+
+def test_max_azs_sets_the_subnets(one_az: Synth) -> None:
+    assert len(one_az.of_type("AWS::EC2::Subnet")) == 2
+    one_az.template.resource_count_is("AWS::EC2::NatGateway", 1)
+
+
+def test_log_retention_days_reaches_every_log_group(one_az: Synth) -> None:
+    groups = one_az.of_type("AWS::Logs::LogGroup").values()
+    assert len(groups) == 3
+    assert {g["Properties"]["RetentionInDays"] for g in groups} == {7}
 
 
 # --- task queue ----------------------------------------------------------------------------
