@@ -51,7 +51,7 @@ destroy: $(PY_STAMP) $(NODE_STAMP)
 	npx cdk destroy --no-notices
 
 demo: $(PY_STAMP)
-	@echo "make demo: not yet available (the local run lands with issue 5)"
+	$(BIN)/python -m batch_celery.local $(DEMO_ARGS)
 
 reliability: $(PY_STAMP)
 	@echo "make reliability: not yet available"
