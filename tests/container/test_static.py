@@ -1,0 +1,119 @@
+"""Lint of the script and the Dockerfile; the settings, the queue reader and the external-program task."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .helpers import CONTAINER, environment, worker_env
+
+BIN = Path(sys.executable).parent
+
+sys.path.insert(0, str(CONTAINER))
+from worker_settings import ConfigError, WorkerSettings  # noqa: E402
+
+BASE_ENV = {
+    "CELERY_QUEUE_NAME": "jobs",
+    "CELERY_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/123456789012/jobs",
+    "AWS_DEFAULT_REGION": "eu-west-1",
+}
+
+
+def test_script_is_shellcheck_clean():
+    result = subprocess.run([str(BIN / "shellcheck"), "run_celery_worker.sh"], cwd=CONTAINER, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_dockerfile_is_hadolint_clean():
+    result = subprocess.run([str(BIN / "hadolint"), "Dockerfile"], cwd=CONTAINER, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_dockerfile_pins_base_and_runs_as_non_root():
+    text = (CONTAINER / "Dockerfile").read_text()
+    base = next(line for line in text.splitlines() if line.startswith("FROM "))
+    assert base.split()[1].startswith("python:3.11.") and "-slim-" in base
+    assert "USER 10001" in text
+    assert 'CMD ["./run_celery_worker.sh"]' in text
+
+
+def test_broker_speaks_to_real_sqs_with_default_credentials():
+    settings = WorkerSettings.from_env(BASE_ENV)
+    config = settings.celery_config()
+    assert config["broker_url"] == "sqs://"  # no keys: boto3's chain (the Batch job role)
+    assert config["broker_transport_options"]["is_secure"] is True
+    assert config["broker_transport_options"]["predefined_queues"] == {"jobs": {"url": BASE_ENV["CELERY_QUEUE_URL"]}}
+    assert config["broker_transport_options"]["visibility_timeout"] == 1800
+    assert (config["task_time_limit"], config["task_soft_time_limit"]) == (900, 840)
+    assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
+    assert config["task_acks_on_failure"] is False and config["task_acks_on_timeout"] is False
+
+
+def test_broker_speaks_to_local_endpoint():
+    settings = WorkerSettings.from_env({**BASE_ENV, "AWS_ENDPOINT_URL_SQS": "http://127.0.0.1:5000"})
+    assert settings.broker_url == "sqs://127.0.0.1:5000//"
+    assert settings.celery_config()["broker_transport_options"]["is_secure"] is False
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"CELERY_QUEUE_NAME": ""}, "CELERY_QUEUE_NAME is not set"),
+        ({"CELERY_QUEUE_URL": "jobs"}, "is not a queue URL"),
+        ({"CELERY_QUEUE_NAME": "other"}, "does not end with CELERY_QUEUE_NAME='other'"),
+        ({"AWS_DEFAULT_REGION": ""}, "AWS_REGION or AWS_DEFAULT_REGION must be set"),
+        ({"WORKER_CONCURRENCY": "0"}, "WORKER_CONCURRENCY=0 is out of range; allowed: 1..256"),
+        ({"TASK_TIME_LIMIT_SECONDS": "1700"}, "allowed: at most 1620"),
+        ({"VISIBILITY_TIMEOUT_SECONDS": "lots"}, "is not a whole number"),
+        ({"AWS_ENDPOINT_URL_SQS": "localhost:4566"}, "is not an endpoint"),
+    ],
+)
+def test_rejects_bad_settings(overrides, expected):
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        WorkerSettings.from_env({**BASE_ENV, **overrides})
+
+
+def test_queue_depth_reports_failure_in_one_line(moto_server, make_queues, tmp_path):
+    from batch_celery.local.motoserver import free_port
+
+    env = worker_env(moto_server, make_queues(), tmp_path, endpoint=f"http://127.0.0.1:{free_port()}")
+    result = subprocess.run([sys.executable, "queue_depth.py", "--total"], cwd=CONTAINER, env=env, capture_output=True, text=True)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("queue_depth: cannot read ") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_queue_depth_counts_visible_in_flight_and_delayed(moto_server, sqs, make_queues, tmp_path):
+    queues = make_queues(visibility_timeout=60)
+    for _ in range(3):
+        sqs.send_message(QueueUrl=queues.url, MessageBody="x")
+    sqs.send_message(QueueUrl=queues.url, MessageBody="later", DelaySeconds=60)
+    sqs.receive_message(QueueUrl=queues.url, MaxNumberOfMessages=1)
+    env = worker_env(moto_server, queues, tmp_path)
+    result = subprocess.run([sys.executable, "queue_depth.py"], cwd=CONTAINER, env=env, capture_output=True, text=True)
+    assert result.stdout.split() == ["2", "1", "1"], result.stderr
+
+
+def test_external_program_task_uses_the_remaining_cpus(moto_server, make_queues, tmp_path):
+    with environment(worker_env(moto_server, make_queues(visibility_timeout=60), tmp_path)):
+        sys.modules.pop("celery_app", None)
+        import celery_app
+
+        threads = celery_app.threads_for_external_program()
+        digest = celery_app.parallel_digest.apply(kwargs={"megabytes": 2, "rounds": 2}).get()
+        sys.modules.pop("celery_app", None)
+    assert 1 <= threads <= celery_app.available_cpus()
+    lanes = []
+    for lane in range(threads):
+        block = hashlib.sha256(f"lane-{lane}".encode()).digest() * (1 << 15)
+        state = b""
+        for _ in range(2):
+            hasher = hashlib.sha256(state)
+            for _ in range(2):
+                hasher.update(block)
+            state = hasher.digest()
+        lanes.append(state)
+    assert digest == hashlib.sha256(b"".join(lanes)).hexdigest()
