@@ -195,16 +195,17 @@ log "starting Celery worker (run folder $RUN_DIR)"
     --detach --pidfile="$PIDFILE" --logfile="$LOGFILE" \
     --loglevel="$LOG_LEVEL" --without-gossip --without-mingle --without-heartbeat
 
-# The pidfile appears once the detached worker runs; it may also die right away.
+# The pidfile appears once the detached worker runs. The worker re-executes itself after
+# detaching and replaces its own pidfile then (same PID), so the file can vanish for a moment.
 start_deadline=$(( SECONDS + START_TIMEOUT_SECONDS ))
-while [[ ! -s "$PIDFILE" ]]; do
-    if [[ -n "$stop_signal" ]] || (( SECONDS >= start_deadline )); then
+while true; do
+    worker_pid="$(tr -dc '0-9' <"$PIDFILE" 2>/dev/null || true)"
+    if [[ -n "$worker_pid" || -n "$stop_signal" ]] || (( SECONDS >= start_deadline )); then
         break
     fi
     sleep 0.1
 done
-if [[ -s "$PIDFILE" ]]; then
-    worker_pid="$(tr -dc '0-9' <"$PIDFILE")"
+if [[ -n "$worker_pid" ]]; then
     worker_pgid="$(process_group "$worker_pid")"
     if [[ "$worker_pgid" == "$(process_group $$)" ]]; then
         worker_pgid=""

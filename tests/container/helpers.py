@@ -82,9 +82,7 @@ class ScriptRun:
         return read_events(self.record_file)
 
     def worker_pid(self, timeout: float = 60) -> int:
-        pidfile = Path(self.env["WORKER_RUN_DIR"]) / "worker.pid"
-        text = wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout, what="the worker's pidfile")
-        return int(text)
+        return wait_until(self._worker_pid_or_none, timeout, what="the worker's pidfile")
 
     def wait(self, timeout: float) -> int:
         try:
@@ -106,6 +104,7 @@ class ScriptRun:
 
     def _worker_pid_or_none(self) -> int | None:
         pidfile = Path(self.env["WORKER_RUN_DIR"]) / "worker.pid"
+        # The worker replaces its pidfile once while it starts, so it may be missing or empty.
         try:
             return int(pidfile.read_text().strip())
         except (OSError, ValueError):
