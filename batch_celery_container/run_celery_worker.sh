@@ -199,7 +199,7 @@ log "starting Celery worker (run folder $RUN_DIR)"
 # detaching and replaces its own pidfile then (same PID), so the file can vanish for a moment.
 start_deadline=$(( SECONDS + START_TIMEOUT_SECONDS ))
 while true; do
-    worker_pid="$(tr -dc '0-9' <"$PIDFILE" 2>/dev/null || true)"
+    worker_pid="$(tr -dc '0-9' 2>/dev/null <"$PIDFILE" || true)"
     if [[ -n "$worker_pid" || -n "$stop_signal" ]] || (( SECONDS >= start_deadline )); then
         break
     fi

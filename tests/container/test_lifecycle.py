@@ -106,7 +106,7 @@ def test_worker_killed_mid_task_exits_nonzero_and_task_runs_again(moto_server, s
 
 
 def test_endpoint_outage_does_not_stop_worker(moto_server, sqs, make_queues, tmp_path):
-    queues = make_queues(visibility_timeout=20)
+    queues = make_queues(visibility_timeout=10)
     with FaultProxy(moto_server.port) as proxy:
         env = worker_env(moto_server, queues, tmp_path, endpoint=proxy.endpoint, MAX_FAILED_READINGS=100)
         fill(env, 4, "probe.record", args=["outage", 2])
@@ -129,6 +129,7 @@ def test_endpoint_outage_does_not_stop_worker(moto_server, sqs, make_queues, tmp
     done = run.events()["done"]
     # None lost. An ack that fell into the outage is redelivered, so a task may run twice.
     assert len(done) == 4, done
+    print(f"outage: runs per task {sorted(done.values())}")
     assert total_messages(sqs, queues.url) == 0
 
 
