@@ -76,7 +76,7 @@ class WorkerSettings:
                 # Pause after an empty or failed receive, and between checks whether the worker
                 # has a free slot again (no request then). An idle queue is long-polled, so this
                 # costs no requests; kombu's 1 s default would cap one worker at 1 task/s.
-                "polling_interval": 0.2,
+                "polling_interval": 0.05,
             },
             broker_connection_retry_on_startup=True,
             # A worker outlives an SQS outage instead of giving up after kombu's default 100
