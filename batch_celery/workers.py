@@ -135,6 +135,9 @@ class Workers(Construct):
             fargate_cpu_architecture=cpu_architecture,
             fargate_operating_system_family=ecs.OperatingSystemFamily.LINUX,
             logging=ecs.LogDriver.aws_logs(stream_prefix="worker", log_group=self.log_group),
+            # An init process as PID 1 forwards Batch's SIGTERM to the lifecycle script and reaps
+            # the detached Celery worker once it exits (it is reparented to PID 1, not the script).
+            linux_parameters=batch.LinuxParameters(self, "WorkerLinuxParameters", init_process_enabled=True),
         )
         self.worker_job_definition = batch.EcsJobDefinition(
             self,

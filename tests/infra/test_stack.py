@@ -161,6 +161,7 @@ def test_worker_job_runs_the_lifecycle_script_without_public_ip(default: Synth) 
             "ContainerProperties": Match.object_like({
                 "Command": ["./run_celery_worker.sh"],
                 "NetworkConfiguration": {"AssignPublicIp": "DISABLED"},
+                "LinuxParameters": {"InitProcessEnabled": True},
                 "JobRoleArn": {"Fn::GetAtt": [role_id, "Arn"]},
                 "LogConfiguration": {
                     "LogDriver": "awslogs",
