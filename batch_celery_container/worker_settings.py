@@ -15,6 +15,9 @@ from urllib.parse import urlsplit
 
 # SQS limits of a queue's visibility timeout.
 MAX_VISIBILITY_TIMEOUT_SECONDS = 12 * 60 * 60
+# A task that raised is received again after this many seconds times its receive count (capped
+# by the visibility timeout), until SQS moves it to the dead-letter queue (outage_tolerant_sqs.py).
+FAILED_TASK_RETRY_SECONDS = 30
 
 
 class ConfigError(ValueError):
@@ -29,6 +32,8 @@ class WorkerSettings:
     # Standard boto3 variable: when set, the broker and every boto3 client speak to it (moto).
     endpoint_url: str | None = None
     concurrency: int = 1
+    # Messages each worker process holds besides the running one's; 1 for long tasks (see below).
+    prefetch_multiplier: int = 1
     task_time_limit_seconds: int = 900
     visibility_timeout_seconds: int = 1800
     # Extra modules with tasks the worker imports (comma-separated in CELERY_TASK_MODULES).
@@ -77,6 +82,7 @@ class WorkerSettings:
                 # has a free slot again (no request then). An idle queue is long-polled, so this
                 # costs no requests; kombu's 1 s default would cap one worker at 1 task/s.
                 "polling_interval": 0.05,
+                "failed_task_retry_seconds": min(FAILED_TASK_RETRY_SECONDS, self.visibility_timeout_seconds),
             },
             broker_connection_retry_on_startup=True,
             # A worker outlives an SQS outage instead of giving up after kombu's default 100
@@ -102,8 +108,12 @@ class WorkerSettings:
             task_acks_on_failure=False,
             task_acks_on_timeout=False,
             # Hold no message the worker is not running: a prefetched one would wait out part
-            # of its visibility timeout in this worker's buffer while other workers idle.
-            worker_prefetch_multiplier=1,
+            # of its visibility timeout in this worker's buffer while other workers idle. Tasks
+            # of well under a second gain from more (WORKER_PREFETCH_MULTIPLIER; bench.worker).
+            worker_prefetch_multiplier=self.prefetch_multiplier,
+            # A message Celery cannot decode is rejected (kept for the dead-letter queue), not
+            # deleted, and no malformed message stops the worker (dead_letter_consumer.py).
+            worker_consumer="dead_letter_consumer:Consumer",
             worker_concurrency=self.concurrency,
             task_time_limit=self.task_time_limit_seconds,
             task_soft_time_limit=self.task_soft_time_limit_seconds,
@@ -167,6 +177,7 @@ class WorkerSettings:
             region=region,
             endpoint_url=endpoint_url,
             concurrency=_int(env, "WORKER_CONCURRENCY", 1, 1, 256),
+            prefetch_multiplier=_int(env, "WORKER_PREFETCH_MULTIPLIER", 1, 1, 100),
             task_time_limit_seconds=time_limit,
             visibility_timeout_seconds=visibility,
             task_modules=modules,
@@ -202,7 +213,7 @@ def main() -> int:
     print(
         f"queue {settings.queue_name} in {settings.region}"
         f"{' via ' + settings.endpoint_url if settings.endpoint_url else ''}, "
-        f"concurrency {settings.concurrency}, task time limit {settings.task_time_limit_seconds} s "
+        f"concurrency {settings.concurrency}, prefetch {settings.prefetch_multiplier}, task time limit {settings.task_time_limit_seconds} s "
         f"(soft {settings.task_soft_time_limit_seconds} s), visibility timeout {settings.visibility_timeout_seconds} s"
     )
     return 0
