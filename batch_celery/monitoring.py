@@ -1,15 +1,21 @@
-"""Alarms for what should never accumulate: dead-lettered tasks and undelivered events."""
+"""Alarms for what should never accumulate: dead-lettered tasks, undelivered events, failed scaler runs."""
 
 from __future__ import annotations
 
 from aws_cdk import Duration
 from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 
+# A single failed run can be a throttled API call that the next minute's run gets past; three
+# within five minutes is a scaler that cannot do its job (IAM, a deleted job queue, ...).
+SCALER_FAILED_RUNS = 3
+
+
 class Monitoring(Construct):
-    """One alarm per dead-letter queue: any message there needs a human to look at it.
+    """One alarm per dead-letter queue (any message there needs a human), one on the scaler.
 
     The alarms have no actions, so users attach their own notification (SNS, chat) to them.
     """
@@ -21,6 +27,7 @@ class Monitoring(Construct):
         *,
         task_dead_letter_queue: sqs.IQueue,
         events_dead_letter_queue: sqs.IQueue,
+        scaler: lambda_.IFunction | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.task_dead_letter_alarm = self._not_empty(
@@ -33,6 +40,21 @@ class Monitoring(Construct):
             events_dead_letter_queue,
             "EventBridge could not submit a worker job or run the scaler",
         )
+        self.scaler_failing_alarm: cloudwatch.Alarm | None = None
+        if scaler is not None:
+            self.scaler_failing_alarm = cloudwatch.Alarm(
+                self,
+                "ScalerFailingAlarm",
+                metric=scaler.metric_errors(period=Duration.minutes(5), statistic=cloudwatch.Stats.SUM),
+                threshold=SCALER_FAILED_RUNS,
+                evaluation_periods=1,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+                alarm_description=(
+                    "The worker scaler failed repeatedly (its log group names the failing call); "
+                    "the depth and age alarms still start workers"
+                ),
+            )
 
     def _not_empty(self, construct_id: str, queue: sqs.IQueue, description: str) -> cloudwatch.Alarm:
         return cloudwatch.Alarm(

@@ -92,6 +92,7 @@ class BatchCeleryStack(Stack):
             "Monitoring",
             task_dead_letter_queue=tasks.dead_letter_queue,
             events_dead_letter_queue=scaling.events_dead_letter_queue,
+            scaler=scaling.scaler,
         )
 
         self.network, self.tasks, self.workers, self.scaling = network, tasks, workers, scaling

@@ -13,7 +13,8 @@ Everything it needs comes from environment variables that the CDK stack sets on 
 
 Safety rules: if any reading fails, nothing is submitted (never scale on partial information);
 if a submission fails, the run stops there (the next minute's run re-evaluates from fresh counts).
-Each run prints exactly one JSON line, which is also the return value.
+Each run prints exactly one JSON line, which is also the return value; a failed run then
+raises ``ScalerRunFailed`` so it counts in the function's Errors metric (and its alarm).
 
 Imports are relative so the same files work as ``batch_celery.scaler`` locally and as the
 top-level ``scaler`` package inside the Lambda asset.
@@ -45,6 +46,10 @@ _BOTO_CONFIG = BotoConfig(retries={"mode": "standard", "max_attempts": 3}, conne
 
 class ScalerError(Exception):
     """An AWS call failed; the message names the call and the error code."""
+
+
+class ScalerRunFailed(RuntimeError):
+    """Raised by the Lambda entry point after logging a run that failed (one line: outcome: error)."""
 
 
 @dataclass(frozen=True)
@@ -234,4 +239,8 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         sqs, batch = _clients()
         record = scale(config, sqs, batch)
     print(json.dumps(record, sort_keys=True), file=sys.stdout, flush=True)
+    if record.get("level") == "ERROR":
+        # After the log line: the run counts in the function's Errors metric, which the stack
+        # alarms on. Async retries are off, so raising never repeats a submission.
+        raise ScalerRunFailed(f"{record['outcome']}: {record.get('error', '')}")
     return record

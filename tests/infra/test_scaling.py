@@ -57,6 +57,14 @@ def test_dead_letter_queues_have_alarms(default: Synth) -> None:
         assert alarm["Threshold"] == 1
 
 
+def test_failed_scaler_runs_raise_an_alarm(default: Synth) -> None:
+    function_id, _ = _scaler(default)
+    alarm = _alarm(default, "MonitoringScalerFailingAlarm")
+    assert (alarm["Namespace"], alarm["MetricName"], alarm["Statistic"]) == ("AWS/Lambda", "Errors", "Sum")
+    assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": function_id}}]
+    assert (alarm["Period"], alarm["Threshold"]) == (300, 3)
+
+
 # --- rules ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(

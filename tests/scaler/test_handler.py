@@ -402,8 +402,13 @@ def test_handler_rejects_bad_configuration(aws, stack, lambda_env, monkeypatch, 
     monkeypatch.setenv(name, value)
     _send(aws["sqs"], stack.queue_url, 25)
 
-    record = scaler.handler({}, None)
+    with pytest.raises(scaler.ScalerRunFailed) as failed:
+        scaler.handler({}, None)
 
-    assert (record["outcome"], record["submitted"], record["error"]) == ("config_error", 0, message)
-    assert capsys.readouterr().out.count("\n") == 1
+    assert str(failed.value) == f"config_error: {message}"
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert (record["outcome"], record["level"], record["submitted"], record["error"]) == (
+        "config_error", "ERROR", 0, message)
     assert _jobs_in(aws["batch"], stack) == []
