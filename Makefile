@@ -54,7 +54,7 @@ demo: $(PY_STAMP)
 	$(BIN)/python -m batch_celery.local $(DEMO_ARGS)
 
 reliability: $(PY_STAMP)
-	@echo "make reliability: not yet available"
+	$(BIN)/python -m bench.reliability
 
 bench: $(PY_STAMP)
 	$(BIN)/python -m bench.scaling

@@ -1,4 +1,7 @@
-"""A TCP proxy on 127.0.0.1 that can play an outage of the endpoint behind it.
+"""Proxies on 127.0.0.1 that play faults of the AWS endpoint behind them (moto server).
+
+``FaultProxy`` (TCP) plays an outage; ``ApiProxy`` (HTTP) counts every API call by action and
+answers chosen calls with throttling, a server error, or a lost response (see below).
 
 Put it in front of moto server and point the clients at ``proxy.endpoint``. ``go_down()`` stops
 listening (new connections are refused) and resets every open connection, as an unreachable
@@ -13,6 +16,7 @@ endpoint would; ``come_back()`` listens again on the same port. Plain threads, a
 
 from __future__ import annotations
 
+import json
 import select
 import socket
 import struct
@@ -164,3 +168,138 @@ def _reset(sock: socket.socket) -> None:
         sock.close()
     except OSError:
         pass
+
+
+# ---------------------------------------------------------------------------------------------
+# An HTTP proxy that sees each AWS API call: counts them by action and can answer chosen ones
+# with an error instead of forwarding them (moto never throttles nor fails on its own).
+
+THROTTLE = "throttle"  # HTTP 429 TooManyRequestsException (what Batch answers over its rate)
+SERVER_ERROR = "server_error"  # HTTP 500, not forwarded
+LOST_RESPONSE = "lost_response"  # forwarded (the call takes effect), then answered with HTTP 500
+
+_ERRORS = {
+    THROTTLE: (429, "TooManyRequestsException", "Too Many Requests"),
+    SERVER_ERROR: (500, "ServerException", "Internal failure (injected)"),
+    LOST_RESPONSE: (500, "ServerException", "Internal failure after the call took effect (injected)"),
+}
+
+
+def api_action(path: str, headers, body: bytes) -> str:
+    """The AWS action of a request: X-Amz-Target (JSON protocol), Action= (query), else the REST path."""
+    target = headers.get("X-Amz-Target")
+    if target:
+        return target.rsplit(".", 1)[-1]
+    from urllib.parse import parse_qs, urlsplit
+
+    query = parse_qs(urlsplit(path).query)
+    if "Action" in query:
+        return query["Action"][0]
+    if body and b"Action=" in body:
+        form = parse_qs(body.decode("utf-8", "replace"))
+        if "Action" in form:
+            return form["Action"][0]
+    return urlsplit(path).path
+
+
+class ApiProxy:
+    """HTTP proxy on 127.0.0.1 in front of moto: ``counts`` of forwarded and answered calls by
+    action, and ``decide(action) -> None | THROTTLE | SERVER_ERROR | LOST_RESPONSE`` per call.
+
+        with ApiProxy(moto.endpoint) as proxy:
+            ...clients use proxy.endpoint...; proxy.counts["ReceiveMessage"]
+    """
+
+    def __init__(self, target: str, decide=None) -> None:
+        from collections import Counter
+
+        self.target = target
+        self.decide = decide or (lambda action: None)
+        self.counts: Counter = Counter()
+        self.faults: Counter = Counter()
+        self._lock = threading.Lock()
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self._server.server_address[1]}"
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            self.counts.clear()
+            self.faults.clear()
+
+    def start(self) -> "ApiProxy":
+        import http.client
+        import http.server
+        from urllib.parse import urlsplit
+
+        proxy = self
+        target = urlsplit(self.target)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the SDKs and pycurl use it
+
+            def _relay(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                action = api_action(self.path, self.headers, body)
+                fault = proxy.decide(action)
+                with proxy._lock:
+                    proxy.counts[action] += 1
+                    if fault:
+                        proxy.faults[(action, fault)] += 1
+                if fault in (None, LOST_RESPONSE):
+                    status, reply, reply_headers = self._forward(body)
+                if fault:
+                    status, code, message = _ERRORS[fault]
+                    reply = json.dumps({"__type": code, "message": message}).encode()
+                    reply_headers = [("Content-Type", "application/x-amz-json-1.0"), ("x-amzn-ErrorType", code)]
+                self.send_response(status)
+                for key, value in reply_headers:
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def _forward(self, body: bytes):
+                connection = getattr(self, "_upstream", None)
+                for attempt in (1, 2):
+                    if connection is None:
+                        connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                        self._upstream = connection
+                    try:
+                        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("content-length", "connection")}
+                        connection.request(self.command, self.path, body=body, headers=headers)
+                        response = connection.getresponse()
+                        return response.status, response.read(), response.getheaders()
+                    except (OSError, http.client.HTTPException):
+                        connection.close()
+                        connection = self._upstream = None
+                        if attempt == 2:
+                            raise
+                raise AssertionError("unreachable")
+
+            do_POST = do_GET = do_PUT = do_DELETE = _relay
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="api-proxy", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> "ApiProxy":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
