@@ -2,9 +2,11 @@
 
 Configured once from the job's environment (worker_settings.py). The worker consumes only the
 batch queue, acknowledges a message after its task has finished, and never acknowledges a task
-that failed: the message stays in SQS, is received again after the visibility timeout and, after
-the queue's maxReceiveCount receives, SQS moves it to the dead-letter queue, where it can be
-inspected and redriven. Nothing a worker receives vanishes without a trace.
+that failed: the message stays in SQS, is received again after 30 s times its receive count
+(at most the visibility timeout; outage_tolerant_sqs.py) and, after the queue's maxReceiveCount
+receives, SQS moves it to the dead-letter queue, where it can be inspected and redriven. A
+malformed message is rejected the same way (dead_letter_consumer.py). Nothing a worker
+receives vanishes without a trace.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import json
 import select
 import socket
 import struct
+import sys
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -250,7 +251,11 @@ class ApiProxy:
                     if fault:
                         proxy.faults[(action, fault)] += 1
                 if fault in (None, LOST_RESPONSE):
-                    status, reply, reply_headers = self._forward(body)
+                    try:
+                        status, reply, reply_headers = self._forward(body)
+                    except (OSError, http.client.HTTPException):
+                        # The endpoint behind went away (e.g. at shutdown): say so, as a gateway would.
+                        status, reply, reply_headers = 502, b"", []
                 if fault:
                     status, code, message = _ERRORS[fault]
                     reply = json.dumps({"__type": code, "message": message}).encode()
@@ -286,8 +291,15 @@ class ApiProxy:
             def log_message(self, *args) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
-        self._server.daemon_threads = True
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address) -> None:
+                # A client that goes away mid-call (a killed worker's long poll) is part of the play.
+                if not isinstance(sys.exc_info()[1], OSError):
+                    super().handle_error(request, client_address)
+
+        self._server = Server((HOST, 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="api-proxy", daemon=True)
         self._thread.start()
         return self
