@@ -59,6 +59,18 @@ def test_broker_speaks_to_local_endpoint():
     assert settings.celery_config()["broker_transport_options"]["is_secure"] is False
 
 
+def test_ships_prefetch_one_and_dead_letter_safe_consumer():
+    config = WorkerSettings.from_env(BASE_ENV).celery_config()
+    assert config["worker_prefetch_multiplier"] == 1
+    assert config["worker_consumer"] == "dead_letter_consumer:Consumer"
+    # A failed task is back after 30 s x its receive count, never later than the visibility timeout.
+    assert config["broker_transport_options"]["failed_task_retry_seconds"] == 30
+    short = WorkerSettings.from_env({**BASE_ENV, "VISIBILITY_TIMEOUT_SECONDS": "6", "TASK_TIME_LIMIT_SECONDS": "5"})
+    assert short.celery_config()["broker_transport_options"]["failed_task_retry_seconds"] == 6
+    tuned = WorkerSettings.from_env({**BASE_ENV, "WORKER_PREFETCH_MULTIPLIER": "4"})
+    assert tuned.celery_config()["worker_prefetch_multiplier"] == 4
+
+
 @pytest.mark.parametrize(
     "overrides, expected",
     [
@@ -67,6 +79,7 @@ def test_broker_speaks_to_local_endpoint():
         ({"CELERY_QUEUE_NAME": "other"}, "does not end with CELERY_QUEUE_NAME='other'"),
         ({"AWS_DEFAULT_REGION": ""}, "AWS_REGION or AWS_DEFAULT_REGION must be set"),
         ({"WORKER_CONCURRENCY": "0"}, "WORKER_CONCURRENCY=0 is out of range; allowed: 1..256"),
+        ({"WORKER_PREFETCH_MULTIPLIER": "0"}, "WORKER_PREFETCH_MULTIPLIER=0 is out of range; allowed: 1..100"),
         ({"TASK_TIME_LIMIT_SECONDS": "1700"}, "allowed: at most 1620"),
         ({"VISIBILITY_TIMEOUT_SECONDS": "lots"}, "is not a whole number"),
         ({"AWS_ENDPOINT_URL_SQS": "localhost:4566"}, "is not an endpoint"),
