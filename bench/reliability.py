@@ -575,7 +575,9 @@ def main(argv: list[str] | None = None) -> int:
     def interrupted(signum, frame):
         raise KeyboardInterrupt
 
+    # Also SIGINT: a shell starts background jobs with it ignored, and Ctrl-C must still clean up.
     signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     # Credentials for the in-process task sender (kombu takes them from boto3's chain).
     os.environ.update(AWS_ACCESS_KEY_ID=motoserver.ACCESS_KEY, AWS_SECRET_ACCESS_KEY=motoserver.SECRET_KEY)
     started = time.monotonic()
