@@ -472,9 +472,11 @@ def scaler_under_faults(lab: Lab, runs: int = 40, cap: int = 10, backlog: int = 
         reported = 0
         peak = 0
         with ApiProxy(moto.endpoint, decide) as proxy:
+            # The clients the Lambda builds (handler._clients), pointed at the faulty proxy.
             faulty_batch = session.client("batch", endpoint_url=proxy.endpoint, config=scaler._BOTO_CONFIG)
+            faulty_submit = session.client("batch", endpoint_url=proxy.endpoint, config=scaler.SUBMIT_CONFIG)
             for _ in range(runs):
-                record = scaler.scale(config, lab.sqs, faulty_batch)
+                record = scaler.scale(config, lab.sqs, faulty_batch, submit_batch=faulty_submit)
                 outcomes[record["outcome"]] += 1
                 reported += record.get("submitted", 0)
                 # Every job stays SUBMITTED, so all workers ever submitted are active at once.

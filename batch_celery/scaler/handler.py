@@ -42,6 +42,12 @@ DESCRIBE_BATCH = 100  # DescribeJobs takes at most 100 job ids.
 
 # A run must finish well inside a minute, before the next scheduled run: few, quick retries.
 _BOTO_CONFIG = BotoConfig(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=10)
+# SubmitJob has no idempotency token: when an attempt takes effect but its answer is lost (a read
+# timeout, a 5xx from the front end), a retry submits the workers a second time, past the cap.
+# So the submission is tried exactly once; a failed one is re-evaluated by the next run from fresh
+# counts, which then include any job that did land. (``max_attempts`` counts retries in botocore's
+# standard mode; ``total_max_attempts`` counts calls.)
+SUBMIT_CONFIG = _BOTO_CONFIG.merge(BotoConfig(retries={"mode": "standard", "total_max_attempts": 1}))
 
 
 class ScalerError(Exception):
@@ -190,8 +196,12 @@ def _call(what: str, function: Any, **kwargs: Any) -> Any:
         raise ScalerError(f"{what} failed: {type(error).__name__}: {error}") from error
 
 
-def scale(config: ScalerConfig, sqs: Any, batch: Any) -> dict[str, Any]:
-    """One scaling decision with the given clients; returns the record that is logged."""
+def scale(config: ScalerConfig, sqs: Any, batch: Any, *, submit_batch: Any) -> dict[str, Any]:
+    """One scaling decision with the given clients; returns the record that is logged.
+
+    ``batch`` lists and describes jobs (retries are fine); ``submit_batch`` submits them and must
+    not retry (a client with ``SUBMIT_CONFIG``), or a lost answer doubles the workers.
+    """
     record: dict[str, Any] = {
         "scaler": "batch-celery",
         "messages_per_worker": config.messages_per_worker,
@@ -211,7 +221,7 @@ def scale(config: ScalerConfig, sqs: Any, batch: Any) -> dict[str, Any]:
     wanted = workers_wanted(backlog, config.messages_per_worker, config.max_workers)
     record.update(counts, backlog=backlog, active=active, wanted=wanted, to_submit=deficit)
     try:
-        job_ids = submit_workers(batch, config, deficit)
+        job_ids = submit_workers(submit_batch, config, deficit)
     except PartialSubmit as error:
         submitted = sum(submission_plan(deficit)[: len(error.job_ids)])
         record.update(outcome="submit_failed", level="ERROR", submitted=submitted, job_ids=error.job_ids,
@@ -222,10 +232,14 @@ def scale(config: ScalerConfig, sqs: Any, batch: Any) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=1)
-def _clients() -> tuple[Any, Any]:
+def _clients() -> tuple[Any, Any, Any]:
     # Once per container: warm invocations reuse connections. boto3 itself honours
     # AWS_ENDPOINT_URL_SQS / AWS_ENDPOINT_URL_BATCH, which is how the tests reach moto.
-    return boto3.client("sqs", config=_BOTO_CONFIG), boto3.client("batch", config=_BOTO_CONFIG)
+    return (
+        boto3.client("sqs", config=_BOTO_CONFIG),
+        boto3.client("batch", config=_BOTO_CONFIG),
+        boto3.client("batch", config=SUBMIT_CONFIG),
+    )
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:
@@ -236,8 +250,8 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         record: dict[str, Any] = {"scaler": "batch-celery", "outcome": "config_error", "level": "ERROR",
                                   "submitted": 0, "error": str(error)}
     else:
-        sqs, batch = _clients()
-        record = scale(config, sqs, batch)
+        sqs, batch, submit_batch = _clients()
+        record = scale(config, sqs, batch, submit_batch=submit_batch)
     print(json.dumps(record, sort_keys=True), file=sys.stdout, flush=True)
     if record.get("level") == "ERROR":
         # After the log line: the run counts in the function's Errors metric, which the stack

@@ -53,12 +53,6 @@ def test_malformed_messages_end_in_dead_letter_queue_and_worker_keeps_serving(la
     assert not outcome.failures, outcome
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="batch_celery/scaler/handler.py retries SubmitJob (botocore standard retries): when the first "
-    "attempt took effect but its answer was lost, the workers are submitted twice, beyond max_workers",
-)
 def test_scaler_never_submits_beyond_cap_under_batch_faults(lab):
     outcome = reliability.scaler_under_faults(lab, runs=10, cap=5, backlog=100)
 

@@ -9,17 +9,15 @@ restores the server's configuration afterwards, because the server is shared by 
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 import time
 import urllib.request
 import uuid
-from contextlib import contextmanager
 
 import boto3
 import pytest
 
+from batch_celery.local.faults import LOST_RESPONSE, THROTTLE, ApiProxy
 from batch_celery.scaler import handler as scaler
 
 ENV_NAMES = ("QUEUE_URL", "JOB_QUEUE", "JOB_DEFINITION", "JOB_NAME", "MESSAGES_PER_WORKER", "MAX_WORKERS")
@@ -118,7 +116,7 @@ def _jobs_in(batch, config):
 
 
 def _run(config, aws):
-    return scaler.scale(config, aws["sqs"], aws["batch"])
+    return scaler.scale(config, aws["sqs"], aws["batch"], submit_batch=aws["batch"])
 
 
 def test_submits_one_array_job_sized_to_the_backlog(aws, stack):
@@ -293,70 +291,57 @@ def test_reports_a_failed_submission_and_stops(aws, stack):
 # --- throttling: moto never throttles, so a small proxy answers chosen Batch calls with a real
 # HTTP 429 TooManyRequestsException (what Batch returns) and forwards everything else to moto.
 
-@contextmanager
-def _throttling_proxy(target, throttled_paths):
-    class Proxy(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's naming
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            if self.path in throttled_paths:
-                payload = json.dumps({"__type": "TooManyRequestsException", "message": "Too Many Requests"}).encode()
-                self.send_response(429)
-                self.send_header("x-amzn-ErrorType", "TooManyRequestsException")
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-                return
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-            request = urllib.request.Request(target + self.path, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=10) as response:
-                    status, reply, reply_headers = response.status, response.read(), response.headers
-            except urllib.error.HTTPError as error:
-                status, reply, reply_headers = error.code, error.read(), error.headers
-            self.send_response(status)
-            for key, value in reply_headers.items():
-                if key.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
-                    self.send_header(key, value)
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def _batch_clients(endpoint, moto_server):
+    """The two Batch clients the Lambda builds (reads retry, the submission does not), via ``endpoint``."""
+    def client(config):
+        return boto3.client("batch", endpoint_url=endpoint, region_name=moto_server.region,
+                            aws_access_key_id="testing", aws_secret_access_key="testing", config=config)
+    return client(scaler._BOTO_CONFIG), client(scaler.SUBMIT_CONFIG)
 
 
-def _batch_through(endpoint, moto_server):
-    return boto3.client("batch", endpoint_url=endpoint, region_name=moto_server.region,
-                        aws_access_key_id="testing", aws_secret_access_key="testing", config=scaler._BOTO_CONFIG)
+def _faults_on(action, fault):
+    return lambda called: fault if called == action else None
 
 
 def test_throttled_listing_submits_nothing(aws, stack, moto_server):
     _send(aws["sqs"], stack.queue_url, 30)
-    with _throttling_proxy(moto_server.endpoint, {"/v1/listjobs"}) as endpoint:
-        record = scaler.scale(stack, aws["sqs"], _batch_through(endpoint, moto_server))
+    with ApiProxy(moto_server.endpoint, _faults_on("/v1/listjobs", THROTTLE)) as proxy:
+        batch, submit = _batch_clients(proxy.endpoint, moto_server)
+        record = scaler.scale(stack, aws["sqs"], batch, submit_batch=submit)
 
     assert (record["outcome"], record["submitted"]) == ("read_failed", 0)
     assert "TooManyRequestsException" in record["error"]
-    assert _jobs_in(aws["batch"], stack) == []
+    assert proxy.counts["/v1/submitjob"] == 0
 
 
-def test_throttled_submission_is_reported_not_retried(aws, stack, moto_server):
+def test_throttled_submission_is_reported_and_tried_once(aws, stack, moto_server):
     _send(aws["sqs"], stack.queue_url, 30)
-    with _throttling_proxy(moto_server.endpoint, {"/v1/submitjob"}) as endpoint:
-        record = scaler.scale(stack, aws["sqs"], _batch_through(endpoint, moto_server))
+    with ApiProxy(moto_server.endpoint, _faults_on("/v1/submitjob", THROTTLE)) as proxy:
+        batch, submit = _batch_clients(proxy.endpoint, moto_server)
+        record = scaler.scale(stack, aws["sqs"], batch, submit_batch=submit)
 
     assert (record["outcome"], record["to_submit"], record["submitted"]) == ("submit_failed", 3, 0)
     assert "TooManyRequestsException" in record["error"]
+    assert proxy.counts["/v1/submitjob"] == 1
+
+
+def test_lost_submit_answer_never_doubles_the_workers(aws, stack, moto_server, jobs_stay_active,
+                                                      lambda_env, monkeypatch, capsys):
+    # The real Lambda wiring (handler._clients) through a proxy that lets SubmitJob take effect
+    # and then answers 500, as a front-end timeout would: the workers exist but the scaler was told
+    # otherwise. A retry would submit them again; the next run must count them instead.
+    _send(aws["sqs"], stack.queue_url, 30)
+    with ApiProxy(moto_server.endpoint, _faults_on("/v1/submitjob", LOST_RESPONSE)) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_BATCH", proxy.endpoint)
+        scaler._clients.cache_clear()
+        with pytest.raises(scaler.ScalerRunFailed, match="submit_failed"):
+            scaler.handler({}, None)
+        assert proxy.counts["/v1/submitjob"] == 1
+        proxy.decide = lambda action: None
+        second = scaler.handler({}, None)
+
+    assert (second["outcome"], second["active"], second["submitted"]) == ("ok", 3, 0)
+    assert [job.get("arrayProperties", {}).get("size") for job in _jobs_in(aws["batch"], stack)] == [3]
 
 
 # --- the Lambda entry point: configuration from the environment, one JSON line per run.
