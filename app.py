@@ -36,7 +36,13 @@ def build_app(app: cdk.App | None = None) -> tuple[cdk.App, BatchCeleryStack]:
 
 def main() -> int:
     try:
-        app, _ = build_app()
+        # The CLI passes context as JSON in CDK_CONTEXT_JSON; hand-set bad JSON fails in here.
+        app = cdk.App()
+    except RuntimeError as error:
+        print(f"error: the CDK context could not be read: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
+    try:
+        app, _ = build_app(app)
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,12 @@ def test_cdk_synth_shows_a_bad_setting_as_one_line(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "error: batch-celery.low_threshold = 0: must be >= 1" in result.stderr.splitlines()
     assert "Traceback" not in result.stderr
+
+
+def test_app_shows_unreadable_context_as_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CDK_"))}
+    env.update(QUIET, CDK_OUTDIR=str(tmp_path / "cdk.out"), CDK_CONTEXT_JSON="not-json")
+    result = subprocess.run([sys.executable, "app.py"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: the CDK context could not be read: Unexpected token 'o', \"not-json\" is not valid JSON"]
