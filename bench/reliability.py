@@ -41,7 +41,7 @@ from batch_celery.local import motoserver
 from batch_celery.local.faults import LOST_RESPONSE, SERVER_ERROR, THROTTLE, ApiProxy, FaultProxy
 from batch_celery.local.probe_tasks import read_events
 from batch_celery.local.queues import QueuePair, create_queue_pair, total_messages
-from tests.container.helpers import CONTAINER, ScriptRun, start_script, worker_env
+from batch_celery.local.lifecycle import CONTAINER, ScriptRun, start_script, worker_env
 
 IDLE, POLL = 3, 1
 

@@ -33,7 +33,7 @@ import boto3
 from batch_celery.local import motoserver
 from batch_celery.local.faults import ApiProxy
 from batch_celery.local.queues import create_queue_pair, total_messages, via_endpoint
-from tests.container.helpers import fill, running_script, wait_until, worker_env
+from batch_celery.local.lifecycle import fill, running_script, wait_until, worker_env
 
 TASK_SECONDS = 5.0  # the task length the overhead target is stated for
 TARGETS = {"overhead_percent_of_5s_task": 2.0, "sqs_requests_per_task": 2.5, "idle_tail_margin_seconds": 5.0}

@@ -11,7 +11,7 @@ import pytest
 from batch_celery.local.motoserver import free_port
 from batch_celery.local.queues import message_counts
 
-from .helpers import CONTAINER, environment, load_filler, worker_env
+from batch_celery.local.lifecycle import CONTAINER, environment, load_filler, worker_env
 
 
 @pytest.fixture(scope="module")

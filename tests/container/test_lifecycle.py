@@ -15,7 +15,7 @@ import pytest
 from batch_celery.local.faults import FaultProxy
 from batch_celery.local.queues import message_counts, total_messages
 
-from .helpers import fill, running_script, wait_until, worker_env
+from batch_celery.local.lifecycle import fill, running_script, wait_until, worker_env
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import CONTAINER, environment, worker_env
+from batch_celery.local.lifecycle import CONTAINER, environment, worker_env
 
 BIN = Path(sys.executable).parent
 

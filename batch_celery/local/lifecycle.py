@@ -1,7 +1,8 @@
 """Run the real worker container code on this machine: the lifecycle script, the filler, probes.
 
-Shared by the container tests, the reliability suite and the benchmarks. Everything talks to
-moto server on 127.0.0.1 (optionally through a FaultProxy) with real worker processes.
+Shared by the container tests, the reliability suite and the benchmarks (the demo streams each
+script's output live instead: demo.py). Everything talks to moto server on 127.0.0.1 (optionally
+through a FaultProxy) with real worker processes.
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ def environment(env: dict[str, str]) -> Iterator[None]:
 
 
 def fill(env: dict[str, str], count: int, task: str = "probe.record", args: list | None = None, kwargs: dict | None = None) -> None:
-    """Send ``count`` tasks with the real filler; fail the test if it does not send them all."""
+    """Send ``count`` tasks with the real filler in this process; raise if it does not send them all."""
     import json
 
     argv = ["-n", str(count), "--task", task, "--quiet"]
@@ -181,4 +182,5 @@ def fill(env: dict[str, str], count: int, task: str = "probe.record", args: list
         argv += ["--kwargs", json.dumps(kwargs)]
     with environment(env):
         status = load_filler().main(argv)
-    assert status == 0, f"the filler failed with status {status}"
+    if status != 0:
+        raise RuntimeError(f"the filler failed with status {status}")
