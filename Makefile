@@ -58,6 +58,7 @@ reliability: $(PY_STAMP)
 
 bench: $(PY_STAMP)
 	$(BIN)/python -m bench.scaling
+	$(BIN)/python -m bench.worker
 
 clean:
 	rm -rf cdk.out .pytest_cache
