@@ -76,6 +76,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
 from batch_celery.scaler.policy import submission_plan, workers_to_submit
+from batch_celery.settings import Settings
 
 METRIC_PERIOD_SECONDS = 60
 METRIC_LAG_SECONDS = 60
@@ -91,18 +92,22 @@ POLICIES = ("seed", "proportional", "oracle")
 SWEEP = (1, 2, 5, 10, 20, 50)  # messages_per_worker values shown by --sweep
 
 
+# The stack's own defaults (batch_celery/settings.py), so the model cannot drift from what deploys.
+STACK = Settings()
+
+
 @dataclass(frozen=True)
 class Params:
-    max_workers: int = 48
-    messages_per_worker: int = 10
-    sla_seconds: int = 300
-    idle_seconds: int = 60
-    poll_seconds: int = 10
+    max_workers: int = STACK.max_workers
+    messages_per_worker: int = STACK.messages_per_worker
+    sla_seconds: int = STACK.age_alarm_seconds
+    idle_seconds: int = STACK.idle_seconds
+    poll_seconds: int = STACK.poll_seconds
     batch_schedule_seconds: int = BATCH_SCHEDULE_SECONDS
     fargate_start_seconds: int = FARGATE_START_SECONDS
-    low_threshold: int = 5      # the sample's alarms and array size (issue 2 defaults)
-    high_threshold: int = 50
-    high_array_size: int = 10
+    low_threshold: int = STACK.low_threshold  # the sample's alarms and array size
+    high_threshold: int = STACK.high_threshold
+    high_array_size: int = STACK.high_array_size
     # True: the depth/age rules submit their own Batch jobs AND invoke the scaler (issue 4's design).
     # False: with the scaler on, the rules only invoke it (see --rules-invoke-scaler-only).
     rules_submit_jobs: bool = True
