@@ -55,11 +55,28 @@ class StackSpec:
     scaler_environment: Mapping[str, str] = field(default_factory=dict)
 
 
-def synthesize(outdir: Path) -> dict[str, Any]:
-    """Run the real CDK app into ``outdir`` and return its one stack template."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+def project_context() -> dict[str, Any]:
+    """The context the CDK CLI would pass: cdk.json's ``context``, then cdk.context.json over it."""
+    context: dict[str, Any] = {}
+    for name, key in (("cdk.json", "context"), ("cdk.context.json", None)):
+        path = REPO_ROOT / name
+        if path.exists():
+            data = json.loads(path.read_text())
+            context.update(data.get(key, {}) if key else data)
+    return context
+
+
+def synthesize(outdir: Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run the real CDK app into ``outdir`` with the project's context (``overrides`` on top, as
+    ``cdk synth -c`` would put them) and return its one stack template.
+
+    ``python app.py`` alone does not read cdk.json: the CLI passes its context in
+    ``CDK_CONTEXT_JSON``, so this does the same, or the user's settings would be ignored here.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CDK_"))}
     env.update(
         CDK_OUTDIR=str(outdir),
+        CDK_CONTEXT_JSON=json.dumps({**project_context(), **(overrides or {})}),
         AWS_EC2_METADATA_DISABLED="true",
         JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION="20",
         JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION="1",

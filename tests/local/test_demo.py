@@ -126,6 +126,16 @@ def test_queue_attributes_come_from_the_synthesized_stack(tmp_path):
     assert int(spec.scaler_environment["MESSAGES_PER_WORKER"]) >= 1
 
 
+def test_the_local_run_uses_the_projects_cdk_context(tmp_path):
+    # What a user sets in cdk.json reaches the local queue and workers as it reaches AWS.
+    assert "@aws-cdk/aws-ec2:restrictDefaultSecurityGroup" in template.project_context()
+    spec = template.read_spec(template.synthesize(
+        tmp_path, {"batch-celery": {"max_receive_count": 7, "idle_seconds": 90, "messages_per_worker": 4}}))
+    assert spec.queue.max_receive_count == 7
+    assert spec.worker_environment["IDLE_SECONDS"] == "90"
+    assert spec.scaler_environment["MESSAGES_PER_WORKER"] == "4"
+
+
 def test_queues_created_locally_match_the_spec(moto_server, tmp_path):
     import boto3
 
