@@ -41,7 +41,6 @@ FILLER = CONTAINER_DIR / "fill-batch-queue.py"
 MARKER_VARIABLE = "BATCH_CELERY_LOCAL_RUN"
 # Celery's own line for a finished task: "Task NAME[ID] succeeded in 0.25s: VALUE".
 SUCCEEDED = re.compile(r"Task (?P<name>[\w.]+)\[(?P<id>[0-9a-f-]+)\] succeeded in")
-FAILED = re.compile(r"Task (?P<name>[\w.]+)\[(?P<id>[0-9a-f-]+)\] (raised|failed)")
 TASK_CHOICES = {
     # ~1.3 s of pure-Python arithmetic per task on this machine's cores.
     "calculate_pi": ("batch.calculate_pi", {"terms": 10_000_000}),
@@ -63,10 +62,9 @@ class LocalWorker:
     run_dir: Path
     log_path: Path
     done_ids: set[str] = field(default_factory=set)
-    failed_ids: set[str] = field(default_factory=set)
     _reader: threading.Thread | None = None
 
-    def start_reading(self, on_line: Callable[[str], None] | None = None) -> None:
+    def start_reading(self) -> None:
         def read() -> None:
             with self.log_path.open("w", encoding="utf-8") as log:
                 for line in self.process.stdout:
@@ -74,10 +72,6 @@ class LocalWorker:
                     log.flush()
                     if match := SUCCEEDED.search(line):
                         self.done_ids.add(match["id"])
-                    elif match := FAILED.search(line):
-                        self.failed_ids.add(match["id"])
-                    if on_line:
-                        on_line(line)
 
         self._reader = threading.Thread(target=read, name=f"worker-{self.index}-log", daemon=True)
         self._reader.start()
