@@ -1,4 +1,4 @@
-"""kombu's SQS transport with three defects of kombu 5.7.0 fixed, so no message is lost or kills a worker.
+"""kombu's SQS transport with four defects of kombu 5.7.0 fixed, so no message is lost, kills a worker or waits out a timeout.
 
 1. **An unreachable endpoint must not end the worker.** kombu's asynchronous ReceiveMessage turns
    a timeout, a 5xx answer or a connection that could not be made (pycurl reports HTTP 599) into
@@ -24,6 +24,14 @@
    visibility timeout), so with the defaults a poison task is in the dead-letter queue within
    about 3 minutes, while a task that failed on a passing cause gets a later second chance.
 
+4. **A message is held only while the worker works on it.** kombu has no visibility heartbeat:
+   a task longer than the queue's visibility timeout is handed to a second worker while it runs,
+   and a worker that stops takes the whole timeout to give back what it held (kombu hides a
+   restored message for ``wait_time_seconds`` more). Here the heartbeat of held_messages.py
+   keeps every held message invisible, a message given back at shutdown (reserved, never started)
+   or by a lost worker process is visible again at once, and a drain (the ``stop-consuming``
+   file) stops polling without leaving a long poll open to take a message nobody will run.
+
 Selected with ``broker_transport = "outage_tolerant_sqs:Transport"`` (worker_settings.py).
 Remove a fix once kombu handles the case itself.
 """
@@ -31,9 +39,12 @@ Remove a fix once kombu handles the case itself.
 from __future__ import annotations
 
 import logging
+import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 from kombu.transport import SQS
+
+from held_messages import Held, Heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +54,114 @@ MAX_VISIBILITY_SECONDS = 12 * 60 * 60
 
 class Channel(SQS.Channel):
     _endpoint_unreachable = False
+    _heartbeat: Heartbeat | None = None
+    _open_polls = 0
 
     @property
     def failed_task_retry_seconds(self) -> int:
         return int(self.transport_options.get("failed_task_retry_seconds", 30))
 
+    # -- fix 4: heartbeat, drain and instant release ------------------------------------------
+
+    def basic_consume(self, queue, no_ack, callback, consumer_tag, *args, **kwargs):
+        options = self.transport_options
+        if self._heartbeat is None and options.get("heartbeat_seconds"):
+            self._heartbeat = Heartbeat(
+                snapshot=self._held, open_polls=lambda: self._open_polls,
+                visibility_timeout=int(self.visibility_timeout),
+                heartbeat_seconds=int(options["heartbeat_seconds"]),
+                run_dir=options.get("run_dir"), region=options.get("region"),
+            )
+            self._heartbeat.start()
+        return super().basic_consume(queue, no_ack, callback, consumer_tag, *args, **kwargs)
+
+    def _held(self) -> list[Held]:
+        """Every message delivered to Celery and not yet acked or rejected (read from another thread)."""
+        for _ in range(5):
+            try:
+                delivered = list(self.qos._delivered.items())
+                dirty = set(self.qos._dirty)
+                break
+            except RuntimeError:  # changed while copied: copy again
+                continue
+        else:
+            return []
+        held = []
+        for tag, message in delivered:
+            if tag in dirty:
+                continue
+            info = message.delivery_info
+            sqs_message = info.get("sqs_message") or {}
+            if "ReceiptHandle" not in sqs_message or "sqs_queue" not in info:
+                continue
+            headers = message.headers or {}
+            held.append(Held(
+                receipt_handle=sqs_message["ReceiptHandle"], queue_url=info["sqs_queue"],
+                message_id=sqs_message.get("MessageId", ""), task=str(headers.get("task", "")),
+                task_id=str(headers.get("id", "")), received=sqs_message.get("_received_at", time.time()),
+            ))
+        return held
+
+    @property
+    def _draining(self) -> bool:
+        return self._heartbeat is not None and self._heartbeat.draining
+
+    def _schedule_queue(self, queue):
+        if self._draining and queue in self._active_queues:
+            # No new long poll while draining; look again soon (the lifecycle script may resume).
+            self.hub.call_later(0.5, self._schedule_queue, queue)
+            return
+        return super()._schedule_queue(queue)
+
+    def _get_from_sqs(self, queue_name, queue_url, connection, count=1, callback=None):
+        self._open_polls += 1
+        return super()._get_from_sqs(queue_name, queue_url, connection, count=count, callback=callback)
+
+    def basic_ack(self, delivery_tag, multiple=False):
+        try:
+            return super().basic_ack(delivery_tag, multiple=multiple)
+        finally:
+            if self._heartbeat is not None:
+                self._heartbeat.poke()
+
+    def _restore(self, message, unwanted_delivery_info=("sqs_message", "sqs_queue")):
+        """A message the worker gives back unrun (reserved at shutdown, or its process was lost)
+        is visible again at once; kombu would hide it ``wait_time_seconds`` more."""
+        info = message.delivery_info
+        try:
+            receipt_handle, queue_url = info["sqs_message"]["ReceiptHandle"], info["sqs_queue"]
+        except KeyError:
+            return super()._restore(message, unwanted_delivery_info)
+        queue = self.canonical_queue_name(info["routing_key"]) if info.get("routing_key") else None
+        try:
+            self.sqs(queue=queue).change_message_visibility(
+                QueueUrl=queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=0
+            )
+        except (ClientError, BotoCoreError) as error:
+            logger.warning("could not give back message %s at once (%s); it returns within the visibility "
+                           "timeout", info["sqs_message"].get("MessageId"), error)
+        else:
+            logger.info("gave back message %s (task %s): visible to other workers now",
+                        info["sqs_message"].get("MessageId"), (message.headers or {}).get("id"))
+
     def _on_messages_ready(self, queue, qname, messages):
+        self._open_polls = max(0, self._open_polls - 1)
+        received_at = time.time()
+        if isinstance(messages, dict):
+            for message in messages.get("Messages") or ():
+                message["_received_at"] = received_at
+            if self._draining and messages.get("Messages"):
+                # The worker is stopping: what the last long poll brought goes back at once.
+                self._release_messages(queue, qname, messages["Messages"])
+                return 0
         if isinstance(messages, dict):
             if self._endpoint_unreachable:
                 self._endpoint_unreachable = False
                 logger.warning("SQS answers again for queue %s; consuming", qname)
-            return super()._on_messages_ready(queue, qname, messages)
+            delivered = super()._on_messages_ready(queue, qname, messages)
+            if delivered and self._heartbeat is not None:
+                self._heartbeat.poke()
+            return delivered
         # Logged once per outage: the worker polls again every polling interval meanwhile.
         if not self._endpoint_unreachable:
             self._endpoint_unreachable = True

@@ -1,6 +1,7 @@
 """Read the batch queue's message counts for run_celery_worker.sh.
 
-Prints ``visible in_flight delayed`` (or their sum with ``--total``) on one line and exits 0.
+Prints ``visible in_flight delayed`` on one line (their sum with ``--total``; ``--waiting``: visible +
+delayed, what no worker holds yet, which the lifecycle script's idle rule reads) and exits 0.
 On any failure it prints one line saying why on stderr and exits 1: the caller must never take
 a failed reading for an empty queue.
 
@@ -53,6 +54,7 @@ def _one_line(error: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Print the batch queue's visible, in-flight and delayed counts.")
     parser.add_argument("--total", action="store_true", help="print only the sum of the three counts")
+    parser.add_argument("--waiting", action="store_true", help="print visible + delayed (not held by any worker)")
     parser.add_argument(
         "--require-dead-letter-queue", action="store_true", help="check that the queue has a redrive policy"
     )
@@ -80,7 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - any failure is "unknown", reported in one line
         print(f"queue_depth: cannot read {queue_url}: {_one_line(error)}", file=sys.stderr)
         return 1
-    print(sum(counts) if args.total else " ".join(str(count) for count in counts))
+    visible, in_flight, delayed = counts
+    if args.total:
+        print(visible + in_flight + delayed)
+    elif args.waiting:
+        print(visible + delayed)
+    else:
+        print(visible, in_flight, delayed)
     return 0
 
 

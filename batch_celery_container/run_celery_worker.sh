@@ -1,21 +1,31 @@
 #!/usr/bin/env bash
-# Lifecycle of one Batch worker: start a Celery worker, keep it while the queue has work, stop it
-# once the queue has been empty for IDLE_SECONDS, and exit with a status that says what happened.
+# Lifecycle of one Batch worker: start a Celery worker, keep it while it has work, stop it once
+# it has been idle for IDLE_SECONDS, and exit with a status that says what happened.
+#
+# Idle means: this worker held no message (none running, none reserved, none waiting for its ETA;
+# the worker says so in its state file, see held_messages.py) and the queue showed nothing visible
+# or delayed. Messages other workers hold never keep it alive. A reading that cannot be made (no
+# fresh state file, queue unreadable) never counts as idle. Before it stops, the worker drains:
+# it opens no new long poll and gives back what an open one still brings.
 #
 # Exit status (the job's exit code; Batch's retry strategy can match on it):
-#   0    drained: the queue was empty for IDLE_SECONDS and the worker stopped cleanly
+#   0    idle for IDLE_SECONDS; the worker stopped cleanly, holding nothing
 #   2    configuration error, or the worker did not start
-#   3    the worker died on its own (crash, OOM kill)
+#   3    the worker died on its own (crash, OOM kill); what it held was made visible at once
 #   4    the queue could not be read for MAX_FAILED_READINGS polls in a row
 #   5    the worker did not stop within STOP_TIMEOUT_SECONDS after TERM and was killed
-#   130  stopped by SIGINT, 143 stopped by SIGTERM (e.g. Batch stop or Spot reclaim); worker stopped
-# Nothing is lost at any exit: the worker acks a message only after its task has finished, so a
-# task cut short returns to the queue when its visibility timeout ends.
+#   130  stopped by SIGINT, 143 stopped by SIGTERM (Batch stop, job timeout, Spot reclaim): the
+#        running task had STOP_GRACE_SECONDS to finish; if it did not, it was stopped and its
+#        message made visible at once, so another worker starts it within seconds
+# Nothing is lost at any exit: the worker acks a message only after its task has finished, keeps
+# what it holds invisible by a heartbeat, and what it gives back unfinished is visible at once;
+# only if the whole container dies does a message wait out the queue's visibility timeout.
 #
 # Environment (defaults in brackets): IDLE_SECONDS [60], POLL_SECONDS [10],
-# MAX_FAILED_READINGS [30], STOP_TIMEOUT_SECONDS [TASK_TIME_LIMIT_SECONDS + 30],
-# START_TIMEOUT_SECONDS [60], WORKER_RUN_DIR [a new temporary folder], PYTHON [python3],
-# LOG_LEVEL [INFO]; the queue and worker settings are read by worker_settings.py.
+# STOP_GRACE_SECONDS [20], MAX_FAILED_READINGS [30], STOP_TIMEOUT_SECONDS [TASK_TIME_LIMIT_SECONDS
+# + 30], START_TIMEOUT_SECONDS [60], DRAIN_TIMEOUT_SECONDS [15: kombu's 10 s long poll + 5],
+# WORKER_RUN_DIR [a new temporary folder], PYTHON [python3], LOG_LEVEL [INFO]; the queue and
+# worker settings (HEARTBEAT_SECONDS among them) are read by worker_settings.py.
 set -euo pipefail
 
 readonly EXIT_DRAINED=0 EXIT_CONFIG=2 EXIT_WORKER_DIED=3 EXIT_QUEUE_UNREADABLE=4 EXIT_STOP_TIMEOUT=5
@@ -28,11 +38,14 @@ POLL_SECONDS="${POLL_SECONDS:-10}"
 MAX_FAILED_READINGS="${MAX_FAILED_READINGS:-30}"
 STOP_TIMEOUT_SECONDS="${STOP_TIMEOUT_SECONDS:-$(( ${TASK_TIME_LIMIT_SECONDS:-900} + 30 ))}"
 START_TIMEOUT_SECONDS="${START_TIMEOUT_SECONDS:-60}"
+STOP_GRACE_SECONDS="${STOP_GRACE_SECONDS:-20}"
+DRAIN_TIMEOUT_SECONDS="${DRAIN_TIMEOUT_SECONDS:-15}"
 LOG_LEVEL="${LOG_LEVEL:-INFO}"
 
 log() { printf '%s run_celery_worker: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*"; }
 
-for name in IDLE_SECONDS POLL_SECONDS MAX_FAILED_READINGS STOP_TIMEOUT_SECONDS START_TIMEOUT_SECONDS; do
+for name in IDLE_SECONDS POLL_SECONDS MAX_FAILED_READINGS STOP_TIMEOUT_SECONDS START_TIMEOUT_SECONDS \
+    STOP_GRACE_SECONDS DRAIN_TIMEOUT_SECONDS; do
     if [[ ! "${!name}" =~ ^[1-9][0-9]*$ ]]; then
         log "configuration error: ${name}=${!name} is not allowed; expected a whole number of at least 1"
         exit "$EXIT_CONFIG"
@@ -58,8 +71,12 @@ RUN_DIR="${WORKER_RUN_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/celery-worker.XXXXXX")}"
 readonly RUN_DIR
 mkdir -p "$RUN_DIR"
 readonly PIDFILE="$RUN_DIR/worker.pid" LOGFILE="$RUN_DIR/worker.log"
-rm -f "$PIDFILE"
+# Written and read by held_messages.py (the worker's state) and this script (the drain).
+readonly STOP_FILE="$RUN_DIR/stop-consuming" DRAINED_FILE="$RUN_DIR/drained"
+rm -f "$PIDFILE" "$STOP_FILE" "$DRAINED_FILE" "$RUN_DIR/held.json"
 : >>"$LOGFILE"
+# The worker learns its run folder (where it writes what it holds) from here.
+export WORKER_RUN_DIR="$RUN_DIR" STOP_GRACE_SECONDS
 
 worker_pid=""
 worker_pgid=""
@@ -130,6 +147,26 @@ stop_worker() {
     return 0
 }
 
+# Make what the worker held visible again at once (after it died or was killed), from its last
+# state file; a message it acked since is refused by SQS and skipped.
+release_held() {
+    "$PYTHON" "$SCRIPT_DIR/held_messages.py" release | while IFS= read -r line; do log "$line"; done || true
+}
+
+# Stop taking work: no new long poll; what an open one brings is given back. Returns once no poll
+# is open (the worker writes the marker), the worker is gone, a stop signal came or time is up.
+drain_worker() {
+    local deadline=$(( SECONDS + DRAIN_TIMEOUT_SECONDS ))
+    touch "$STOP_FILE"
+    while [[ ! -e "$DRAINED_FILE" ]] && worker_alive; do
+        if (( SECONDS >= deadline )); then
+            log "the worker's long poll did not end within ${DRAIN_TIMEOUT_SECONDS} s; stopping it anyway"
+            return 0
+        fi
+        sleep 0.2
+    done
+}
+
 finish() {
     local status="$1"
     finish_log
@@ -147,12 +184,28 @@ on_signal() {
 trap 'on_signal TERM' TERM
 trap 'on_signal INT' INT
 
+# Batch stops a job with SIGTERM and kills it 30 s later. The running task gets STOP_GRACE_SECONDS;
+# a task that cannot finish in time is stopped and its message given back at once.
 handle_stop_signal() {
-    local status=143
+    local status=143 deadline
     [[ "$stop_signal" == "INT" ]] && status=130
-    log "received SIG$stop_signal"
-    if ! stop_worker; then
-        finish "$EXIT_STOP_TIMEOUT"
+    deadline=$(( SECONDS + STOP_GRACE_SECONDS ))
+    log "received SIG$stop_signal: taking no more work; the running task has ${STOP_GRACE_SECONDS} s to finish"
+    trap '' TERM INT
+    if worker_alive; then
+        touch "$STOP_FILE"
+        while [[ ! -e "$DRAINED_FILE" ]] && worker_alive && (( SECONDS < deadline )); do
+            sleep 0.2
+        done
+        kill -TERM "$worker_pid" 2>/dev/null || true
+        while worker_alive && (( SECONDS < deadline )); do
+            sleep 0.2
+        done
+        if worker_alive; then
+            log "the running task did not finish within ${STOP_GRACE_SECONDS} s; stopping it and giving its message back"
+            kill_worker_group
+            release_held
+        fi
     fi
     finish "$status"
 }
@@ -165,12 +218,20 @@ pause() {
     sleep_pid=""
 }
 
-# Set total to the queue's visible + in-flight + delayed count. The reading runs in the background
-# (not in $(...)) so that a stop signal is acted on during a slow reading.
+# Set held to the number of messages the worker holds, from its state file; fails when the file is
+# missing or stale (the worker is wedged or not yet consuming): unknown is never idle.
+held=""
+read_held() {
+    held="$("$PYTHON" "$SCRIPT_DIR/held_messages.py" held 2>/dev/null)" || return 1
+    [[ "$held" =~ ^[0-9]+$ ]]
+}
+
+# Set total to the queue's visible + delayed count (what no worker holds yet). The reading runs in
+# the background (not in $(...)) so that a stop signal is acted on during a slow reading.
 total=""
 read_total() {
     local status=0
-    "$PYTHON" "$SCRIPT_DIR/queue_depth.py" --total >"$RUN_DIR/depth" &
+    "$PYTHON" "$SCRIPT_DIR/queue_depth.py" --waiting >"$RUN_DIR/depth" &
     local reader_pid=$!
     wait "$reader_pid" || status=$?
     if [[ -n "$stop_signal" ]]; then
@@ -218,31 +279,53 @@ if ! worker_alive; then
     log "worker did not start within ${START_TIMEOUT_SECONDS} s (see its log above)"
     finish "$EXIT_CONFIG"
 fi
-log "worker $worker_pid running; stopping it after ${IDLE_SECONDS} s of empty queue (checked every ${POLL_SECONDS} s)"
+log "worker $worker_pid running; stopping it after ${IDLE_SECONDS} s holding no message with nothing waiting in the queue (checked every ${POLL_SECONDS} s)"
 
 empty_since_ms=""
 failed_readings=0
+state_known=1
 while true; do
     [[ -n "$stop_signal" ]] && handle_stop_signal
     if ! worker_alive; then
-        log "worker $worker_pid exited on its own; its unfinished task returns to the queue"
+        log "worker $worker_pid exited on its own; giving back what it held"
         # Its pool processes would otherwise run on, orphaned, outside any lifecycle.
         kill_worker_group
+        release_held
         finish "$EXIT_WORKER_DIED"
     fi
 
     poll_started_ms="$(now_ms)"
-    if read_total; then
+    if ! read_held; then
+        # No fresh state: not idle. The queue is not read meanwhile (the worker's own state decides).
+        empty_since_ms=""
+        if (( state_known )); then
+            log "no fresh state from the worker (its held.json); not idle until it writes one"
+            state_known=0
+        fi
+    elif (( held > 0 )); then
+        state_known=1
+        empty_since_ms=""
+    elif read_total; then
+        state_known=1
         failed_readings=0
         if (( total == 0 )); then
             empty_since_ms="${empty_since_ms:-$poll_started_ms}"
             if (( poll_started_ms - empty_since_ms >= IDLE_SECONDS * 1000 )); then
-                log "queue empty for ${IDLE_SECONDS} s; stopping the worker"
+                log "idle for ${IDLE_SECONDS} s (held no message, nothing waiting in the queue); draining"
+                drain_worker
                 [[ -n "$stop_signal" ]] && handle_stop_signal
-                if ! stop_worker; then
-                    finish "$EXIT_STOP_TIMEOUT"
+                # Work that arrived meanwhile (or that the last poll brought and gave back) keeps it.
+                if ! worker_alive || { read_held && (( held == 0 )) && read_total && (( total == 0 )); }; then
+                    log "stopping the worker"
+                    if ! stop_worker; then
+                        release_held
+                        finish "$EXIT_STOP_TIMEOUT"
+                    fi
+                    finish "$EXIT_DRAINED"
                 fi
-                finish "$EXIT_DRAINED"
+                log "work arrived while draining; serving again"
+                rm -f "$STOP_FILE" "$DRAINED_FILE"
+                empty_since_ms=""
             fi
         else
             empty_since_ms=""

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Mapping
 from urllib.parse import urlsplit
 
-# SQS limits of a queue's visibility timeout.
-MAX_VISIBILITY_TIMEOUT_SECONDS = 12 * 60 * 60
+import limits
+
 # A task that raised is received again after this many seconds times its receive count (capped
 # by the visibility timeout), until SQS moves it to the dead-letter queue (outage_tolerant_sqs.py).
 FAILED_TASK_RETRY_SECONDS = 30
@@ -35,7 +35,12 @@ class WorkerSettings:
     # Messages each worker process holds besides the running one's; 1 for long tasks (see below).
     prefetch_multiplier: int = 1
     task_time_limit_seconds: int = 900
-    visibility_timeout_seconds: int = 1800
+    # The queue's visibility timeout: held messages are extended to it every heartbeat, so it is
+    # the window in which a crashed worker's messages return to the queue.
+    visibility_timeout_seconds: int = limits.DEFAULT_VISIBILITY_TIMEOUT_SECONDS
+    heartbeat_seconds: int = limits.default_heartbeat_seconds(limits.DEFAULT_VISIBILITY_TIMEOUT_SECONDS)
+    # Where the worker writes what it holds for the lifecycle script (held_messages.py); None: nowhere.
+    run_dir: str | None = None
     # Extra modules with tasks the worker imports (comma-separated in CELERY_TASK_MODULES).
     task_modules: tuple[str, ...] = ()
 
@@ -78,6 +83,10 @@ class WorkerSettings:
                 # Naming it here stops kombu from listing or creating queues.
                 "predefined_queues": {self.queue_name: {"url": self.queue_url}},
                 "visibility_timeout": self.visibility_timeout_seconds,
+                # Held messages are kept invisible by a heartbeat and given back at once when the
+                # worker stops (held_messages.py); the state file tells the lifecycle script.
+                "heartbeat_seconds": self.heartbeat_seconds,
+                "run_dir": self.run_dir,
                 # Pause after an empty or failed receive, and between checks whether the worker
                 # has a free slot again (no request then). An idle queue is long-polled, so this
                 # costs no requests; kombu's 1 s default would cap one worker at 1 task/s.
@@ -160,16 +169,15 @@ class WorkerSettings:
                 raise ConfigError(
                     f"AWS_ENDPOINT_URL_SQS={endpoint_url!r} is not an endpoint; expected http(s)://host[:port]"
                 )
-        visibility = _int(env, "VISIBILITY_TIMEOUT_SECONDS", 1800, 1, MAX_VISIBILITY_TIMEOUT_SECONDS)
-        time_limit = _int(env, "TASK_TIME_LIMIT_SECONDS", 900, 1, MAX_VISIBILITY_TIMEOUT_SECONDS)
-        # The message must still be invisible when the task ends, or SQS hands it to another
-        # worker while the first still runs it: keep 10 % (at least 1 s) for the ack.
-        ack_margin = max(1, visibility // 10)
-        if time_limit > visibility - ack_margin:
-            raise ConfigError(
-                f"TASK_TIME_LIMIT_SECONDS={time_limit} does not fit under VISIBILITY_TIMEOUT_SECONDS={visibility}; "
-                f"allowed: at most {visibility - ack_margin} (the visibility timeout minus 10 %, at least 1 s)"
-            )
+        visibility = _int(env, "VISIBILITY_TIMEOUT_SECONDS", limits.DEFAULT_VISIBILITY_TIMEOUT_SECONDS)
+        _check("VISIBILITY_TIMEOUT_SECONDS", visibility, limits.visibility_timeout_problem(visibility))
+        time_limit = _int(env, "TASK_TIME_LIMIT_SECONDS", 900)
+        _check("TASK_TIME_LIMIT_SECONDS", time_limit, limits.task_time_limit_problem(time_limit, visibility))
+        heartbeat = _int(env, "HEARTBEAT_SECONDS", limits.default_heartbeat_seconds(visibility))
+        _check("HEARTBEAT_SECONDS", heartbeat, limits.heartbeat_problem(heartbeat, visibility))
+        # Read by the lifecycle script; checked here so that a bad value is one line before start.
+        grace = _int(env, "STOP_GRACE_SECONDS", limits.DEFAULT_STOP_GRACE_SECONDS)
+        _check("STOP_GRACE_SECONDS", grace, limits.stop_grace_problem(grace))
         modules = tuple(m.strip() for m in env.get("CELERY_TASK_MODULES", "").split(",") if m.strip())
         return cls(
             queue_name=queue_name,
@@ -180,6 +188,8 @@ class WorkerSettings:
             prefetch_multiplier=_int(env, "WORKER_PREFETCH_MULTIPLIER", 1, 1, 100),
             task_time_limit_seconds=time_limit,
             visibility_timeout_seconds=visibility,
+            heartbeat_seconds=heartbeat,
+            run_dir=env.get("WORKER_RUN_DIR") or None,
             task_modules=modules,
         )
 
@@ -191,17 +201,24 @@ def _required(env: Mapping[str, str], name: str) -> str:
     return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, low: int = 1, high: int | None = None) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
+    allowed = f"{low}..{high}" if high is not None else f"a whole number >= {low}"
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number; allowed: {low}..{high}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name}={value} is out of range; allowed: {low}..{high}")
+        raise ConfigError(f"{name}={raw!r} is not a whole number; allowed: {allowed}") from None
+    if value < low or (high is not None and value > high):
+        raise ConfigError(f"{name}={value} is out of range; allowed: {allowed}")
     return value
+
+
+def _check(name: str, value: int, problem: str | None) -> None:
+    """A rule of limits.py (shared with synth) broken: one line with the variable's name."""
+    if problem:
+        raise ConfigError(f"{name}={value} is not allowed; {problem}")
 
 
 def main() -> int:
@@ -214,7 +231,8 @@ def main() -> int:
         f"queue {settings.queue_name} in {settings.region}"
         f"{' via ' + settings.endpoint_url if settings.endpoint_url else ''}, "
         f"concurrency {settings.concurrency}, prefetch {settings.prefetch_multiplier}, task time limit {settings.task_time_limit_seconds} s "
-        f"(soft {settings.task_soft_time_limit_seconds} s), visibility timeout {settings.visibility_timeout_seconds} s"
+        f"(soft {settings.task_soft_time_limit_seconds} s), visibility timeout {settings.visibility_timeout_seconds} s "
+        f"kept by a heartbeat every {settings.heartbeat_seconds} s"
     )
     return 0
 

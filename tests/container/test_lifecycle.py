@@ -83,8 +83,8 @@ def test_term_during_task_finishes_it_and_keeps_the_rest(moto_server, sqs, make_
     assert len(done) == 3 and set(done.values()) == {1}, done
 
 
-def test_worker_killed_mid_task_exits_nonzero_and_task_runs_again(moto_server, sqs, make_queues, tmp_path):
-    queues = make_queues(visibility_timeout=6)
+def test_worker_killed_mid_task_exits_nonzero_and_gives_its_task_back_at_once(moto_server, sqs, make_queues, tmp_path):
+    queues = make_queues(visibility_timeout=60)
     env = worker_env(moto_server, queues, tmp_path)
     fill(env, 1, "probe.record", args=["killed", 3])
 
@@ -94,14 +94,66 @@ def test_worker_killed_mid_task_exits_nonzero_and_task_runs_again(moto_server, s
         # The whole worker (main process and pool), as an OOM kill or a crash would.
         os.killpg(os.getpgid(worker_pid), signal.SIGKILL)
         status = run.wait(timeout=30)
+        exited_at = time.monotonic()
+        # Visible again long before the 60 s visibility timeout: the script gave it back.
+        wait_until(lambda: message_counts(sqs, queues.url)[0] == 1, timeout=5, what="the task to be visible")
+        visible_after = time.monotonic() - exited_at
     assert status == 3, run.output[-3000:]
     assert "done" not in run.events()
-    assert message_counts(sqs, queues.url)[1] == 1  # still in flight: not lost, not acked
+    assert "released 1 held message(s) at once" in run.output
+    print(f"killed worker: task visible again {visible_after:.1f} s after the script exited")
 
     with running_script(env, tmp_path / "second.log") as second:
         assert second.wait(timeout=120) == 0, second.output[-3000:]
     events = second.events()
-    assert list(events["start"].values()) == [2]  # ran again after the visibility timeout
+    assert list(events["start"].values()) == [2]
+    assert list(events["done"].values()) == [1]
+
+
+def test_container_killed_mid_task_runs_again_within_visibility_window(moto_server, sqs, make_queues, tmp_path):
+    queues = make_queues(visibility_timeout=6)
+    env = worker_env(moto_server, queues, tmp_path, TASK_TIME_LIMIT_SECONDS=60, HEARTBEAT_SECONDS=2)
+    fill(env, 1, "probe.record", args=["container", 10])
+
+    with running_script(env, tmp_path / "first.log") as run:
+        wait_until(lambda: run.events().get("start"), timeout=60, what="the task to start")
+        time.sleep(7)  # past one window: only the heartbeat kept it hidden until now
+        assert message_counts(sqs, queues.url)[:2] == (0, 1)
+        run.kill_everything()  # script and worker at once: nobody is left to give it back
+        killed_at = time.monotonic()
+        wait_until(lambda: message_counts(sqs, queues.url)[0] == 1, timeout=6 + 5, what="the task to return")
+        returned_after = time.monotonic() - killed_at
+    assert "done" not in run.events()
+    print(f"killed container: task visible again {returned_after:.1f} s after the kill (window 6 s)")
+
+    with running_script(env, tmp_path / "second.log") as second:
+        assert second.wait(timeout=120) == 0, second.output[-3000:]
+    events = second.events()
+    assert list(events["start"].values()) == [2]
+    assert list(events["done"].values()) == [1]
+
+
+def test_term_gives_task_back_when_it_cannot_finish_within_grace(moto_server, sqs, make_queues, tmp_path):
+    queues = make_queues(visibility_timeout=60)
+    env = worker_env(moto_server, queues, tmp_path, STOP_GRACE_SECONDS=3, TASK_TIME_LIMIT_SECONDS=120)
+    fill(env, 1, "probe.record", args=["grace", 8])
+
+    with running_script(env, tmp_path / "first.log") as run:
+        wait_until(lambda: run.events().get("start"), timeout=60, what="the task to start")
+        run.signal(signal.SIGTERM)
+        status = run.wait(timeout=3 + MARGIN)
+        exited_at = time.monotonic()
+        wait_until(lambda: message_counts(sqs, queues.url)[0] == 1, timeout=5, what="the task to be visible")
+        visible_after = time.monotonic() - exited_at
+    assert status == 143, run.output[-3000:]
+    assert "did not finish within 3 s" in run.output
+    assert "done" not in run.events()
+    print(f"TERM past the grace: task visible {visible_after:.1f} s after the script exited")
+
+    with running_script(env, tmp_path / "second.log") as second:
+        assert second.wait(timeout=120) == 0, second.output[-3000:]
+    events = second.events()
+    assert list(events["start"].values()) == [2]
     assert list(events["done"].values()) == [1]
 
 
@@ -190,3 +242,29 @@ def test_rejects_bad_timing(moto_server, make_queues, tmp_path, name, value):
     with running_script(env, tmp_path / "out.log") as run:
         assert run.wait(timeout=30) == 2
     assert f"{name}={value} is not allowed" in run.output
+
+
+# --- issue 9: a worker holds a message only while it works on it -------------------------------
+
+
+def test_heartbeat_keeps_task_longer_than_visibility_timeout_single(moto_server, sqs, make_queues, tmp_path):
+    queues = make_queues(visibility_timeout=6)
+    # A second worker polls the whole time: without the heartbeat it would receive the message
+    # 6 s after the first one did and run the task a second time.
+    env = worker_env(moto_server, queues, tmp_path, TASK_TIME_LIMIT_SECONDS=60, HEARTBEAT_SECONDS=2)
+    fill(env, 1, "probe.record", args=["long", 20])
+
+    with running_script(env, tmp_path / "first.log") as first:
+        wait_until(lambda: first.events().get("start"), timeout=60, what="the task to start")
+        second_env = dict(env, WORKER_RUN_DIR=str(tmp_path / "second-worker"))
+        with running_script(second_env, tmp_path / "second.log") as second:
+            assert second.wait(timeout=IDLE + POLL + MARGIN + 15) == 0, second.output[-3000:]
+            # The idle worker left while the other still ran the long task.
+            assert first.process.poll() is None
+            assert "done" not in first.events()
+        assert first.wait(timeout=60) == 0, first.output[-3000:]
+
+    events = first.events()
+    assert list(events["start"].values()) == [1], events
+    assert list(events["done"].values()) == [1], events
+    assert total_messages(sqs, queues.url) == 0

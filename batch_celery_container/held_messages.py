@@ -1,0 +1,280 @@
+"""The SQS messages one worker holds: kept invisible while held, released the moment they are not.
+
+Inside the worker (``Heartbeat``, started by the transport in outage_tolerant_sqs.py):
+
+* **Heartbeat.** Every message the worker has received and not yet acked or rejected (running,
+  waiting for a free process, or waiting for its ETA) has its visibility extended every
+  ``heartbeat_seconds`` back to the queue's visibility timeout, within SQS's 12 hours from the
+  receive. So the visibility timeout is only the crash-recovery window: when the worker's main
+  process dies, the extensions stop and its messages return to the queue within one window.
+  A failed extension (throttling, outage) is retried at the next tick; a receipt handle SQS no
+  longer accepts is dropped with one log line, never retried forever.
+* **State file.** Once a second, and at once when a message arrives or is acked, it writes ``held.json`` in the run folder: what it holds (with
+  receipt handles), whether it is draining and how many long polls are still open. The lifecycle
+  script reads it to decide that *this* worker is idle (other workers' messages never keep it),
+  and to release what a killed worker held.
+* **Drain.** While the file ``stop-consuming`` exists in the run folder, the worker opens no new
+  long poll, releases what an open poll still brings, and once no poll is open writes the marker
+  ``drained``. A long poll left open by an exiting worker would otherwise take a message on the
+  server and hide it for the whole window (seen on moto and reported for SQS, aws-sdk-js#2350).
+
+From the lifecycle script (``python held_messages.py held|release``): print how many messages the
+worker holds (exit 1 when the state file is missing or stale: unknown is never idle), or make every
+message the state file lists visible again at once (after the worker was killed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+from limits import SQS_MAX_HOLD_SECONDS
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "held.json"
+STOP_FILE = "stop-consuming"
+DRAINED_FILE = "drained"
+# How often the state file is written and the stop file looked at.
+TICK_SECONDS = 1.0
+# A state file older than this says nothing about the worker (it is wedged or gone).
+STALE_AFTER_SECONDS = 5.0
+# ChangeMessageVisibilityBatch takes at most 10 entries.
+BATCH_SIZE = 10
+# Codes of a receipt handle SQS will never accept again: the message was deleted, or its
+# visibility ran out and it was received elsewhere.
+GONE_CODES = {"ReceiptHandleIsInvalid", "InvalidParameterValue", "MessageNotInflight",
+              "AWS.SimpleQueueService.MessageNotInflight"}
+
+
+class Held:
+    """One held message as the state file lists it."""
+
+    __slots__ = ("receipt_handle", "queue_url", "message_id", "task", "task_id", "received")
+
+    def __init__(self, receipt_handle: str, queue_url: str, message_id: str = "", task: str = "",
+                 task_id: str = "", received: float = 0.0):
+        self.receipt_handle = receipt_handle
+        self.queue_url = queue_url
+        self.message_id = message_id
+        self.task = task
+        self.task_id = task_id
+        self.received = received
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+def _sqs_client(region: str | None):
+    import boto3
+    from botocore.config import Config
+
+    # Short timeouts and no retries of its own: the next tick is the retry.
+    return boto3.client("sqs", region_name=region,
+                        config=Config(connect_timeout=3, read_timeout=5, retries={"total_max_attempts": 1}))
+
+
+def change_visibility(client, messages: list[Held], seconds: Callable[[Held], int]) -> tuple[list[Held], list[Held]]:
+    """Set each message's visibility; returns (gone: SQS refuses its handle, failed: try again)."""
+    gone: list[Held] = []
+    failed: list[Held] = []
+    by_queue: dict[str, list[Held]] = {}
+    for message in messages:
+        by_queue.setdefault(message.queue_url, []).append(message)
+    for queue_url, queued in by_queue.items():
+        for start in range(0, len(queued), BATCH_SIZE):
+            chunk = queued[start:start + BATCH_SIZE]
+            entries = [{"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": seconds(m)}
+                       for i, m in enumerate(chunk)]
+            try:
+                answer = client.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries)
+            except Exception as error:  # noqa: BLE001 - an outage or throttling: retried next tick
+                logger.debug("ChangeMessageVisibilityBatch on %s failed: %s", queue_url, error)
+                failed += chunk
+                continue
+            for entry in answer.get("Failed", []):
+                message = chunk[int(entry["Id"])]
+                (gone if entry.get("Code") in GONE_CODES or entry.get("SenderFault") else failed).append(message)
+    return gone, failed
+
+
+class Heartbeat:
+    """The worker side: a daemon thread beside kombu's event loop (see the module docstring)."""
+
+    def __init__(self, *, snapshot: Callable[[], list[Held]], open_polls: Callable[[], int],
+                 visibility_timeout: int, heartbeat_seconds: int, run_dir: str | None, region: str | None):
+        self._snapshot = snapshot
+        self._open_polls = open_polls
+        self.visibility_timeout = visibility_timeout
+        self.heartbeat_seconds = heartbeat_seconds
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.region = region
+        self.draining = False
+        self._extended_at: dict[str, float] = {}   # receipt handle -> last successful extension
+        self._failing = False
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sqs-heartbeat", daemon=True)
+        self._client = None
+
+    def start(self) -> None:
+        if not self._thread.is_alive():
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def poke(self) -> None:
+        """Write the state now, not at the next tick: a message was just received or finished."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(TICK_SECONDS)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the heartbeat must outlive any one bad tick
+                logger.exception("heartbeat tick failed; trying again in %.0f s", TICK_SECONDS)
+
+    def tick(self) -> None:
+        if self.run_dir is not None:
+            self.draining = (self.run_dir / STOP_FILE).exists()
+        held = self._snapshot()
+        now = time.time()
+        self._extend([m for m in held if now - self._extended_at.get(m.receipt_handle, m.received)
+                      >= self.heartbeat_seconds], now)
+        live = {m.receipt_handle for m in held}
+        for handle in list(self._extended_at):
+            if handle not in live:
+                del self._extended_at[handle]
+        self._write_state(held, now)
+
+    def _extend(self, due: list[Held], now: float) -> None:
+        if not due:
+            return
+        if self._client is None:
+            self._client = _sqs_client(self.region)
+
+        def seconds(message: Held) -> int:
+            # SQS refuses a visibility that reaches past 12 hours from the receive.
+            left = int(message.received + SQS_MAX_HOLD_SECONDS - now) - 1
+            return max(0, min(self.visibility_timeout, left))
+
+        expiring = [m for m in due if seconds(m) == 0]
+        for message in expiring:
+            logger.error("message %s (task %s %s) has been held for 12 hours, SQS's limit; it cannot be "
+                         "extended and becomes visible again", message.message_id, message.task, message.task_id)
+            self._extended_at[message.receipt_handle] = float("inf")
+        due = [m for m in due if seconds(m) > 0]
+        gone, failed = change_visibility(self._client, due, seconds)
+        for message in gone:
+            # Acked or rejected a moment ago (usual), or it expired before we could extend it.
+            self._extended_at[message.receipt_handle] = float("inf")
+            logger.debug("message %s is no longer held (SQS refused its receipt handle)", message.message_id)
+        done = {m.receipt_handle for m in gone} | {m.receipt_handle for m in failed}
+        for message in due:
+            if message.receipt_handle not in done:
+                self._extended_at[message.receipt_handle] = now
+        if failed and not self._failing:
+            self._failing = True
+            logger.warning("could not extend the visibility of %d held message(s); retrying every %.0f s "
+                           "(they stay hidden for up to %d s after their last extension)",
+                           len(failed), TICK_SECONDS, self.visibility_timeout)
+        elif not failed and self._failing:
+            self._failing = False
+            logger.warning("visibility extensions succeed again")
+
+    def _write_state(self, held: list[Held], now: float) -> None:
+        if self.run_dir is None:
+            return
+        polls = self._open_polls()
+        state = {"pid": os.getpid(), "written": now, "draining": self.draining, "open_polls": polls,
+                 "held": [m.as_dict() for m in held]}
+        write_json(self.run_dir / STATE_FILE, state)
+        drained = self.run_dir / DRAINED_FILE
+        if self.draining and polls == 0:
+            drained.touch()
+        elif drained.exists():
+            drained.unlink(missing_ok=True)
+
+
+def write_json(path: Path, value: dict) -> None:
+    """Replace ``path`` atomically, readable by this user only (it holds receipt handles)."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(value, file)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def read_state(run_dir: str | Path, *, max_age: float = STALE_AFTER_SECONDS) -> dict | None:
+    """The worker's last state, or None if missing, unreadable or older than ``max_age`` seconds."""
+    try:
+        state = json.loads((Path(run_dir) / STATE_FILE).read_text())
+        written = float(state["written"])
+        held = state["held"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(held, list) or time.time() - written > max_age:
+        return None
+    return state
+
+
+def held_count(run_dir: str | Path) -> int | None:
+    state = read_state(run_dir)
+    return None if state is None else len(state["held"])
+
+
+def release(run_dir: str | Path, region: str | None) -> tuple[int, int]:
+    """Make every message of the last state file visible again now; returns (released, not)."""
+    state = read_state(run_dir, max_age=float("inf"))
+    if state is None:
+        return 0, 0
+    messages = [Held(**{k: v for k, v in item.items() if k in Held.__slots__}) for item in state["held"]]
+    if not messages:
+        return 0, 0
+    gone, failed = change_visibility(_sqs_client(region), messages, lambda m: 0)
+    if failed:  # one more try: the common cause is a single throttled call
+        gone2, failed = change_visibility(_sqs_client(region), failed, lambda m: 0)
+        gone += gone2
+    return len(messages) - len(gone) - len(failed), len(gone) + len(failed)
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    run_dir = os.environ.get("WORKER_RUN_DIR", "")
+    if len(args) != 1 or args[0] not in ("held", "release") or not run_dir:
+        print("usage: WORKER_RUN_DIR=DIR held_messages.py held|release", file=sys.stderr)
+        return 2
+    if args[0] == "held":
+        count = held_count(run_dir)
+        if count is None:
+            print(f"held_messages: no fresh {STATE_FILE} in {run_dir} (the worker wrote none in the last "
+                  f"{STALE_AFTER_SECONDS:.0f} s)", file=sys.stderr)
+            return 1
+        print(count)
+        return 0
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    released, not_released = release(run_dir, region)
+    print(f"released {released} held message(s) at once"
+          + (f"; {not_released} already gone or not released (they return within the visibility timeout)"
+             if not_released else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
