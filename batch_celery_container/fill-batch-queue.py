@@ -40,6 +40,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 7 * 24 * 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0 to 604800 (a week)")
+    return value
+
+
 def _json_of(kind: type, label: str):
     def parse(text: str):
         try:
@@ -59,6 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--task", default=DEFAULT_TASK, help=f"registered task name [{DEFAULT_TASK}]")
     parser.add_argument("--args", type=_json_of(list, "list"), default=[], help='positional arguments as JSON, e.g. "[100000]"')
     parser.add_argument("--kwargs", type=_json_of(dict, "object"), default={}, help='keyword arguments as JSON, e.g. \'{"terms": 1000}\'')
+    parser.add_argument("--countdown", type=_seconds, default=None,
+                        help="run the tasks this many seconds from now (Celery's countdown)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines, only the final count")
     args = parser.parse_args(argv)
     if not args.task.strip():
@@ -103,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with app.producer_or_acquire() as producer:
             for _ in range(args.num_messages):
-                app.send_task(args.task, args=args.args, kwargs=args.kwargs, producer=producer)
+                app.send_task(args.task, args=args.args, kwargs=args.kwargs, countdown=args.countdown,
+                              producer=producer)
                 sent += 1
                 if not args.quiet and args.num_messages >= 100 and sent % step == 0 and sent < args.num_messages:
                     print(f"sent {sent}/{args.num_messages}", file=sys.stderr, flush=True)

@@ -191,11 +191,65 @@ class Channel(SQS.Channel):
             delivery_info["routing_key"] = queue_name
         return payload
 
+    # -- fix 5: straight to the dead-letter queue, with the reason ---------------------------------
+
+    def dead_letter(self, message, reason: str) -> bool:
+        """Send a copy of a held message to the queue's dead-letter queue now, with ``reason`` as its
+        message attribute ``batch_celery_reason``; the caller then acks (deletes) the original.
+        False if the copy could not be sent: the original is untouched (never lost)."""
+        info = message.delivery_info
+        try:
+            sqs_message, queue_url = info["sqs_message"], info["sqs_queue"]
+        except KeyError:
+            return False
+        queue = self.canonical_queue_name(info["routing_key"]) if info.get("routing_key") else None
+        client = self.sqs(queue=queue)
+        try:
+            dlq_url = self._dead_letter_url(client, queue_url)
+            client.send_message(
+                QueueUrl=dlq_url, MessageBody=sqs_message["Body"],
+                MessageAttributes={"batch_celery_reason": {"DataType": "String", "StringValue": reason[:1000]}},
+            )
+        except (ClientError, BotoCoreError, KeyError, ValueError) as error:
+            logger.error("could not move message %s to the dead-letter queue (%s); it stays in the queue and "
+                         "reaches it after maxReceiveCount receives", sqs_message.get("MessageId"), error)
+            return False
+        logger.error("message %s (task %s %s) goes to the dead-letter queue: %s", sqs_message.get("MessageId"),
+                     (message.headers or {}).get("task"), (message.headers or {}).get("id"), reason)
+        return True
+
+    def _dead_letter_url(self, client, queue_url: str) -> str:
+        cache = self.__dict__.setdefault("_dead_letter_urls", {})
+        if queue_url not in cache:
+            import json
+
+            policy = client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
+            arn = json.loads(policy["Attributes"]["RedrivePolicy"])["deadLetterTargetArn"]
+            _, _, _, _, account, name = arn.split(":", 5)
+            cache[queue_url] = client.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
+        return cache[queue_url]
+
     def basic_reject(self, delivery_tag, requeue=False):
+        if not requeue and self._dead_lettered_after_celery_retries(delivery_tag):
+            return
         retry = None if requeue else self._kept_for_redrive(delivery_tag)
         super().basic_reject(delivery_tag, requeue=requeue)
         if retry is not None:
             self._retry_later(*retry)
+
+    def _dead_lettered_after_celery_retries(self, delivery_tag) -> bool:
+        """A task that failed on a copy Celery's ``self.retry`` sent has used the retries its author
+        chose: it goes to the dead-letter queue now instead of being received again up to
+        maxReceiveCount times (which would multiply the author's bound)."""
+        try:
+            message = self.qos.get(delivery_tag)
+            retries = int((message.headers or {}).get("retries") or 0)
+        except (KeyError, TypeError, ValueError):
+            return False
+        if retries < 1 or not self.dead_letter(message, f"failed after {retries} Celery retr{'y' if retries == 1 else 'ies'}"):
+            return False
+        self.basic_ack(delivery_tag)  # delete the original: its copy is in the dead-letter queue
+        return True
 
     def _kept_for_redrive(self, delivery_tag):
         """(queue, url, receipt handle, receive count) of a rejected message SQS keeps, else None."""

@@ -171,7 +171,8 @@ def environment(env: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def fill(env: dict[str, str], count: int, task: str = "probe.record", args: list | None = None, kwargs: dict | None = None) -> None:
+def fill(env: dict[str, str], count: int, task: str = "probe.record", args: list | None = None,
+         kwargs: dict | None = None, countdown: float | None = None) -> None:
     """Send ``count`` tasks with the real filler in this process; raise if it does not send them all."""
     import json
 
@@ -180,6 +181,8 @@ def fill(env: dict[str, str], count: int, task: str = "probe.record", args: list
         argv += ["--args", json.dumps(args)]
     if kwargs is not None:
         argv += ["--kwargs", json.dumps(kwargs)]
+    if countdown is not None:
+        argv += ["--countdown", str(countdown)]
     with environment(env):
         status = load_filler().main(argv)
     if status != 0:

@@ -62,3 +62,10 @@ def read_events(path: str | Path) -> dict[str, Counter]:
         if len(fields) >= 2:
             events.setdefault(fields[0], Counter())[fields[1]] += 1
     return events
+
+
+@shared_task(name="probe.retry", bind=True, max_retries=2, default_retry_delay=1)
+def retry(self, tag: str = "") -> None:
+    """Fail every time through Celery's own retries (``self.retry``), then for good."""
+    _record("fail", self.request.id, tag)
+    raise self.retry(exc=RuntimeError(f"probe.retry {tag} fails on purpose"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -268,3 +269,56 @@ def test_heartbeat_keeps_task_longer_than_visibility_timeout_single(moto_server,
     assert list(events["start"].values()) == [1], events
     assert list(events["done"].values()) == [1], events
     assert total_messages(sqs, queues.url) == 0
+
+
+@pytest.mark.parametrize("countdown", [3, 18])
+def test_countdown_runs_once_at_its_time_whatever_the_visibility_timeout(moto_server, sqs, make_queues, tmp_path, countdown):
+    queues = make_queues(visibility_timeout=6)
+    env = worker_env(moto_server, queues, tmp_path, TASK_TIME_LIMIT_SECONDS=30, HEARTBEAT_SECONDS=2)
+    sent_at = time.time()
+    fill(env, 1, "probe.record", args=["later", 0.5], countdown=countdown)
+
+    # Two workers: the one holding the future task stays (it holds a message); the other must not
+    # receive it a second time when the 6 s window passes.
+    second_env = dict(env, WORKER_RUN_DIR=str(tmp_path / "second-worker"))
+    with running_script(env, tmp_path / "first.log") as first, running_script(second_env, tmp_path / "second.log") as second:
+        assert first.wait(timeout=countdown + 60) == 0, first.output[-3000:]
+        assert second.wait(timeout=60) == 0, second.output[-3000:]
+
+    events = first.events()  # both workers record to the same file
+    assert list(events["start"].values()) == [1], events
+    assert list(events["done"].values()) == [1], events
+    finished_at = Path(env["PROBE_RECORD_FILE"]).stat().st_mtime
+    assert finished_at - sent_at >= countdown, "ran before its countdown"
+
+
+def test_countdown_beyond_sqs_hold_limit_goes_to_dead_letter_queue_with_reason(moto_server, sqs, make_queues, tmp_path):
+    queues = make_queues(visibility_timeout=60)
+    env = worker_env(moto_server, queues, tmp_path)
+    fill(env, 1, "probe.record", args=["too-far"], countdown=13 * 3600)
+    fill(env, 1, "probe.record", args=["now"])
+
+    with running_script(env, tmp_path / "out.log") as run:
+        assert run.wait(timeout=60) == 0, run.output[-3000:]
+
+    assert list(run.events()["done"].values()) == [1]  # the other task ran; the far one did not
+    letters = sqs.receive_message(QueueUrl=queues.dlq_url, MessageAttributeNames=["All"], WaitTimeSeconds=1)["Messages"]
+    assert len(letters) == 1
+    reason = letters[0]["MessageAttributes"]["batch_celery_reason"]["StringValue"]
+    assert "ahead; at most" in reason, reason
+    assert total_messages(sqs, queues.url) == 0
+
+
+def test_failing_task_with_celery_retries_runs_max_retries_plus_one_then_dead_letter(moto_server, sqs, make_queues, tmp_path):
+    queues = make_queues(visibility_timeout=10, max_receive_count=3)
+    env = worker_env(moto_server, queues, tmp_path)
+    fill(env, 1, "probe.retry", args=["retry"])
+
+    with running_script(env, tmp_path / "out.log") as run:
+        assert run.wait(timeout=90) == 0, run.output[-3000:]
+
+    # max_retries=2: three runs by Celery, none more by SQS redelivery (before: 3 + 2 = 5).
+    assert sum(run.events()["fail"].values()) == 3, run.events()
+    letters = sqs.receive_message(QueueUrl=queues.dlq_url, MessageAttributeNames=["All"], WaitTimeSeconds=1)["Messages"]
+    assert len(letters) == 1
+    assert letters[0]["MessageAttributes"]["batch_celery_reason"]["StringValue"] == "failed after 2 Celery retries"
