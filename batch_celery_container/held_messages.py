@@ -9,7 +9,7 @@ Inside the worker (``Heartbeat``, started by the transport in outage_tolerant_sq
   process dies, the extensions stop and its messages return to the queue within one window.
   A failed extension (throttling, outage) is retried at the next tick; a receipt handle SQS no
   longer accepts is dropped with one log line, never retried forever.
-* **State file.** Once a second, and at once when a message arrives or is acked, it writes ``held.json`` in the run folder: what it holds (with
+* **State file.** Twice a second, and at once when a message arrives or is acked, it writes ``held.json`` in the run folder: what it holds (with
   receipt handles), whether it is draining and how many long polls are still open. The lifecycle
   script reads it to decide that *this* worker is idle (other workers' messages never keep it),
   and to release what a killed worker held.
@@ -43,7 +43,7 @@ STATE_FILE = "held.json"
 STOP_FILE = "stop-consuming"
 DRAINED_FILE = "drained"
 # How often the state file is written and the stop file looked at.
-TICK_SECONDS = 1.0
+TICK_SECONDS = 0.5
 # A state file older than this says nothing about the worker (it is wedged or gone).
 STALE_AFTER_SECONDS = 5.0
 # ChangeMessageVisibilityBatch takes at most 10 entries.

@@ -146,6 +146,8 @@ class Channel(SQS.Channel):
 
     def _on_messages_ready(self, queue, qname, messages):
         self._open_polls = max(0, self._open_polls - 1)
+        if self._draining and self._open_polls == 0:
+            self._heartbeat.poke()  # the lifecycle script waits for the "drained" marker
         received_at = time.time()
         if isinstance(messages, dict):
             for message in messages.get("Messages") or ():

@@ -23,7 +23,7 @@
 #
 # Environment (defaults in brackets): IDLE_SECONDS [60], POLL_SECONDS [10],
 # STOP_GRACE_SECONDS [20], MAX_FAILED_READINGS [30], STOP_TIMEOUT_SECONDS [TASK_TIME_LIMIT_SECONDS
-# + 30], START_TIMEOUT_SECONDS [60], DRAIN_TIMEOUT_SECONDS [15: kombu's 10 s long poll + 5],
+# + 30], START_TIMEOUT_SECONDS [60], DRAIN_TIMEOUT_SECONDS [10],
 # WORKER_RUN_DIR [a new temporary folder], PYTHON [python3], LOG_LEVEL [INFO]; the queue and
 # worker settings (HEARTBEAT_SECONDS among them) are read by worker_settings.py.
 set -euo pipefail
@@ -39,7 +39,8 @@ MAX_FAILED_READINGS="${MAX_FAILED_READINGS:-30}"
 STOP_TIMEOUT_SECONDS="${STOP_TIMEOUT_SECONDS:-$(( ${TASK_TIME_LIMIT_SECONDS:-900} + 30 ))}"
 START_TIMEOUT_SECONDS="${START_TIMEOUT_SECONDS:-60}"
 STOP_GRACE_SECONDS="${STOP_GRACE_SECONDS:-20}"
-DRAIN_TIMEOUT_SECONDS="${DRAIN_TIMEOUT_SECONDS:-15}"
+# Well above the worker's long poll (worker_settings.LONG_POLL_SECONDS), which a drain waits out.
+DRAIN_TIMEOUT_SECONDS="${DRAIN_TIMEOUT_SECONDS:-10}"
 LOG_LEVEL="${LOG_LEVEL:-INFO}"
 
 log() { printf '%s run_celery_worker: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*"; }
@@ -144,6 +145,7 @@ stop_worker() {
         fi
         sleep 0.2
     done
+    log "worker $worker_pid stopped"
     return 0
 }
 

@@ -47,10 +47,18 @@ def test_broker_speaks_to_real_sqs_with_default_credentials():
     assert config["broker_url"] == "sqs://"  # no keys: boto3's chain (the Batch job role)
     assert config["broker_transport_options"]["is_secure"] is True
     assert config["broker_transport_options"]["predefined_queues"] == {"jobs": {"url": BASE_ENV["CELERY_QUEUE_URL"]}}
-    assert config["broker_transport_options"]["visibility_timeout"] == 1800
+    # The visibility timeout is the crash-recovery window; held messages are extended every third.
+    assert config["broker_transport_options"]["visibility_timeout"] == 300
+    assert config["broker_transport_options"]["heartbeat_seconds"] == 100
     assert (config["task_time_limit"], config["task_soft_time_limit"]) == (900, 840)
     assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
     assert config["task_acks_on_failure"] is False and config["task_acks_on_timeout"] is False
+
+
+def test_task_may_run_longer_than_the_visibility_timeout():
+    # Before the heartbeat a 4-hour task needed a 4-hour visibility timeout (and a 4-hour wait after a crash).
+    settings = WorkerSettings.from_env({**BASE_ENV, "TASK_TIME_LIMIT_SECONDS": str(4 * 3600)})
+    assert (settings.task_time_limit_seconds, settings.visibility_timeout_seconds) == (14400, 300)
 
 
 def test_broker_speaks_to_local_endpoint():
@@ -80,8 +88,11 @@ def test_ships_prefetch_one_and_dead_letter_safe_consumer():
         ({"AWS_DEFAULT_REGION": ""}, "AWS_REGION or AWS_DEFAULT_REGION must be set"),
         ({"WORKER_CONCURRENCY": "0"}, "WORKER_CONCURRENCY=0 is out of range; allowed: 1..256"),
         ({"WORKER_PREFETCH_MULTIPLIER": "0"}, "WORKER_PREFETCH_MULTIPLIER=0 is out of range; allowed: 1..100"),
-        ({"TASK_TIME_LIMIT_SECONDS": "1700"}, "allowed: at most 1620"),
+        ({"TASK_TIME_LIMIT_SECONDS": "43000"}, "TASK_TIME_LIMIT_SECONDS=43000 is not allowed; allowed: 1..42900 seconds"),
         ({"VISIBILITY_TIMEOUT_SECONDS": "lots"}, "is not a whole number"),
+        ({"VISIBILITY_TIMEOUT_SECONDS": "5"}, "VISIBILITY_TIMEOUT_SECONDS=5 is not allowed; allowed: 6..43200"),
+        ({"HEARTBEAT_SECONDS": "200"}, "HEARTBEAT_SECONDS=200 is not allowed; allowed: 1..150 seconds"),
+        ({"STOP_GRACE_SECONDS": "30"}, "STOP_GRACE_SECONDS=30 is not allowed; allowed: 1..25 seconds"),
         ({"AWS_ENDPOINT_URL_SQS": "localhost:4566"}, "is not an endpoint"),
     ],
 )
