@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -106,12 +107,12 @@ def change_visibility(client, messages: list[Held], seconds: Callable[[Held], in
 
 
 class Heartbeat:
-    """The worker side: a daemon thread beside kombu's event loop (see the module docstring)."""
+    """The worker side: one daemon thread per worker process beside kombu's event loop (see the
+    module docstring). Every channel that consumes registers itself; a channel replaced after a
+    reconnect stays registered (weakly) while Celery still runs tasks whose messages it holds."""
 
-    def __init__(self, *, snapshot: Callable[[], list[Held]], open_polls: Callable[[], int],
-                 visibility_timeout: int, heartbeat_seconds: int, run_dir: str | None, region: str | None):
-        self._snapshot = snapshot
-        self._open_polls = open_polls
+    def __init__(self, *, visibility_timeout: int, heartbeat_seconds: int, run_dir: str | None, region: str | None):
+        self._sources: weakref.WeakSet = weakref.WeakSet()
         self.visibility_timeout = visibility_timeout
         self.heartbeat_seconds = heartbeat_seconds
         self.run_dir = Path(run_dir) if run_dir else None
@@ -123,6 +124,20 @@ class Heartbeat:
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sqs-heartbeat", daemon=True)
         self._client = None
+
+    def add(self, source) -> None:
+        """``source`` has ``held() -> list[Held]`` and ``open_polls() -> int`` (a consuming channel)."""
+        self._sources.add(source)
+
+    def _snapshot(self) -> list[Held]:
+        held: dict[str, Held] = {}
+        for source in list(self._sources):
+            for message in source.held():
+                held.setdefault(message.receipt_handle, message)
+        return list(held.values())
+
+    def _open_polls(self) -> int:
+        return sum(source.open_polls() for source in list(self._sources))
 
     def start(self) -> None:
         if not self._thread.is_alive():

@@ -52,9 +52,13 @@ logger = logging.getLogger(__name__)
 MAX_VISIBILITY_SECONDS = 12 * 60 * 60
 
 
+# One per worker process: the messages of every consuming channel, one writer of the state file.
+_process_heartbeat: Heartbeat | None = None
+
+
 class Channel(SQS.Channel):
     _endpoint_unreachable = False
-    _heartbeat: Heartbeat | None = None
+    _consuming = False
     _open_polls = 0
 
     @property
@@ -63,19 +67,29 @@ class Channel(SQS.Channel):
 
     # -- fix 4: heartbeat, drain and instant release ------------------------------------------
 
+    @property
+    def _heartbeat(self) -> Heartbeat | None:
+        return _process_heartbeat if self._consuming else None
+
     def basic_consume(self, queue, no_ack, callback, consumer_tag, *args, **kwargs):
+        global _process_heartbeat
         options = self.transport_options
-        if self._heartbeat is None and options.get("heartbeat_seconds"):
-            self._heartbeat = Heartbeat(
-                snapshot=self._held, open_polls=lambda: self._open_polls,
-                visibility_timeout=int(self.visibility_timeout),
-                heartbeat_seconds=int(options["heartbeat_seconds"]),
-                run_dir=options.get("run_dir"), region=options.get("region"),
-            )
-            self._heartbeat.start()
+        if options.get("heartbeat_seconds"):
+            if _process_heartbeat is None:
+                _process_heartbeat = Heartbeat(
+                    visibility_timeout=int(self.visibility_timeout),
+                    heartbeat_seconds=int(options["heartbeat_seconds"]),
+                    run_dir=options.get("run_dir"), region=options.get("region"),
+                )
+                _process_heartbeat.start()
+            _process_heartbeat.add(self)
+            self._consuming = True
         return super().basic_consume(queue, no_ack, callback, consumer_tag, *args, **kwargs)
 
-    def _held(self) -> list[Held]:
+    def open_polls(self) -> int:
+        return 0 if self.closed else self._open_polls
+
+    def held(self) -> list[Held]:
         """Every message delivered to Celery and not yet acked or rejected (read from another thread)."""
         for _ in range(5):
             try:

@@ -39,7 +39,7 @@ MAX_FAILED_READINGS="${MAX_FAILED_READINGS:-30}"
 STOP_TIMEOUT_SECONDS="${STOP_TIMEOUT_SECONDS:-$(( ${TASK_TIME_LIMIT_SECONDS:-900} + 30 ))}"
 START_TIMEOUT_SECONDS="${START_TIMEOUT_SECONDS:-60}"
 STOP_GRACE_SECONDS="${STOP_GRACE_SECONDS:-20}"
-# Well above the worker's long poll (worker_settings.LONG_POLL_SECONDS), which a drain waits out.
+# Well above the worker's long poll (limits.LONG_POLL_SECONDS), which a drain waits out.
 DRAIN_TIMEOUT_SECONDS="${DRAIN_TIMEOUT_SECONDS:-10}"
 LOG_LEVEL="${LOG_LEVEL:-INFO}"
 
@@ -297,20 +297,24 @@ while true; do
     fi
 
     poll_started_ms="$(now_ms)"
-    if ! read_held; then
-        # No fresh state: not idle. The queue is not read meanwhile (the worker's own state decides).
-        empty_since_ms=""
-        if (( state_known )); then
-            log "no fresh state from the worker (its held.json); not idle until it writes one"
-            state_known=0
-        fi
-    elif (( held > 0 )); then
+    held_known=0
+    if read_held; then
+        held_known=1
         state_known=1
+    elif (( state_known )); then
+        log "no fresh state from the worker (its held.json); not idle until it writes one"
+        state_known=0
+    fi
+    if (( held_known && held > 0 )); then
+        # Busy: its own state says so; the queue need not be read.
         empty_since_ms=""
-    elif read_total; then
-        state_known=1
         failed_readings=0
-        if (( total == 0 )); then
+    elif read_total; then
+        failed_readings=0
+        if (( total > 0 || ! held_known )); then
+            # Work waits in the queue, or what the worker holds is unknown: never idle.
+            empty_since_ms=""
+        else
             empty_since_ms="${empty_since_ms:-$poll_started_ms}"
             if (( poll_started_ms - empty_since_ms >= IDLE_SECONDS * 1000 )); then
                 log "idle for ${IDLE_SECONDS} s (held no message, nothing waiting in the queue); draining"
@@ -329,8 +333,6 @@ while true; do
                 rm -f "$STOP_FILE" "$DRAINED_FILE"
                 empty_since_ms=""
             fi
-        else
-            empty_since_ms=""
         fi
     else
         # An unknown count is never an empty queue, and it breaks the run of empty readings.

@@ -18,10 +18,6 @@ import limits
 # A task that raised is received again after this many seconds times its receive count (capped
 # by the visibility timeout), until SQS moves it to the dead-letter queue (outage_tolerant_sqs.py).
 FAILED_TASK_RETRY_SECONDS = 30
-# SQS long poll of the worker (kombu's default is 10 s). A worker that stops waits for its open poll
-# to return (the drain, held_messages.py), so this bounds that wait; an idle worker pays for it
-# with one ReceiveMessage every 2 s instead of every 10 s (USD 0.40 per million requests).
-LONG_POLL_SECONDS = 2
 
 
 class ConfigError(ValueError):
@@ -87,7 +83,7 @@ class WorkerSettings:
                 # Naming it here stops kombu from listing or creating queues.
                 "predefined_queues": {self.queue_name: {"url": self.queue_url}},
                 "visibility_timeout": self.visibility_timeout_seconds,
-                "wait_time_seconds": LONG_POLL_SECONDS,
+                "wait_time_seconds": limits.LONG_POLL_SECONDS,
                 # Held messages are kept invisible by a heartbeat and given back at once when the
                 # worker stops (held_messages.py); the state file tells the lifecycle script.
                 "heartbeat_seconds": self.heartbeat_seconds,

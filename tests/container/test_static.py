@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +143,19 @@ def test_external_program_task_uses_the_remaining_cpus(moto_server, make_queues,
             state = hasher.digest()
         lanes.append(state)
     assert digest == hashlib.sha256(b"".join(lanes)).hexdigest()
+
+
+def test_held_count_unknown_without_a_fresh_state_file(tmp_path):
+    # The lifecycle script takes "unknown" for "not idle": it must get a failure, not a 0.
+    env = {"WORKER_RUN_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    missing = subprocess.run([sys.executable, "held_messages.py", "held"], cwd=CONTAINER, env=env, capture_output=True, text=True)
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert len(missing.stderr.strip().splitlines()) == 1 and "no fresh held.json" in missing.stderr
+
+    (tmp_path / "held.json").write_text('{"written": 0, "held": []}')  # written long ago
+    stale = subprocess.run([sys.executable, "held_messages.py", "held"], cwd=CONTAINER, env=env, capture_output=True, text=True)
+    assert stale.returncode == 1
+
+    (tmp_path / "held.json").write_text(json.dumps({"written": time.time(), "held": [{"receipt_handle": "r", "queue_url": "u"}]}))
+    fresh = subprocess.run([sys.executable, "held_messages.py", "held"], cwd=CONTAINER, env=env, capture_output=True, text=True)
+    assert (fresh.returncode, fresh.stdout.strip()) == (0, "1")
