@@ -9,8 +9,11 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 
-# A single failed run can be a throttled API call that the next minute's run gets past; three
-# within five minutes is a scaler that cannot do its job (IAM, a deleted job queue, ...).
+# A run loops for a minute and fails (one Error) if any of its decisions failed, so the metric counts
+# minutes with a failure, not failed decisions: a burst of throttling inside one minute is one
+# error. One such minute can be a throttled API call the next decisions get past; three within
+# five minutes is a scaler that cannot do its job (IAM, a deleted job queue, ...). A run that times
+# out counts the same way.
 SCALER_FAILED_RUNS = 3
 
 
@@ -51,8 +54,8 @@ class Monitoring(Construct):
                 comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
                 treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
                 alarm_description=(
-                    "The worker scaler failed repeatedly (its log group names the failing call); "
-                    "the depth and age alarms still start workers"
+                    "3+ worker scaler runs (a minute of decisions each) failed within 5 minutes; its "
+                    "log group names the failing call. Nothing else starts workers in scaler mode"
                 ),
             )
 

@@ -13,6 +13,10 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+# The rules the worker checks too (the same file, shipped in its image): written once, so synth and
+# the worker can never disagree on what a valid visibility timeout, task time limit or grace is.
+from batch_celery_container import limits
+
 CONTEXT_KEY = "batch-celery"
 
 PLATFORMS = ("linux/amd64", "linux/arm64")
@@ -34,11 +38,6 @@ LOG_RETENTION_DAYS = (
     1096, 1827, 2192, 2557, 2922, 3288, 3653,
 )
 
-# The visibility timeout must cover a whole task plus the time between SQS handing the message
-# out and the task starting (prefetch, worker start) and the ack after it ends; otherwise SQS
-# redelivers a task that is still running and it runs twice.
-VISIBILITY_HEADROOM_SECONDS = 60
-SQS_MAX_VISIBILITY_SECONDS = 12 * 3600
 # Batch's smallest job timeout; a worker must also fit one full task and its idle window
 # (plus start-up) before Batch stops it, or every long task would be cut off and redelivered.
 BATCH_MIN_TIMEOUT_SECONDS = 60
@@ -47,6 +46,22 @@ WORKER_STARTUP_HEADROOM_SECONDS = 60
 # original enqueue time, so the task queue must keep messages for less than the DLQ does.
 DLQ_RETENTION_DAYS = 14
 ARRAY_SIZE_RANGE = (2, 10_000)
+# "scaler": the Lambda alone submits workers (the alarms only run it). "alarms": the original
+# sample's design, alarm rules submit jobs themselves and no Lambda is deployed.
+SCALING_MODES = ("scaler", "alarms")
+# Below 5 s a decision (one GetQueueAttributes, five ListJobs, DescribeJobs) may not be done before
+# the next one starts; 60 s is one decision per invocation, the old once-a-minute behaviour.
+SCALER_POLL_RANGE = (5, 60)
+# CloudWatch evaluates at most one day of periods (EvaluationPeriods x Period <= 86,400 s).
+MAX_ALARM_WINDOW_SECONDS = 86_400
+# Keys that no longer exist, and what replaced them: a context written for an older release gets
+# this line instead of "unknown setting".
+REPLACED_KEYS = {
+    "scaler_enabled": (
+        'replaced by scaling_mode: "scaler" (the default: the Lambda scaler decides) or "alarms" '
+        "(no Lambda: the alarm rules submit workers themselves); remove scaler_enabled"
+    ),
+}
 
 
 class SettingsError(ValueError):
@@ -87,9 +102,10 @@ class Settings:
 
     # --- task queue ----------------------------------------------------------------------
     task_time_limit_seconds: int = 900
-    """Hard time limit of one Celery task."""
-    visibility_timeout_seconds: int = 1800
-    """SQS visibility timeout; >= task_time_limit_seconds + 60 s headroom, <= 12 h."""
+    """Hard time limit of one Celery task (up to 12 h minus the visibility timeout, see limits.py)."""
+    visibility_timeout_seconds: int = limits.DEFAULT_VISIBILITY_TIMEOUT_SECONDS
+    """SQS visibility timeout = the crash-recovery window: the worker extends what it holds by a
+    heartbeat, so a task may run longer; a dead worker's messages return within this long."""
     message_retention_days: int = 4
     """How long the task queue keeps an unprocessed message (1-13 days; the DLQ keeps 14)."""
     max_receive_count: int = 3
@@ -104,22 +120,26 @@ class Settings:
     """Batch stops a worker job after this long (>= task limit + idle window + 60 s)."""
     job_attempts: int = 3
     """Attempts of a worker job on infrastructure failures (1-10); app errors exit at once."""
+    stop_grace_seconds: int = limits.DEFAULT_STOP_GRACE_SECONDS
+    """After Batch's SIGTERM, seconds the running task gets to finish before the worker stops it
+    and releases its message (Batch kills the job 30 s after SIGTERM)."""
     log_retention_days: int = 30
     """Retention of every log group of the stack (a CloudWatch Logs value)."""
 
-    # --- alarms and event rules ----------------------------------------------------------
+    # --- scaling -------------------------------------------------------------------------
+    scaling_mode: str = "scaler"
+    """Who submits workers: "scaler", the Lambda alone (alarms only run it early); "alarms", no
+    Lambda, the alarm rules submit workers (the original sample's design)."""
     low_threshold: int = 5
-    """Visible messages that put the low alarm into ALARM (one worker is submitted)."""
+    """Visible messages that put the low alarm into ALARM (alarms mode: one worker is submitted)."""
     high_threshold: int = 50
-    """Visible messages that put the high alarm into ALARM (an array job is submitted)."""
+    """Visible messages that put the high alarm into ALARM (alarms mode: an array job is submitted)."""
     high_array_size: int = 10
-    """Workers in the array job the high alarm submits (2-10000)."""
+    """Workers in the array job the high alarm submits in alarms mode (2-10000)."""
     age_alarm_seconds: int = 300
-    """Age of the oldest message (the latency SLA) that puts the age alarm into ALARM."""
-
-    # --- scaler --------------------------------------------------------------------------
-    scaler_enabled: bool = True
-    """Deploy the proportional scaler (Lambda, every minute and on every alarm)."""
+    """Latency SLA: the SLA alarm fires once a task has waited (visible, not picked up) this long."""
+    scaler_poll_seconds: int = 10
+    """How often the scaler decides within its one invocation a minute (5-60)."""
     messages_per_worker: int = 10
     """Backlog one worker is expected to clear in time = acceptable latency / time per message."""
     max_workers: int | None = field(default=None)
@@ -142,6 +162,8 @@ class Settings:
             raise SettingsError(f"{CONTEXT_KEY} = {_describe(raw)}: must be a JSON object of settings")
         known = {f.name for f in fields(cls)}
         for key in raw:
+            if key in REPLACED_KEYS:
+                raise _fail(key, raw[key], REPLACED_KEYS[key])
             if key not in known:
                 raise SettingsError(
                     f"{CONTEXT_KEY}.{key}: unknown setting; allowed: {', '.join(sorted(known))}"
@@ -190,6 +212,12 @@ def _range_text(low: int | None, high: int | None) -> str:
     return ""
 
 
+def _check(s: Settings, key: str, problem: str | None) -> None:
+    """Raise the one line for a rule of limits.py, which returns None or what is allowed."""
+    if problem is not None:
+        raise _fail(key, getattr(s, key), problem)
+
+
 def _bool(s: Settings, key: str) -> None:
     value = getattr(s, key)
     if not isinstance(value, bool):
@@ -227,15 +255,13 @@ def _validate(s: Settings) -> None:
     _int(s, "max_vcpus", math.ceil(vcpus))
     _int(s, "worker_concurrency", 1, 64)
 
-    # Task queue.
-    limit = _int(s, "task_time_limit_seconds", 1, SQS_MAX_VISIBILITY_SECONDS - VISIBILITY_HEADROOM_SECONDS)
-    visibility = _int(s, "visibility_timeout_seconds", 0, SQS_MAX_VISIBILITY_SECONDS)
-    if visibility < limit + VISIBILITY_HEADROOM_SECONDS:
-        raise _fail(
-            "visibility_timeout_seconds", visibility,
-            f"must be >= task_time_limit_seconds ({limit}) + {VISIBILITY_HEADROOM_SECONDS} s headroom"
-            f" = {limit + VISIBILITY_HEADROOM_SECONDS}, or a running task is delivered twice",
-        )
+    # Task queue. The worker's heartbeat keeps a held message invisible, so the visibility timeout
+    # no longer bounds a task: SQS's 12 hours from the receive does (limits.py), and the job
+    # timeout (below).
+    visibility = _int(s, "visibility_timeout_seconds")
+    _check(s, "visibility_timeout_seconds", limits.visibility_timeout_problem(visibility))
+    limit = _int(s, "task_time_limit_seconds")
+    _check(s, "task_time_limit_seconds", limits.task_time_limit_problem(limit, visibility))
     _int(s, "message_retention_days", 1, DLQ_RETENTION_DAYS - 1)
     _int(s, "max_receive_count", 1, 1000)
 
@@ -251,23 +277,30 @@ def _validate(s: Settings) -> None:
             f" + {WORKER_STARTUP_HEADROOM_SECONDS} s start-up = {needed}",
         )
     _int(s, "job_attempts", 1, 10)
+    grace = _int(s, "stop_grace_seconds")
+    _check(s, "stop_grace_seconds", limits.stop_grace_problem(grace))
     if _int(s, "log_retention_days", 1) not in LOG_RETENTION_DAYS:
         raise _fail(
             "log_retention_days", s.log_retention_days,
             "must be one of " + ", ".join(str(d) for d in LOG_RETENTION_DAYS),
         )
 
-    # Alarms and rules.
+    # Scaling.
+    if s.scaling_mode not in SCALING_MODES:
+        raise _fail(
+            "scaling_mode", s.scaling_mode,
+            'must be "scaler" (the Lambda decides; alarms only run it) or "alarms" (no Lambda; the'
+            " alarm rules submit workers themselves)",
+        )
     low = _int(s, "low_threshold", 1)
     high = _int(s, "high_threshold", 1)
     if low >= high:
         raise _fail("low_threshold", low, f"must be below high_threshold ({high})")
     _int(s, "high_array_size", *ARRAY_SIZE_RANGE)
-    # CloudWatch alarm periods are at least 60 s; an SLA below one period cannot be observed.
-    _int(s, "age_alarm_seconds", 60)
-
-    # Scaler.
-    _bool(s, "scaler_enabled")
+    # The SLA alarm counts one-minute periods: an SLA below one period cannot be observed, and
+    # CloudWatch evaluates at most a day of periods.
+    _int(s, "age_alarm_seconds", 60, MAX_ALARM_WINDOW_SECONDS)
+    _int(s, "scaler_poll_seconds", *SCALER_POLL_RANGE)
     _int(s, "messages_per_worker", 1)
     if s.max_workers is not None:
         capacity = math.floor(s.max_vcpus / vcpus)

@@ -1,8 +1,10 @@
 """The scaler Lambda: read the queue and this stack's worker jobs, submit the missing workers.
 
-Runs every minute on an EventBridge schedule and whenever a depth/age alarm goes into ALARM.
-Everything it needs comes from environment variables that the CDK stack sets on the function
-(nothing here is a default the stack does not control):
+Runs every minute on an EventBridge schedule (and when a depth or SLA alarm goes into ALARM).
+One run decides every POLL_SECONDS, starting no decision after LOOP_SECONDS, then returns: a
+backlog is seen within POLL_SECONDS, not a minute. Everything it needs comes from environment
+variables that the CDK stack sets on the function (nothing here is a default the stack does not
+control):
 
     QUEUE_URL            the task queue
     JOB_QUEUE            Batch job queue ARN (or name)
@@ -10,11 +12,15 @@ Everything it needs comes from environment variables that the CDK stack sets on 
     JOB_NAME             name given to the worker jobs this function submits
     MESSAGES_PER_WORKER  acceptable backlog per worker (see policy.py)
     MAX_WORKERS          cap on active workers, normally what the compute environment runs at once
+    TASKS_PER_WORKER     tasks one worker runs at once (its Celery concurrency)
+    POLL_SECONDS         seconds between two decisions of one run
+    LOOP_SECONDS         no decision starts later than this after the run began (0: one decision)
 
-Safety rules: if any reading fails, nothing is submitted (never scale on partial information);
-if a submission fails, the run stops there (the next minute's run re-evaluates from fresh counts).
-Each run prints exactly one JSON line, which is also the return value; a failed run then
-raises ``ScalerRunFailed`` so it counts in the function's Errors metric (and its alarm).
+Safety rules: if any reading fails, that decision submits nothing (never scale on partial
+information); if a submission fails, that decision stops there (the next one re-evaluates from
+fresh counts, which include any job that did land). Each decision prints exactly one JSON line; a
+failed decision does not end the loop, but the run raises ``ScalerRunFailed`` at its end, so it
+counts once in the function's Errors metric (and its alarm).
 
 Imports are relative so the same files work as ``batch_celery.scaler`` locally and as the
 top-level ``scaler`` package inside the Lambda asset.
@@ -23,8 +29,10 @@ top-level ``scaler`` package inside the Lambda asset.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Mapping
@@ -33,21 +41,24 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .policy import submission_plan, workers_to_submit, workers_wanted
+from .policy import submission_plan, workers_needed, workers_to_submit
 
 # Listed in lifecycle order on purpose: a job that moves on while we page through the listings is
 # then seen again in a later status (and de-duplicated by id) instead of slipping between two.
 ACTIVE_STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
 DESCRIBE_BATCH = 100  # DescribeJobs takes at most 100 job ids.
 
-# A run must finish well inside a minute, before the next scheduled run: few, quick retries.
+# A decision must not hold up the ones after it (or the next minute's run): few, quick retries.
 _BOTO_CONFIG = BotoConfig(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=10)
 # SubmitJob has no idempotency token: when an attempt takes effect but its answer is lost (a read
 # timeout, a 5xx from the front end), a retry submits the workers a second time, past the cap.
-# So the submission is tried exactly once; a failed one is re-evaluated by the next run from fresh
-# counts, which then include any job that did land. (``max_attempts`` counts retries in botocore's
-# standard mode; ``total_max_attempts`` counts calls.)
+# So the submission is tried exactly once; a failed one is re-evaluated by the next decision from
+# fresh counts, which then include any job that did land. (``max_attempts`` counts retries in
+# botocore's standard mode; ``total_max_attempts`` counts calls.)
 SUBMIT_CONFIG = _BOTO_CONFIG.merge(BotoConfig(retries={"mode": "standard", "total_max_attempts": 1}))
+
+ENV_NAMES = ("QUEUE_URL", "JOB_QUEUE", "JOB_DEFINITION", "JOB_NAME", "MESSAGES_PER_WORKER", "MAX_WORKERS",
+             "TASKS_PER_WORKER", "POLL_SECONDS", "LOOP_SECONDS")
 
 
 class ScalerError(Exception):
@@ -66,11 +77,15 @@ class ScalerConfig:
     job_name: str
     messages_per_worker: int
     max_workers: int
+    # One decision per run unless told otherwise (callers that build the config themselves).
+    poll_seconds: int = 10
+    loop_seconds: int = 0
+    # In-flight messages per busy worker: a worker of concurrency 4 holding 4 messages is one worker.
+    tasks_per_worker: int = 1
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> "ScalerConfig":
-        missing = [name for name in ("QUEUE_URL", "JOB_QUEUE", "JOB_DEFINITION", "JOB_NAME",
-                                     "MESSAGES_PER_WORKER", "MAX_WORKERS") if not environ.get(name)]
+        missing = [name for name in ENV_NAMES if not environ.get(name)]
         if missing:
             raise ValueError(f"missing environment variable(s) {', '.join(missing)}: the stack must set them")
         return cls(
@@ -80,6 +95,9 @@ class ScalerConfig:
             job_name=environ["JOB_NAME"],
             messages_per_worker=_int_env(environ, "MESSAGES_PER_WORKER", minimum=1),
             max_workers=_int_env(environ, "MAX_WORKERS", minimum=0),
+            poll_seconds=_int_env(environ, "POLL_SECONDS", minimum=1),
+            loop_seconds=_int_env(environ, "LOOP_SECONDS", minimum=0),
+            tasks_per_worker=_int_env(environ, "TASKS_PER_WORKER", minimum=1),
         )
 
 
@@ -212,20 +230,23 @@ def scale(config: ScalerConfig, sqs: Any, batch: Any, *, submit_batch: Any) -> d
         active = active_workers(batch, config.job_queue, config.job_definition)
     except ScalerError as error:
         record.update(outcome="read_failed", level="ERROR", submitted=0,
-                      error=f"{error}; submitted nothing, the next run re-evaluates")
+                      error=f"{error}; submitted nothing, the next decision re-evaluates")
         return record
 
     deficit = workers_to_submit(counts["visible"], counts["in_flight"], counts["delayed"], active,
-                                config.messages_per_worker, config.max_workers)
+                                config.messages_per_worker, config.max_workers,
+                                tasks_per_worker=config.tasks_per_worker)
     backlog = counts["visible"] + counts["in_flight"] + counts["delayed"]
-    wanted = workers_wanted(backlog, config.messages_per_worker, config.max_workers)
+    wanted = workers_needed(counts["visible"], counts["in_flight"], counts["delayed"], active,
+                            config.messages_per_worker, config.max_workers,
+                            tasks_per_worker=config.tasks_per_worker)
     record.update(counts, backlog=backlog, active=active, wanted=wanted, to_submit=deficit)
     try:
         job_ids = submit_workers(submit_batch, config, deficit)
     except PartialSubmit as error:
         submitted = sum(submission_plan(deficit)[: len(error.job_ids)])
         record.update(outcome="submit_failed", level="ERROR", submitted=submitted, job_ids=error.job_ids,
-                      error=f"{error}; stopped here, the next run re-evaluates")
+                      error=f"{error}; stopped here, the next decision re-evaluates")
         return record
     record.update(outcome="ok", level="INFO", submitted=deficit, job_ids=job_ids)
     return record
@@ -242,19 +263,57 @@ def _clients() -> tuple[Any, Any, Any]:
     )
 
 
-def handler(event: Any, context: Any) -> dict[str, Any]:
-    """Lambda entry point (``scaler.handler.handler``); the event's content does not matter."""
+def decide(config: ScalerConfig, sqs: Any, batch: Any, *, submit_batch: Any) -> dict[str, Any]:
+    """One decision, logged as one JSON line. An unexpected error becomes an ERROR record, so one
+    bad answer costs this decision, not the rest of the run."""
+    try:
+        record = scale(config, sqs, batch, submit_batch=submit_batch)
+    except Exception as error:  # noqa: BLE001 - logged, and the run still fails at its end
+        record = {"scaler": "batch-celery", "outcome": "error", "level": "ERROR", "submitted": 0,
+                  "error": f"{type(error).__name__}: {error}; the next decision re-evaluates"}
+    print(json.dumps(record, sort_keys=True), file=sys.stdout, flush=True)
+    return record
+
+
+def run(config: ScalerConfig, sqs: Any, batch: Any, *, submit_batch: Any,
+        clock: Any = time.monotonic, sleep: Any = time.sleep) -> list[dict[str, Any]]:
+    """Decide at 0, POLL, 2 x POLL, ... seconds, while that is before LOOP_SECONDS.
+
+    The slots are fixed from the start, so a slow decision does not shift the ones after it; a
+    decision that overran a slot skips it rather than running twice back to back.
+    """
+    start = clock()
+    records = []
+    slot = 0
+    while True:
+        records.append(decide(config, sqs, batch, submit_batch=submit_batch))
+        elapsed = clock() - start
+        slot = max(slot + 1, math.ceil(elapsed / config.poll_seconds))
+        if slot * config.poll_seconds >= config.loop_seconds:
+            return records
+        sleep(max(0.0, start + slot * config.poll_seconds - clock()))
+
+
+def handler(event: Any, context: Any) -> list[dict[str, Any]]:
+    """Lambda entry point (``scaler.handler.handler``); the event's content does not matter.
+
+    Returns the run's decision records; raises ``ScalerRunFailed`` after the loop if any failed.
+    """
     try:
         config = ScalerConfig.from_env(os.environ)
     except ValueError as error:
         record: dict[str, Any] = {"scaler": "batch-celery", "outcome": "config_error", "level": "ERROR",
                                   "submitted": 0, "error": str(error)}
-    else:
-        sqs, batch, submit_batch = _clients()
-        record = scale(config, sqs, batch, submit_batch=submit_batch)
-    print(json.dumps(record, sort_keys=True), file=sys.stdout, flush=True)
-    if record.get("level") == "ERROR":
-        # After the log line: the run counts in the function's Errors metric, which the stack
-        # alarms on. Async retries are off, so raising never repeats a submission.
-        raise ScalerRunFailed(f"{record['outcome']}: {record.get('error', '')}")
-    return record
+        print(json.dumps(record, sort_keys=True), file=sys.stdout, flush=True)
+        raise ScalerRunFailed(f"config_error: {error}") from None
+    sqs, batch, submit_batch = _clients()
+    records = run(config, sqs, batch, submit_batch=submit_batch)
+    failed = [r for r in records if r.get("level") == "ERROR"]
+    if failed:
+        # After the log lines: the run counts once in the function's Errors metric, which the
+        # stack alarms on. Async retries are off, so raising never repeats a submission.
+        last = failed[-1]
+        raise ScalerRunFailed(
+            f"{len(failed)} of {len(records)} decisions failed; last: {last['outcome']}: {last.get('error', '')}"
+        )
+    return records

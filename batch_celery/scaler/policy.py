@@ -1,24 +1,41 @@
 """How many worker jobs to submit: pure arithmetic, no I/O, shared by the Lambda, the local run
 and the scaling simulator.
 
-The rule is the one the best queue-driven autoscalers use:
+**The rule.** ``wanted = min(busy + ceil((visible + delayed) / messages_per_worker), max_workers)``
+with ``busy = min(ceil(in_flight / tasks_per_worker), active_workers)``; submit ``wanted - active``.
+In words: every in-flight message holds a worker until it is acked, and every
+``messages_per_worker`` messages that nobody holds yet get a worker that holds nothing (idle, or
+on its way). Delayed messages count as waiting: they become visible on their own and a worker
+that exits before they do would strand them. Workers scale in by themselves (each exits after it
+has held nothing, with nothing waiting, for a while), so the policy only ever adds workers.
 
-* KEDA's ``aws-sqs-queue`` scaler counts "actual messages" as ApproximateNumberOfMessages plus
-  ApproximateNumberOfMessagesNotVisible (in flight: received, not yet deleted), and runs
-  ``ceil(actual / queueLength)`` replicas; its docs' example: one pod handles 10 messages, 30
-  messages in the queue -> 3 pods (https://keda.sh/docs/2.11/scalers/aws-sqs). For jobs (ScaledJob)
-  its default strategy creates ``maxScale - runningJobCount`` new jobs, where ``maxScale`` is that
-  replica count capped by ``maxReplicaCount``
-  (https://keda.sh/docs/latest/reference/scaledjob-spec, "scalingStrategy").
-* AWS sizes an SQS worker fleet by "acceptable backlog per instance = longest acceptable latency /
-  average processing time per message" (e.g. 10 s / 0.1 s = 100 messages; a backlog of 1500 then
-  wants 15 instances), https://docs.aws.amazon.com/autoscaling/ec2/userguide/as-using-sqs-queue.html.
+**Where it comes from.** AWS sizes an SQS worker fleet by "acceptable backlog per instance =
+longest acceptable latency / average processing time per message" (e.g. 10 s / 0.1 s = 100; a
+backlog of 1500 then wants 15 instances,
+https://docs.aws.amazon.com/autoscaling/ec2/userguide/as-using-sqs-queue.html); ``messages_per_worker``
+is that figure (300 s / 30 s = 10). KEDA's ``aws-sqs-queue`` scaler applies it to visible plus
+in-flight messages, ``ceil((visible + in_flight) / queueLength)`` replicas
+(https://keda.sh/docs/2.11/scalers/aws-sqs), and its ScaledJob default strategy submits
+``maxScale - runningJobCount`` (https://keda.sh/docs/latest/reference/scaledjob-spec).
 
-``messages_per_worker`` is exactly that "acceptable backlog per worker": with 30 s tasks and a
-5-minute latency target, 300 s / 30 s = 10. Unlike KEDA's default, delayed messages are counted
-too: they become visible on their own and a worker that exits before they do would strand them.
-Workers scale in by themselves (each exits after the queue has been empty for a while), so the
-policy only ever adds workers; it never asks to stop one.
+**Why not KEDA's count of in-flight messages** (decided with ``python -m bench.scaling``, issue 9).
+KEDA's rule assumes a busy worker also clears ``messages_per_worker - 1`` waiting messages within
+the latency budget, true only if its tasks are as short as ``messages_per_worker`` assumes. With
+900 s tasks and the default 10, 200 tasks got 20 workers: drain 9048 s (2.0x the oracle), p95 wait
+8145 s; with this rule 48 workers: drain 4548 s (1.01x), p95 2850 s, for 1.7% more worker-seconds
+(185,184 vs 182,160). With ``messages_per_worker`` 50, KEDA's rule left 104 of those tasks unstarted
+after 6 h. On the ramp (30 s tasks, the case KEDA's rule is built for) this rule gives p95 wait 41 s
+instead of 258 s for 11% more worker-seconds (33,820 vs 30,438); on 4 tasks, 3 workers instead of 1
+(p95 110 s vs 140 s, +216 worker-seconds). The extra cost is bounded: a worker that finds nothing
+to do costs its start and one idle window (about 110 s) and leaves; an undercount costs hours of
+waiting. So a queue with tasks of mixed or unknown length is served without tuning, and
+``max_workers`` is the cost cap.
+
+**In-flight messages no active worker can run** (``busy`` is capped by ``active_workers``): the
+message of a crashed job waits out the visibility window (the worker's heartbeat stopped) and
+countdown/ETA messages sit in a worker's memory. Counting a worker for each would start workers
+that find nothing visible, idle out and are submitted again every decision; they are counted
+once they are visible again.
 """
 
 from __future__ import annotations
@@ -37,16 +54,46 @@ def _require_count(name: str, value: int) -> None:
 
 
 def workers_wanted(backlog: int, messages_per_worker: int, max_workers: int) -> int:
-    """Workers that should exist for ``backlog`` messages: ``clamp(ceil(backlog / mpw), 0, max)``.
+    """Workers for ``backlog`` messages that nobody holds: ``clamp(ceil(backlog / mpw), 0, max)``.
 
     ``messages_per_worker`` is the acceptable backlog per worker (see the module docstring);
-    ``max_workers`` is what the compute environment can run at once.
+    ``max_workers`` is what the compute environment can run at once. (Applied to visible plus
+    in-flight messages this is KEDA's rule, which the simulator keeps for comparison.)
     """
     _require_count("backlog", backlog)
     _require_count("max_workers", max_workers)
     if isinstance(messages_per_worker, bool) or not isinstance(messages_per_worker, int) or messages_per_worker < 1:
         raise ValueError(f"messages_per_worker must be a whole number >= 1, got {messages_per_worker!r}")
     return min(math.ceil(backlog / messages_per_worker), max_workers)
+
+
+def workers_needed(
+    visible: int,
+    in_flight: int,
+    delayed: int,
+    active_workers: int,
+    messages_per_worker: int,
+    max_workers: int,
+    *,
+    tasks_per_worker: int = 1,
+) -> int:
+    """Workers that should exist: the busy ones plus one free worker per ``messages_per_worker``
+    messages nobody holds yet, capped at ``max_workers``.
+
+    ``busy = min(ceil(in_flight / tasks_per_worker), active_workers)``: every in-flight message
+    occupies a worker slot until it is acked, however long its task runs; in-flight messages
+    beyond what the active workers can run (a crashed job's message waiting out the visibility
+    window, countdown/ETA messages a worker keeps in memory) never ask for a worker of their own.
+    ``tasks_per_worker`` is the worker's concurrency (``worker_concurrency``).
+    """
+    for name, value in (("visible", visible), ("in_flight", in_flight), ("delayed", delayed),
+                        ("active_workers", active_workers)):
+        _require_count(name, value)
+    if isinstance(tasks_per_worker, bool) or not isinstance(tasks_per_worker, int) or tasks_per_worker < 1:
+        raise ValueError(f"tasks_per_worker must be a whole number >= 1, got {tasks_per_worker!r}")
+    busy = min(math.ceil(in_flight / tasks_per_worker), active_workers)
+    waiting = workers_wanted(visible + delayed, messages_per_worker, max_workers)
+    return min(busy + waiting, max_workers)
 
 
 def workers_to_submit(
@@ -56,18 +103,20 @@ def workers_to_submit(
     active_workers: int,
     messages_per_worker: int,
     max_workers: int,
+    *,
+    tasks_per_worker: int = 1,
 ) -> int:
-    """New worker jobs to submit now: the wanted count minus the workers already active or coming.
+    """New worker jobs to submit now: ``workers_needed`` minus the workers already active or coming.
 
     ``active_workers`` counts every worker job that is SUBMITTED, PENDING, RUNNABLE, STARTING or
-    RUNNING, so workers already on their way are never duplicated. The result never takes the
-    total beyond ``max_workers`` and is never negative (extra workers drain away by idling out).
+    RUNNING, so workers already on their way are never duplicated. Equivalently: submit until
+    every ``messages_per_worker`` waiting messages have a worker that holds nothing (idle or
+    starting). The result never takes the total beyond ``max_workers`` and is never negative
+    (extra workers leave by their own idle exit).
     """
-    for name, value in (("visible", visible), ("in_flight", in_flight), ("delayed", delayed),
-                        ("active_workers", active_workers)):
-        _require_count(name, value)
+    wanted = workers_needed(visible, in_flight, delayed, active_workers, messages_per_worker, max_workers,
+                            tasks_per_worker=tasks_per_worker)
     # wanted <= max_workers, so wanted - active can never take the total beyond the cap.
-    wanted = workers_wanted(visible + in_flight + delayed, messages_per_worker, max_workers)
     return max(0, wanted - active_workers)
 
 

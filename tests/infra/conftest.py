@@ -106,3 +106,9 @@ def default(make_synth: Callable[..., Synth]) -> Synth:
     """The stack as `cdk synth` builds it from the committed cdk.json."""
     block = json.loads((REPO / "cdk.json").read_text())["context"].get(CONTEXT_KEY) or {}
     return make_synth(**block)
+
+
+@pytest.fixture(scope="session")
+def alarms_mode(tmp_path_factory: pytest.TempPathFactory) -> Synth:
+    """`scaling_mode: "alarms"`: the original sample's design, no Lambda (shared: it is slow to build)."""
+    return synth(tmp_path_factory.mktemp("cdk.out"), scaling_mode="alarms")

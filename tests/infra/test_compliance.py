@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cdk_nag import AwsSolutionsChecks
 
 from .conftest import Synth
@@ -17,8 +18,13 @@ CFN_LINT = Path(sys.executable).parent / "cfn-lint"
 ASSET_HASH = re.compile(r"\b[0-9a-f]{64}\b")
 
 
-def test_cdk_nag_aws_solutions_has_no_unacknowledged_findings(default: Synth) -> None:
-    report = AwsSolutionsChecks(default.app).validate_scope(default.stack)
+MODES = ["default", "alarms_mode"]
+
+
+@pytest.mark.parametrize("synth_name", MODES)
+def test_cdk_nag_aws_solutions_has_no_unacknowledged_findings(request, synth_name: str) -> None:
+    synth: Synth = request.getfixturevalue(synth_name)
+    report = AwsSolutionsChecks(synth.app).validate_scope(synth.stack)
     findings = [
         f"{v.rule_name}: {[r.locations for r in v.violating_resources]}" for v in report.violations
     ]
@@ -52,8 +58,9 @@ def _acknowledgments(synth: Synth) -> dict[tuple[str, str], str]:
     return found
 
 
-def test_cfn_lint_reports_nothing(default: Synth) -> None:
-    template = default.outdir / "BatchCelery.template.json"
+@pytest.mark.parametrize("synth_name", MODES)
+def test_cfn_lint_reports_nothing(request, synth_name: str) -> None:
+    template = request.getfixturevalue(synth_name).outdir / "BatchCelery.template.json"
     # W3005 (a DependsOn already implied by a GetAtt) is ignored: aws-cdk-lib's Lambda L2 renders
     # an explicit DependsOn on the function's role next to the GetAtt, for our scaler and for
     # CDK's own default-security-group provider; it is redundant and harmless.

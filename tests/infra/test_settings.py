@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from batch_celery.settings import CONTEXT_KEY, Settings, SettingsError
+from batch_celery_container import limits
 
 from .conftest import REPO
 
@@ -18,9 +19,28 @@ def test_defaults_are_a_small_cheap_deployment() -> None:
     s = Settings()
     assert (s.max_azs, s.nat_gateways, s.platform, s.max_vcpus, s.spot) == (2, 1, "linux/amd64", 48, False)
     assert (s.worker_vcpus, s.worker_memory_mib, s.task_time_limit_seconds, s.visibility_timeout_seconds) == (
-        1, 2048, 900, 1800)
+        1, 2048, 900, 300)
     assert (s.low_threshold, s.high_threshold, s.high_array_size, s.age_alarm_seconds) == (5, 50, 10, 300)
-    assert (s.scaler_enabled, s.messages_per_worker, s.max_workers) == (True, 10, 48)
+    assert (s.scaling_mode, s.scaler_poll_seconds, s.messages_per_worker, s.max_workers) == ("scaler", 10, 10, 48)
+    assert s.stop_grace_seconds == 20
+
+
+def test_worker_rules_come_from_the_shared_limits_module() -> None:
+    # The worker checks the same values with the same module; a default restated here would drift.
+    s = Settings()
+    assert s.visibility_timeout_seconds == limits.DEFAULT_VISIBILITY_TIMEOUT_SECONDS
+    assert s.stop_grace_seconds == limits.DEFAULT_STOP_GRACE_SECONDS
+
+
+def test_task_time_limit_may_exceed_the_visibility_timeout() -> None:
+    # The heartbeat keeps a running task's message invisible: a 4-hour task with a 5-minute window.
+    s = Settings(task_time_limit_seconds=4 * 3600, visibility_timeout_seconds=300, job_timeout_seconds=5 * 3600)
+    assert (s.task_time_limit_seconds, s.visibility_timeout_seconds) == (14400, 300)
+
+
+def test_task_time_limit_may_reach_12_hours_minus_the_window() -> None:
+    s = Settings(task_time_limit_seconds=43200 - 300, job_timeout_seconds=43200)
+    assert s.task_time_limit_seconds == 42900
 
 
 def test_max_workers_defaults_to_the_compute_environments_capacity() -> None:
@@ -53,19 +73,49 @@ INVALID = [
      "batch-celery.worker_memory_mib = 1000: not a Fargate memory size for 1 vCPU; allowed: 2048-8192 in steps of 1024"),
     ({"worker_vcpus": 0.25, "worker_memory_mib": 4096},
      "batch-celery.worker_memory_mib = 4096: not a Fargate memory size for 0.25 vCPU; allowed: 512, 1024, 2048"),
-    ({"visibility_timeout_seconds": 600},
-     "batch-celery.visibility_timeout_seconds = 600: must be >= task_time_limit_seconds (900) + 60 s headroom = 960,"
-     " or a running task is delivered twice"),
-    ({"visibility_timeout_seconds": 930},
-     "batch-celery.visibility_timeout_seconds = 930: must be >= task_time_limit_seconds (900) + 60 s headroom = 960,"
-     " or a running task is delivered twice"),
-    ({"visibility_timeout_seconds": 50000}, "batch-celery.visibility_timeout_seconds = 50000: must be 0..43200"),
+    ({"visibility_timeout_seconds": 5},
+     "batch-celery.visibility_timeout_seconds = 5: allowed: 6..43200 seconds (it is the window in which a crashed"
+     " worker's task returns to the queue; default 300)"),
+    ({"visibility_timeout_seconds": 50000},
+     "batch-celery.visibility_timeout_seconds = 50000: allowed: 6..43200 seconds (it is the window in which a"
+     " crashed worker's task returns to the queue; default 300)"),
+    ({"visibility_timeout_seconds": "300"}, 'batch-celery.visibility_timeout_seconds = "300": must be a whole number'),
+    ({"task_time_limit_seconds": 42901, "job_timeout_seconds": 43200},
+     "batch-celery.task_time_limit_seconds = 42901: allowed: 1..42900 seconds (SQS keeps a received message for at"
+     " most 12 h = 43200 s, minus one visibility timeout of 300 s)"),
+    ({"task_time_limit_seconds": 40000, "visibility_timeout_seconds": 3600, "job_timeout_seconds": 43200},
+     "batch-celery.task_time_limit_seconds = 40000: allowed: 1..39600 seconds (SQS keeps a received message for at"
+     " most 12 h = 43200 s, minus one visibility timeout of 3600 s)"),
+    ({"task_time_limit_seconds": 0},
+     "batch-celery.task_time_limit_seconds = 0: allowed: 1..42900 seconds (SQS keeps a received message for at"
+     " most 12 h = 43200 s, minus one visibility timeout of 300 s)"),
+    ({"task_time_limit_seconds": 4 * 3600},
+     "batch-celery.job_timeout_seconds = 14400: must be >= task_time_limit_seconds (14400) + idle_seconds (60)"
+     " + 60 s start-up = 14520"),
+    ({"stop_grace_seconds": 0},
+     "batch-celery.stop_grace_seconds = 0: allowed: 1..25 seconds (Batch kills a job 30 s after SIGTERM; 5 s are"
+     " kept to release the task's message)"),
+    ({"stop_grace_seconds": 26},
+     "batch-celery.stop_grace_seconds = 26: allowed: 1..25 seconds (Batch kills a job 30 s after SIGTERM; 5 s are"
+     " kept to release the task's message)"),
+    ({"stop_grace_seconds": 2.5}, "batch-celery.stop_grace_seconds = 2.5: must be a whole number"),
+    ({"scaling_mode": "lambda"},
+     'batch-celery.scaling_mode = "lambda": must be "scaler" (the Lambda decides; alarms only run it) or "alarms"'
+     " (no Lambda; the alarm rules submit workers themselves)"),
+    ({"scaling_mode": True},
+     'batch-celery.scaling_mode = true: must be "scaler" (the Lambda decides; alarms only run it) or "alarms"'
+     " (no Lambda; the alarm rules submit workers themselves)"),
+    ({"scaler_poll_seconds": 4}, "batch-celery.scaler_poll_seconds = 4: must be 5..60"),
+    ({"scaler_poll_seconds": 61}, "batch-celery.scaler_poll_seconds = 61: must be 5..60"),
+    ({"scaler_poll_seconds": "10"}, 'batch-celery.scaler_poll_seconds = "10": must be a whole number, 5..60'),
+    ({"scaler_enabled": False},
+     'batch-celery.scaler_enabled = false: replaced by scaling_mode: "scaler" (the default: the Lambda scaler'
+     ' decides) or "alarms" (no Lambda: the alarm rules submit workers themselves); remove scaler_enabled'),
     ({"job_timeout_seconds": 900},
      "batch-celery.job_timeout_seconds = 900: must be >= task_time_limit_seconds (900) + idle_seconds (60)"
      " + 60 s start-up = 1020"),
     ({"poll_seconds": 120}, "batch-celery.poll_seconds = 120: must be 1..60"),
     ({"spot": "yes"}, 'batch-celery.spot = "yes": must be true or false (JSON booleans, not strings)'),
-    ({"scaler_enabled": 1}, "batch-celery.scaler_enabled = 1: must be true or false (JSON booleans, not strings)"),
     ({"platform": "linux/386"}, 'batch-celery.platform = "linux/386": must be one of linux/amd64, linux/arm64'),
     ({"max_azs": 3}, "batch-celery.max_azs = 3: must be 1..2"),
     ({"nat_gateways": 0}, "batch-celery.nat_gateways = 0: must be 1..2"),
@@ -77,7 +127,8 @@ INVALID = [
      "batch-celery.max_workers = 49: must be a whole number 1..48 (max_vcpus 48 // worker_vcpus 1: more workers"
      " than the compute environment runs would only queue)"),
     ({"messages_per_worker": 0}, "batch-celery.messages_per_worker = 0: must be >= 1"),
-    ({"age_alarm_seconds": 30}, "batch-celery.age_alarm_seconds = 30: must be >= 60"),
+    ({"age_alarm_seconds": 30}, "batch-celery.age_alarm_seconds = 30: must be 60..86400"),
+    ({"age_alarm_seconds": 86401}, "batch-celery.age_alarm_seconds = 86401: must be 60..86400"),
     ({"message_retention_days": 14}, "batch-celery.message_retention_days = 14: must be 1..13"),
     ({"max_receive_count": 0}, "batch-celery.max_receive_count = 0: must be 1..1000"),
     ({"job_attempts": 11}, "batch-celery.job_attempts = 11: must be 1..10"),

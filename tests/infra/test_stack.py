@@ -9,12 +9,6 @@ from aws_cdk.assertions import Match
 
 from .conftest import Synth, grants
 
-WORKER_ENV_KEYS = {
-    "CELERY_QUEUE_NAME", "CELERY_QUEUE_URL", "AWS_DEFAULT_REGION", "IDLE_SECONDS", "POLL_SECONDS",
-    "WORKER_CONCURRENCY", "TASK_TIME_LIMIT_SECONDS", "VISIBILITY_TIMEOUT_SECONDS",
-}
-
-
 def _env(job_definition: dict) -> dict:
     return {e["Name"]: e["Value"] for e in job_definition["Properties"]["ContainerProperties"]["Environment"]}
 
@@ -71,7 +65,7 @@ def test_task_queue_is_encrypted_with_a_dead_letter_queue_and_explicit_timings(d
     _, queue = default.one("AWS::SQS::Queue", "TaskQueue1")
     assert queue["Properties"] == {
         "SqsManagedSseEnabled": True,
-        "VisibilityTimeout": 1800,
+        "VisibilityTimeout": 300,
         "MessageRetentionPeriod": 4 * 86400,
         "RedrivePolicy": {"deadLetterTargetArn": {"Fn::GetAtt": [dlq_id, "Arn"]}, "maxReceiveCount": 3},
     }
@@ -93,17 +87,20 @@ def test_every_queue_denies_requests_without_tls(default: Synth) -> None:
     assert protected == queues
 
 
-def test_queue_settings_reach_the_queue(make_synth) -> None:
-    custom = make_synth(task_time_limit_seconds=3000, visibility_timeout_seconds=3600,
-                        message_retention_days=7, max_receive_count=5, job_timeout_seconds=7200)
+def test_queue_settings_reach_the_queue_and_the_worker(make_synth) -> None:
+    # A 4-hour task with a 5-minute crash-recovery window: the worker's heartbeat keeps the
+    # running task's message invisible, so the task limit may exceed the visibility timeout.
+    custom = make_synth(task_time_limit_seconds=4 * 3600, visibility_timeout_seconds=300, stop_grace_seconds=10,
+                        message_retention_days=7, max_receive_count=5, job_timeout_seconds=5 * 3600)
     _, queue = custom.one("AWS::SQS::Queue", "TaskQueue1")
-    assert queue["Properties"]["VisibilityTimeout"] == 3600
+    assert queue["Properties"]["VisibilityTimeout"] == 300
     assert queue["Properties"]["MessageRetentionPeriod"] == 7 * 86400
     assert queue["Properties"]["RedrivePolicy"]["maxReceiveCount"] == 5
     _, worker = custom.one("AWS::Batch::JobDefinition", "WorkersWorkerJobDefinition")
-    assert _env(worker)["TASK_TIME_LIMIT_SECONDS"] == "3000"
-    assert _env(worker)["VISIBILITY_TIMEOUT_SECONDS"] == "3600"
-    assert worker["Properties"]["Timeout"] == {"AttemptDurationSeconds": 7200}
+    env = _env(worker)
+    assert (env["TASK_TIME_LIMIT_SECONDS"], env["VISIBILITY_TIMEOUT_SECONDS"], env["STOP_GRACE_SECONDS"]) == (
+        "14400", "300", "10")
+    assert worker["Properties"]["Timeout"] == {"AttemptDurationSeconds": 5 * 3600}
 
 
 # --- compute -------------------------------------------------------------------------------
@@ -202,7 +199,8 @@ def test_worker_environment_is_the_container_contract(default: Synth) -> None:
         "POLL_SECONDS": "10",
         "WORKER_CONCURRENCY": "1",
         "TASK_TIME_LIMIT_SECONDS": "900",
-        "VISIBILITY_TIMEOUT_SECONDS": "1800",
+        "VISIBILITY_TIMEOUT_SECONDS": "300",
+        "STOP_GRACE_SECONDS": "20",
     }
 
 
@@ -241,13 +239,6 @@ def test_worker_role_consumes_and_sends_on_the_task_queue_and_only_sends_to_the_
 def test_filler_role_only_sends_to_the_task_queue(default: Synth) -> None:
     assert grants(default.statements_of_role("WorkersFillerRole")) == {
         ("Allow", a, "TaskQueue.Arn") for a in ("sqs:SendMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl")}
-
-
-def test_eventbridge_may_only_submit_the_worker_job_to_this_job_queue(default: Synth) -> None:
-    assert grants(default.statements_of_role("WorkersWorkerJobDefinitionEventsRole")) == {
-        ("Allow", "batch:SubmitJob", "WorkersWorkerJobDefinition"),
-        ("Allow", "batch:SubmitJob", "WorkersJobQueue.JobQueueArn"),
-    }
 
 
 def test_job_execution_roles_only_pull_the_image_and_write_job_logs(default: Synth) -> None:

@@ -19,9 +19,7 @@ import pytest
 
 from batch_celery.local.faults import LOST_RESPONSE, THROTTLE, ApiProxy
 from batch_celery.scaler import handler as scaler
-
-ENV_NAMES = ("QUEUE_URL", "JOB_QUEUE", "JOB_DEFINITION", "JOB_NAME", "MESSAGES_PER_WORKER", "MAX_WORKERS")
-
+from batch_celery.scaler.policy import workers_to_submit
 
 def _moto_api(server, path, body=None):
     request = urllib.request.Request(
@@ -171,7 +169,11 @@ def test_counts_in_flight_and_delayed_messages(aws, stack):
 
     assert len(received["Messages"]) == 10
     assert (record["visible"], record["in_flight"], record["delayed"]) == (6, 10, 5)
-    assert (record["wanted"], record["submitted"]) == (3, 3)
+    # How in-flight and delayed messages weigh is the policy's arithmetic (tests/scaler/test_policy.py);
+    # here: the handler hands the policy exactly these counts and submits what it answers.
+    assert record["submitted"] == workers_to_submit(6, 10, 5, 0, stack.messages_per_worker, stack.max_workers)
+    assert sum(job.get("arrayProperties", {}).get("size") or 1 for job in _jobs_in(aws["batch"], stack)) == (
+        record["submitted"])
 
 
 def test_finished_workers_do_not_count(aws, stack):
@@ -329,22 +331,25 @@ def test_lost_submit_answer_never_doubles_the_workers(aws, stack, moto_server, j
                                                       lambda_env, monkeypatch, capsys):
     # The real Lambda wiring (handler._clients) through a proxy that lets SubmitJob take effect
     # and then answers 500, as a front-end timeout would: the workers exist but the scaler was told
-    # otherwise. A retry would submit them again; the next run must count them instead.
+    # otherwise. A retry would submit them again; the run's next decision must count them instead,
+    # and the run must still fail so that the Errors alarm sees it.
+    monkeypatch.setenv("POLL_SECONDS", "1")
+    monkeypatch.setenv("LOOP_SECONDS", "2")
     _send(aws["sqs"], stack.queue_url, 30)
     with ApiProxy(moto_server.endpoint, _faults_on("/v1/submitjob", LOST_RESPONSE)) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL_BATCH", proxy.endpoint)
         scaler._clients.cache_clear()
-        with pytest.raises(scaler.ScalerRunFailed, match="submit_failed"):
+        with pytest.raises(scaler.ScalerRunFailed, match=r"^1 of 2 decisions failed; last: submit_failed: "):
             scaler.handler({}, None)
-        assert proxy.counts["/v1/submitjob"] == 1
-        proxy.decide = lambda action: None
-        second = scaler.handler({}, None)
 
+    first, second = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (first["outcome"], first["submitted"]) == ("submit_failed", 0)
     assert (second["outcome"], second["active"], second["submitted"]) == ("ok", 3, 0)
+    assert proxy.counts["/v1/submitjob"] == 1
     assert [job.get("arrayProperties", {}).get("size") for job in _jobs_in(aws["batch"], stack)] == [3]
 
 
-# --- the Lambda entry point: configuration from the environment, one JSON line per run.
+# --- the Lambda entry point: configuration from the environment, one JSON line per decision.
 
 @pytest.fixture
 def lambda_env(monkeypatch, moto_server, stack):
@@ -356,12 +361,16 @@ def lambda_env(monkeypatch, moto_server, stack):
     monkeypatch.setenv("JOB_NAME", stack.job_name)
     monkeypatch.setenv("MESSAGES_PER_WORKER", "10")
     monkeypatch.setenv("MAX_WORKERS", "48")
+    monkeypatch.setenv("TASKS_PER_WORKER", "1")
+    # One decision per run unless a test asks for a loop.
+    monkeypatch.setenv("POLL_SECONDS", "10")
+    monkeypatch.setenv("LOOP_SECONDS", "0")
     scaler._clients.cache_clear()  # clients are per container; this test is a fresh container
     yield
     scaler._clients.cache_clear()
 
 
-def test_handler_reads_env_and_logs_one_json_line(aws, stack, lambda_env, capsys):
+def test_handler_reads_env_and_logs_one_json_line_per_decision(aws, stack, lambda_env, capsys):
     _send(aws["sqs"], stack.queue_url, 25)
 
     returned = scaler.handler({"source": "aws.events"}, None)
@@ -369,9 +378,110 @@ def test_handler_reads_env_and_logs_one_json_line(aws, stack, lambda_env, capsys
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1
     logged = json.loads(lines[0])
-    assert logged == returned
+    assert [logged] == returned
     assert {k: logged[k] for k in ("outcome", "visible", "in_flight", "delayed", "active", "wanted", "submitted")} == {
         "outcome": "ok", "visible": 25, "in_flight": 0, "delayed": 0, "active": 0, "wanted": 3, "submitted": 3}
+
+
+def test_handler_decides_every_poll_seconds_until_loop_seconds(aws, stack, lambda_env, jobs_stay_active,
+                                                               monkeypatch, capsys):
+    monkeypatch.setenv("POLL_SECONDS", "1")
+    monkeypatch.setenv("LOOP_SECONDS", "3")
+    _send(aws["sqs"], stack.queue_url, 25)
+
+    started = time.monotonic()
+    returned = scaler.handler({}, None)
+    took = time.monotonic() - started
+
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert logged == returned
+    # Decisions at 0, 1 and 2 s; none at 3 s (not before LOOP_SECONDS); the run then returns.
+    assert [r["outcome"] for r in logged] == ["ok", "ok", "ok"]
+    assert 2.0 <= took < 3.0 + 2.0
+    # The first decision submits the deficit; the later ones count those workers as active.
+    assert [(r["active"], r["submitted"]) for r in logged] == [(0, 3), (3, 0), (3, 0)]
+    assert len(_jobs_in(aws["batch"], stack)) == 1
+
+
+def test_a_backlog_that_arrives_mid_run_is_served_by_the_next_decision(aws, stack, jobs_stay_active, capsys):
+    config = scaler.ScalerConfig(**{**stack.__dict__, "poll_seconds": 1, "loop_seconds": 2})
+    sent = []
+
+    def sleep_after_sending(seconds):
+        # Between the first and the second decision, as an application would.
+        if not sent:
+            _send(aws["sqs"], stack.queue_url, 15)
+            sent.append(15)
+        time.sleep(seconds)
+
+    records = scaler.run(config, aws["sqs"], aws["batch"], submit_batch=aws["batch"], sleep=sleep_after_sending)
+
+    assert [(r["backlog"], r["submitted"]) for r in records] == [(0, 0), (15, 2)]
+
+
+class _FakeClock:
+    def __init__(self):
+        self.now = 0.0
+        self.starts = []
+
+    def sleep(self, seconds):
+        assert seconds >= 0
+        self.now += seconds
+
+
+def test_run_keeps_fixed_slots_and_skips_the_ones_a_slow_decision_overran(monkeypatch, capsys):
+    clock = _FakeClock()
+    durations = iter([1, 15, 1, 1, 1, 1, 1])
+
+    def fake_scale(config, sqs, batch, *, submit_batch):
+        clock.starts.append(clock.now)
+        clock.now += next(durations)
+        return {"outcome": "ok", "level": "INFO", "submitted": 0}
+
+    monkeypatch.setattr(scaler, "scale", fake_scale)
+    config = scaler.ScalerConfig("q", "jq", "jd", "jn", 10, 48, poll_seconds=10, loop_seconds=55)
+
+    records = scaler.run(config, None, None, submit_batch=None, clock=lambda: clock.now, sleep=clock.sleep)
+
+    # The shipped timing (POLL 10, LOOP 55) decides at 0, 10, 20, ... 50 s; the decision at 10 s
+    # took 15 s, so the 20 s slot is skipped rather than run late, and the later slots stay put.
+    assert clock.starts == [0, 10, 30, 40, 50]
+    assert len(records) == len(capsys.readouterr().out.splitlines()) == 5
+
+
+def test_a_failing_decision_is_logged_and_the_loop_goes_on(monkeypatch, capsys):
+    clock = _FakeClock()
+    outcomes = iter([RuntimeError("unexpected answer"), "ok", "ok"])
+
+    def fake_scale(config, sqs, batch, *, submit_batch):
+        clock.now += 0.1
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return {"outcome": outcome, "level": "INFO", "submitted": 0}
+
+    monkeypatch.setattr(scaler, "scale", fake_scale)
+    config = scaler.ScalerConfig("q", "jq", "jd", "jn", 10, 48, poll_seconds=5, loop_seconds=15)
+
+    records = scaler.run(config, None, None, submit_batch=None, clock=lambda: clock.now, sleep=clock.sleep)
+
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert logged == records
+    assert [(r["outcome"], r["level"]) for r in records] == [("error", "ERROR"), ("ok", "INFO"), ("ok", "INFO")]
+    assert records[0]["error"].startswith("RuntimeError: unexpected answer")
+
+
+def test_handler_fails_the_run_if_any_decision_failed(aws, stack, lambda_env, monkeypatch, capsys):
+    monkeypatch.setenv("QUEUE_URL", stack.queue_url + "-missing")
+    monkeypatch.setenv("POLL_SECONDS", "1")
+    monkeypatch.setenv("LOOP_SECONDS", "1")
+
+    with pytest.raises(scaler.ScalerRunFailed,
+                       match=r"^1 of 1 decisions failed; last: read_failed: sqs:GetQueueAttributes"):
+        scaler.handler({}, None)
+
+    [line] = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["outcome"] == "read_failed"
 
 
 @pytest.mark.parametrize(
@@ -380,7 +490,11 @@ def test_handler_reads_env_and_logs_one_json_line(aws, stack, lambda_env, capsys
         ("MAX_WORKERS", "-1", "MAX_WORKERS='-1' is not allowed: it must be a whole number >= 0"),
         ("MESSAGES_PER_WORKER", "0", "MESSAGES_PER_WORKER='0' is not allowed: it must be a whole number >= 1"),
         ("MESSAGES_PER_WORKER", "ten", "MESSAGES_PER_WORKER='ten' is not allowed: it must be a whole number >= 1"),
+        ("POLL_SECONDS", "0", "POLL_SECONDS='0' is not allowed: it must be a whole number >= 1"),
+        ("TASKS_PER_WORKER", "0", "TASKS_PER_WORKER='0' is not allowed: it must be a whole number >= 1"),
+        ("LOOP_SECONDS", "-5", "LOOP_SECONDS='-5' is not allowed: it must be a whole number >= 0"),
         ("QUEUE_URL", "", "missing environment variable(s) QUEUE_URL: the stack must set them"),
+        ("LOOP_SECONDS", "", "missing environment variable(s) LOOP_SECONDS: the stack must set them"),
     ],
 )
 def test_handler_rejects_bad_configuration(aws, stack, lambda_env, monkeypatch, capsys, name, value, message):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batch_celery.scaler.policy import submission_plan, workers_to_submit, workers_wanted
+from batch_celery.scaler.policy import submission_plan, workers_needed, workers_to_submit, workers_wanted
 
 
 @pytest.mark.parametrize(
@@ -42,21 +42,53 @@ def test_workers_wanted(backlog, messages_per_worker, max_workers, expected):
         pytest.param(1000, 0, 0, 11, 10, 48, 37, id="cap counts workers already active"),
         pytest.param(1000, 0, 0, 48, 10, 48, 0, id="at the cap submits nothing"),
         pytest.param(1000, 0, 0, 60, 10, 48, 0, id="above the cap never negative"),
-        pytest.param(35, 0, 0, 4, 10, 48, 0, id="enough workers already active"),
+        pytest.param(35, 0, 0, 4, 10, 48, 0, id="enough idle or starting workers already active"),
         pytest.param(35, 0, 0, 2, 10, 48, 2, id="only the missing workers"),
-        pytest.param(0, 5, 0, 0, 10, 48, 1, id="in-flight messages count: a lost worker is replaced"),
+        pytest.param(0, 0, 3, 0, 10, 48, 1, id="delayed messages count as waiting"),
+        # Each in-flight message holds a worker until it is acked, however long its task runs:
+        # 20 workers busy on 900 s tasks cannot take the 180 waiting ones. KEDA's
+        # ceil((180 + 20) / 10) = 20 would submit nothing; this rule wants 20 + 18.
+        pytest.param(180, 20, 0, 20, 10, 48, 18, id="busy workers do not count as free: long tasks"),
+        pytest.param(1, 4, 0, 4, 10, 48, 1, id="one waiting message, every worker busy: one more"),
+        pytest.param(1, 4, 0, 5, 10, 48, 0, id="one waiting message, one worker free: none"),
+        pytest.param(10, 10, 10, 10, 10, 48, 2, id="all three counts add up: 10 busy + 20 waiting"),
+        # In flight with no active worker to hold it: a crashed job's message waiting out the
+        # visibility window. A worker started now would find nothing visible and idle out; the
+        # message is counted once it is visible again.
+        pytest.param(0, 5, 0, 0, 10, 48, 0, id="orphaned in-flight messages start no worker"),
+        pytest.param(3, 5, 0, 0, 10, 48, 1, id="orphans do not hide the visible backlog"),
+        # One worker holding 100 countdown (ETA) messages is one busy worker, not 100 (nor 10):
+        # companions would find nothing visible, leave and be submitted again every decision.
+        pytest.param(0, 100, 0, 1, 10, 48, 0, id="ETA messages held by one worker start nobody"),
         pytest.param(0, 5, 0, 1, 10, 48, 0, id="in flight with its worker alive"),
-        pytest.param(0, 0, 3, 0, 10, 48, 1, id="delayed messages count"),
-        pytest.param(10, 10, 10, 0, 10, 48, 3, id="all three counts add up"),
-        # KEDA ScaledJob default strategy: new jobs = maxScale - runningJobCount, where maxScale is
-        # ceil(messages / queueLength) capped by maxReplicaCount
-        # (https://keda.sh/docs/latest/reference/scaledjob-spec, "scalingStrategy"):
-        # 30 messages, queueLength 10, 1 job running -> 2 new jobs.
-        pytest.param(20, 10, 0, 1, 10, 100, 2, id="KEDA ScaledJob default: 3 wanted - 1 running"),
+        # KEDA ScaledJob default strategy: new jobs = maxScale - runningJobCount
+        # (https://keda.sh/docs/latest/reference/scaledjob-spec, "scalingStrategy"), maxScale here
+        # being what the waiting messages need beside the busy workers.
+        pytest.param(20, 0, 0, 1, 10, 100, 1, id="KEDA ScaledJob default: 2 wanted - 1 running"),
     ],
 )
 def test_workers_to_submit(visible, in_flight, delayed, active, mpw, max_workers, expected):
     assert workers_to_submit(visible, in_flight, delayed, active, mpw, max_workers) == expected
+
+
+@pytest.mark.parametrize(
+    ("in_flight", "active", "tasks_per_worker", "expected"),
+    [
+        pytest.param(8, 4, 1, 4, id="concurrency 1: at most one message per active worker is busy"),
+        pytest.param(8, 4, 4, 2, id="concurrency 4: 8 messages fill 2 workers"),
+        pytest.param(9, 4, 4, 3, id="a partly filled worker is busy"),
+        pytest.param(0, 4, 4, 0, id="nothing in flight: nobody busy"),
+    ],
+)
+def test_busy_workers_follow_the_worker_concurrency(in_flight, active, tasks_per_worker, expected):
+    # With nothing waiting, the wanted count is the busy count.
+    assert workers_needed(0, in_flight, 0, active, 10, 48, tasks_per_worker=tasks_per_worker) == expected
+
+
+def test_workers_needed_is_capped_and_matches_what_is_submitted():
+    assert workers_needed(500, 40, 0, 40, 10, 48) == 48
+    assert workers_needed(15, 3, 0, 3, 10, 48) == 5
+    assert workers_to_submit(15, 3, 0, 3, 10, 48) == workers_needed(15, 3, 0, 3, 10, 48) - 3
 
 
 @pytest.mark.parametrize(
@@ -70,6 +102,8 @@ def test_workers_to_submit(visible, in_flight, delayed, active, mpw, max_workers
         (dict(max_workers=-1), "max_workers must be a whole number >= 0, got -1"),
         (dict(visible=1.5), "visible must be a whole number >= 0, got 1.5"),
         (dict(max_workers=True), "max_workers must be a whole number >= 0, got True"),
+        (dict(tasks_per_worker=0), "tasks_per_worker must be a whole number >= 1, got 0"),
+        (dict(tasks_per_worker=2.0), "tasks_per_worker must be a whole number >= 1, got 2.0"),
     ],
 )
 def test_rejects_invalid_arguments(kwargs, message):
