@@ -118,7 +118,10 @@ def test_interrupted_run_stops_every_process_and_the_server():
 def test_queue_attributes_come_from_the_synthesized_stack(tmp_path):
     spec = template.read_spec(template.synthesize(tmp_path))
     # The stack's defaults (batch_celery/settings.py); the local queue is created with exactly these.
-    assert spec.queue.visibility_timeout >= int(spec.worker_environment["TASK_TIME_LIMIT_SECONDS"])
+    # The visibility timeout is the crash window (300 s), shorter than a task may run (900 s): the
+    # worker's heartbeat keeps what it holds invisible.
+    assert (spec.queue.visibility_timeout, spec.worker_environment["TASK_TIME_LIMIT_SECONDS"]) == (300, "900")
+    assert spec.worker_environment["STOP_GRACE_SECONDS"] == "20"
     assert spec.queue.max_receive_count >= 1
     assert spec.queue.dlq_retention_seconds > spec.queue.retention_seconds
     assert spec.worker_environment["VISIBILITY_TIMEOUT_SECONDS"] == str(spec.queue.visibility_timeout)
