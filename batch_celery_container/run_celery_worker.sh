@@ -116,11 +116,12 @@ kill_worker_group() {
     kill -KILL "$worker_pid" 2>/dev/null || true
 }
 
-# Let tail print the worker's last lines (it ends within 0.2 s of the worker), then end it.
+# Let tail print the worker's last lines (it follows the file by inotify, so they are out at
+# once; with --pid it may take a second more to notice the worker is gone), then end it.
 finish_log() {
     local waited=0
     if [[ -n "$tail_pid" ]]; then
-        while kill -0 "$tail_pid" 2>/dev/null && (( waited < 10 )); do
+        while kill -0 "$tail_pid" 2>/dev/null && (( waited < 3 )); do
             sleep 0.1
             waited=$(( waited + 1 ))
         done
