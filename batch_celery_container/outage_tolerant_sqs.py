@@ -138,6 +138,19 @@ class Channel(SQS.Channel):
             if self._heartbeat is not None:
                 self._heartbeat.poke()
 
+    def _give_back_polled(self, queue_url, qname, messages):
+        client = self.sqs(queue=self.canonical_queue_name(qname))
+        for message in messages:
+            try:
+                client.change_message_visibility(
+                    QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+                )
+            except (ClientError, BotoCoreError) as error:
+                logger.warning("draining: could not give back message %s (%s); it returns within the visibility "
+                               "timeout", message.get("MessageId"), error)
+            else:
+                logger.info("draining: gave back message %s that the last long poll brought", message.get("MessageId"))
+
     def _restore(self, message, unwanted_delivery_info=("sqs_message", "sqs_queue")):
         """A message the worker gives back unrun (reserved at shutdown, or its process was lost)
         is visible again at once; kombu would hide it ``wait_time_seconds`` more."""
@@ -168,7 +181,7 @@ class Channel(SQS.Channel):
                 message["_received_at"] = received_at
             if self._draining and messages.get("Messages"):
                 # The worker is stopping: what the last long poll brought goes back at once.
-                self._release_messages(queue, qname, messages["Messages"])
+                self._give_back_polled(queue, qname, messages["Messages"])
                 return 0
         if isinstance(messages, dict):
             if self._endpoint_unreachable:

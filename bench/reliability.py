@@ -875,7 +875,9 @@ def _race_lane(lab: Lab, lane: int, offsets: list[float], visibility: int, lock:
         status = _exit_status(run, 3 * LONG_POLL + IDLE + 60)
         exited = time.monotonic()
         record = {"lane": lane, "run": index, "offset": sent_after, "status": status,
-                  "exit_after_decision": exited - decided_at, "resumed": "serving again" in run.output}
+                  "exit_after_decision": exited - decided_at, "resumed": "serving again" in run.output,
+                  # The stopping worker's open long poll brought it and gave it back (the drain).
+                  "by_drain": "that the last long poll brought" in run.output.split("; draining")[-1]}
         if status is None:
             raise Stuck(f"lane {lane} run {index}: the script did not exit:\n{_tail(run)}")
         if _count(env, "done", task):
@@ -884,8 +886,6 @@ def _race_lane(lab: Lab, lane: int, offsets: list[float], visibility: int, lock:
             visible = _until(lambda: message_counts(lab.sqs, queues.url)[0] >= 1, 5, interval=0.05)
             if visible:
                 record["kind"] = "sent after exit" if exited_before else "given back"
-                # kombu's release of what a poll brought for a consumer that is gone (the drain).
-                record["by_drain"] = "releasing" in run.output.split("; draining")[-1]
                 record["visible_after"] = time.monotonic() - exited
             else:
                 record["kind"] = "STRANDED"
@@ -938,9 +938,9 @@ def stop_race(lab: Lab, runs: int = 15, lanes: int = 3, visibility: int = 60, sp
         lost=sum(p.lost for p in parts), failures=[f for p in parts for f in p.failures],
         note=(f"{len(records)} runs, window {visibility} s, sent {min(r['offset'] for r in records):.1f}-"
               f"{max(r['offset'] for r in records):.1f} s after the stop decision: {kinds['resumed']} resumed and ran it, "
-              f"{kinds['given back']} left it visible ({sum(1 for r in records if r.get('by_drain'))} of them "
-              f"released by the drain's open poll; visible within {_figures(given_back)} of the exit), "
-              f"{kinds['sent after exit']} sent after the exit, {len(stranded)} stranded; "
+              f"{kinds['given back']} left it visible (visible within {_figures(given_back)} of the exit); "
+              f"in {sum(1 for r in records if r['by_drain'])} runs the stopping worker's open long poll took it and "
+              f"gave it back at once; {kinds['sent after exit']} sent after the exit; {len(stranded)} stranded; "
               f"exits {dict(sorted(Counter(r['status'] for r in records).items()))}"),
     )
     late = [r for r in records if r.get("visible_after", 0) > 5]
