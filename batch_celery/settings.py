@@ -113,9 +113,10 @@ class Settings:
 
     # --- worker lifecycle ----------------------------------------------------------------
     idle_seconds: int = 60
-    """A worker job ends after the queue has been empty for this long."""
+    """A worker job ends after its worker held no message, with nothing visible or delayed in the
+    queue, for this long (other workers' messages never keep it)."""
     poll_seconds: int = 10
-    """How often the worker job checks whether the queue is empty (<= idle_seconds)."""
+    """How often the worker job checks whether its worker is idle (<= idle_seconds)."""
     job_timeout_seconds: int = 4 * 3600
     """Batch stops a worker job after this long (>= task limit + idle window + 60 s)."""
     job_attempts: int = 3
@@ -253,7 +254,7 @@ def _validate(s: Settings) -> None:
             f"not a Fargate memory size for {_fmt_vcpus(vcpus)} vCPU; allowed: {shape}",
         )
     _int(s, "max_vcpus", math.ceil(vcpus))
-    _int(s, "worker_concurrency", 1, 64)
+    _int(s, "worker_concurrency", 1, limits.MAX_CONCURRENCY)
 
     # Task queue. The worker's heartbeat keeps a held message invisible, so the visibility timeout
     # no longer bounds a task: SQS's 12 hours from the receive does (limits.py), and the job

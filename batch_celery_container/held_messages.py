@@ -119,6 +119,11 @@ class Heartbeat:
         self.region = region
         self.draining = False
         self._extended_at: dict[str, float] = {}   # receipt handle -> last successful extension
+        # Handles the event loop gave back (visibility 0, or a failed task's retry delay): an
+        # extension must never land after that and hide the message again. The lock orders the two.
+        self.lock = threading.Lock()
+        self._given_back: set[str] = set()
+        self._refused: set[str] = set()            # SQS refused an extension: acked, or lost
         self._failing = False
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -126,8 +131,13 @@ class Heartbeat:
         self._client = None
 
     def add(self, source) -> None:
-        """``source`` has ``held() -> list[Held]`` and ``open_polls() -> int`` (a consuming channel)."""
+        """``source`` (a consuming channel) has ``held() -> list[Held]``, ``open_polls() -> int``
+        and ``drain_confirmed``, which its event loop sets once it declined a poll while draining."""
         self._sources.add(source)
+
+    def given_back(self, receipt_handle: str) -> None:
+        """Call with ``self.lock`` held, before changing the message's visibility yourself."""
+        self._given_back.add(receipt_handle)
 
     def _snapshot(self) -> list[Held]:
         held: dict[str, Held] = {}
@@ -164,15 +174,29 @@ class Heartbeat:
 
     def tick(self) -> None:
         if self.run_dir is not None:
-            self.draining = (self.run_dir / STOP_FILE).exists()
+            draining = (self.run_dir / STOP_FILE).exists()
+            if draining and not self.draining:
+                # Only a poll the event loop declines from now on confirms the drain.
+                for source in list(self._sources):
+                    source.drain_confirmed = False
+            self.draining = draining
         held = self._snapshot()
         now = time.time()
-        self._extend([m for m in held if now - self._extended_at.get(m.receipt_handle, m.received)
-                      >= self.heartbeat_seconds], now)
         live = {m.receipt_handle for m in held}
+        for message in held:
+            if message.receipt_handle in self._refused:
+                self._refused.discard(message.receipt_handle)
+                logger.warning("message %s (task %s %s) is still held, but SQS refused to extend it: its visibility "
+                               "ran out (extensions failed for a whole window) and another worker may run it too",
+                               message.message_id, message.task, message.task_id)
+        with self.lock:
+            self._extend([m for m in held if m.receipt_handle not in self._given_back
+                          and now - self._extended_at.get(m.receipt_handle, m.received) >= self.heartbeat_seconds], now)
+            self._given_back &= live
         for handle in list(self._extended_at):
             if handle not in live:
                 del self._extended_at[handle]
+        self._refused &= live  # refused handles the worker has since acked are no concern
         self._write_state(held, now)
 
     def _extend(self, due: list[Held], now: float) -> None:
@@ -194,9 +218,11 @@ class Heartbeat:
         due = [m for m in due if seconds(m) > 0]
         gone, failed = change_visibility(self._client, due, seconds)
         for message in gone:
-            # Acked or rejected a moment ago (usual), or it expired before we could extend it.
+            # Acked a moment ago (usual: the next snapshot no longer has it), or its visibility ran
+            # out before we could extend it (the next snapshot still has it: warned in tick()).
             self._extended_at[message.receipt_handle] = float("inf")
-            logger.debug("message %s is no longer held (SQS refused its receipt handle)", message.message_id)
+            self._refused.add(message.receipt_handle)
+            logger.debug("SQS refused to extend message %s (acked meanwhile, or expired)", message.message_id)
         done = {m.receipt_handle for m in gone} | {m.receipt_handle for m in failed}
         for message in due:
             if message.receipt_handle not in done:
@@ -218,7 +244,8 @@ class Heartbeat:
                  "held": [m.as_dict() for m in held]}
         write_json(self.run_dir / STATE_FILE, state)
         drained = self.run_dir / DRAINED_FILE
-        if self.draining and polls == 0:
+        confirmed = all(source.drain_confirmed for source in list(self._sources))
+        if self.draining and confirmed and polls == 0:
             drained.touch()
         elif drained.exists():
             drained.unlink(missing_ok=True)

@@ -31,6 +31,10 @@ DEFAULT_STOP_GRACE_SECONDS = 20
 MAX_STOP_GRACE_SECONDS = BATCH_KILL_AFTER_TERM_SECONDS - STOP_RELEASE_SECONDS
 
 
+# Celery processes in one worker job: beyond this a job should be split into more jobs.
+MAX_CONCURRENCY = 64
+
+
 def default_heartbeat_seconds(visibility_timeout: int) -> int:
     """Extend held messages three times per window: two extensions may fail before one expires."""
     return max(1, visibility_timeout // 3)
@@ -53,6 +57,10 @@ def max_task_time_limit(visibility_timeout: int) -> int:
 
 def task_time_limit_problem(time_limit: int, visibility_timeout: int) -> str | None:
     high = max_task_time_limit(visibility_timeout)
+    if high < 1:
+        return (f"no task fits: the visibility timeout of {visibility_timeout} s takes all of SQS's 12 h "
+                f"({SQS_MAX_HOLD_SECONDS} s) hold; lower the visibility timeout (default "
+                f"{DEFAULT_VISIBILITY_TIMEOUT_SECONDS})")
     if not 1 <= time_limit <= high:
         return (
             f"allowed: 1..{high} seconds (SQS keeps a received message for at most 12 h = "

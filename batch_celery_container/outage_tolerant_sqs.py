@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 
 from botocore.exceptions import BotoCoreError, ClientError
 from kombu.transport import SQS
@@ -60,6 +61,9 @@ class Channel(SQS.Channel):
     _endpoint_unreachable = False
     _consuming = False
     _open_polls = 0
+    # Set by the event loop when it declined to open a poll because the worker drains (see
+    # Heartbeat.tick): only then can no poll open after the drain was seen.
+    drain_confirmed = False
 
     @property
     def failed_task_retry_seconds(self) -> int:
@@ -99,7 +103,9 @@ class Channel(SQS.Channel):
             except RuntimeError:  # changed while copied: copy again
                 continue
         else:
-            return []
+            # Never report "holds nothing" for a reading that could not be made: the tick fails,
+            # the state file goes stale, and stale means "not idle" to the lifecycle script.
+            raise RuntimeError("the worker's delivered messages changed on every copy attempt")
         held = []
         for tag, message in delivered:
             if tag in dirty:
@@ -121,10 +127,13 @@ class Channel(SQS.Channel):
         return self._heartbeat is not None and self._heartbeat.draining
 
     def _schedule_queue(self, queue):
-        if self._draining and queue in self._active_queues:
+        if self._draining:
             # No new long poll while draining; look again soon (the lifecycle script may resume).
-            self.hub.call_later(0.5, self._schedule_queue, queue)
-            return
+            self.drain_confirmed = True
+            if queue in self._active_queues:
+                self.hub.call_later(0.5, self._schedule_queue, queue)
+            return None
+        self.drain_confirmed = False
         return super()._schedule_queue(queue)
 
     def _get_from_sqs(self, queue_name, queue_url, connection, count=1, callback=None):
@@ -137,6 +146,17 @@ class Channel(SQS.Channel):
         finally:
             if self._heartbeat is not None:
                 self._heartbeat.poke()
+
+    @contextmanager
+    def _no_extension_of(self, receipt_handle: str):
+        """Change a held message's visibility ourselves: the heartbeat must not extend it after us."""
+        heartbeat = self._heartbeat
+        if heartbeat is None:
+            yield
+            return
+        with heartbeat.lock:
+            heartbeat.given_back(receipt_handle)
+            yield
 
     def _give_back_polled(self, queue_url, qname, messages):
         client = self.sqs(queue=self.canonical_queue_name(qname))
@@ -161,9 +181,10 @@ class Channel(SQS.Channel):
             return super()._restore(message, unwanted_delivery_info)
         queue = self.canonical_queue_name(info["routing_key"]) if info.get("routing_key") else None
         try:
-            self.sqs(queue=queue).change_message_visibility(
-                QueueUrl=queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=0
-            )
+            with self._no_extension_of(receipt_handle):
+                self.sqs(queue=queue).change_message_visibility(
+                    QueueUrl=queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=0
+                )
         except (ClientError, BotoCoreError) as error:
             logger.warning("could not give back message %s at once (%s); it returns within the visibility "
                            "timeout", info["sqs_message"].get("MessageId"), error)
@@ -267,15 +288,25 @@ class Channel(SQS.Channel):
             self._retry_later(*retry)
 
     def _dead_lettered_after_celery_retries(self, delivery_tag) -> bool:
-        """A task that failed on a copy Celery's ``self.retry`` sent has used the retries its author
-        chose: it goes to the dead-letter queue now instead of being received again up to
-        maxReceiveCount times (which would multiply the author's bound)."""
+        """A task that failed on the last copy its author's ``max_retries`` allows (Celery's
+        ``self.retry`` sent it) has used the retries its author chose: it goes to the dead-letter
+        queue now instead of being received again up to maxReceiveCount times."""
         try:
             message = self.qos.get(delivery_tag)
-            retries = int((message.headers or {}).get("retries") or 0)
+            headers = message.headers or {}
+            retries = int(headers.get("retries") or 0)
         except (KeyError, TypeError, ValueError):
             return False
-        if retries < 1 or not self.dead_letter(message, f"failed after {retries} Celery retr{'y' if retries == 1 else 'ies'}"):
+        if retries < 1:
+            return False
+        from celery import current_app  # the worker's app: the task's own max_retries
+
+        task = current_app.tasks.get(str(headers.get("task")))
+        max_retries = getattr(task, "max_retries", None)
+        if max_retries is None or retries < max_retries:
+            return False  # retries left: a failure outside self.retry is redelivered as usual
+        reason = f"failed after {retries} Celery retr{'y' if retries == 1 else 'ies'} (max_retries {max_retries})"
+        if not self.dead_letter(message, reason):
             return False
         self.basic_ack(delivery_tag)  # delete the original: its copy is in the dead-letter queue
         return True
@@ -299,9 +330,10 @@ class Channel(SQS.Channel):
         visibility = int(self.visibility_timeout)
         delay = min(self.failed_task_retry_seconds * receives, visibility, MAX_VISIBILITY_SECONDS)
         try:
-            self.sqs(queue=queue).change_message_visibility(
-                QueueUrl=queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=delay
-            )
+            with self._no_extension_of(receipt_handle):
+                self.sqs(queue=queue).change_message_visibility(
+                    QueueUrl=queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=delay
+                )
         except (ClientError, BotoCoreError) as error:
             # Not fatal: SQS still delivers it again, after its remaining visibility timeout.
             logger.warning("could not shorten the wait of a rejected message in %s: %s", queue_url, error)

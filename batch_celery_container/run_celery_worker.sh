@@ -14,6 +14,8 @@
 #   3    the worker died on its own (crash, OOM kill); what it held was made visible at once
 #   4    the queue could not be read for MAX_FAILED_READINGS polls in a row
 #   5    the worker did not stop within STOP_TIMEOUT_SECONDS after TERM and was killed
+#   6    the worker wrote no state (held.json) for MAX_FAILED_READINGS polls in a row (wedged, or
+#        its consumer never started); it was stopped and what it last reported holding given back
 #   130  stopped by SIGINT, 143 stopped by SIGTERM (Batch stop, job timeout, Spot reclaim): the
 #        running task had STOP_GRACE_SECONDS to finish; if it did not, it was stopped and its
 #        message made visible at once, so another worker starts it within seconds
@@ -28,7 +30,7 @@
 # worker settings (HEARTBEAT_SECONDS among them) are read by worker_settings.py.
 set -euo pipefail
 
-readonly EXIT_DRAINED=0 EXIT_CONFIG=2 EXIT_WORKER_DIED=3 EXIT_QUEUE_UNREADABLE=4 EXIT_STOP_TIMEOUT=5
+readonly EXIT_DRAINED=0 EXIT_CONFIG=2 EXIT_WORKER_DIED=3 EXIT_QUEUE_UNREADABLE=4 EXIT_STOP_TIMEOUT=5 EXIT_NO_STATE=6
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly SCRIPT_DIR
@@ -84,6 +86,7 @@ worker_pgid=""
 tail_pid=""
 sleep_pid=""
 stop_signal=""
+stop_signal_ms=""
 
 # True while the worker process exists and is not a zombie. A detached worker is not our child:
 # once killed it is reparented and stays a zombie until PID 1 reaps it, and kill -0 still succeeds.
@@ -161,7 +164,7 @@ release_held() {
 drain_worker() {
     local deadline=$(( SECONDS + DRAIN_TIMEOUT_SECONDS ))
     touch "$STOP_FILE"
-    while [[ ! -e "$DRAINED_FILE" ]] && worker_alive; do
+    while [[ ! -e "$DRAINED_FILE" ]] && worker_alive && [[ -z "$stop_signal" ]]; do
         if (( SECONDS >= deadline )); then
             log "the worker's long poll did not end within ${DRAIN_TIMEOUT_SECONDS} s; stopping it anyway"
             return 0
@@ -179,6 +182,8 @@ finish() {
 
 on_signal() {
     stop_signal="$1"
+    # The grace counts from the signal, not from when the loop gets to it.
+    stop_signal_ms="${stop_signal_ms:-$(now_ms)}"
     # The poll loop may be sleeping: end the sleep so the signal is acted on at once.
     if [[ -n "$sleep_pid" ]]; then
         kill "$sleep_pid" 2>/dev/null || true
@@ -190,18 +195,18 @@ trap 'on_signal INT' INT
 # Batch stops a job with SIGTERM and kills it 30 s later. The running task gets STOP_GRACE_SECONDS;
 # a task that cannot finish in time is stopped and its message given back at once.
 handle_stop_signal() {
-    local status=143 deadline
+    local status=143 deadline_ms
     [[ "$stop_signal" == "INT" ]] && status=130
-    deadline=$(( SECONDS + STOP_GRACE_SECONDS ))
+    deadline_ms=$(( ${stop_signal_ms:-$(now_ms)} + STOP_GRACE_SECONDS * 1000 ))
     log "received SIG$stop_signal: taking no more work; the running task has ${STOP_GRACE_SECONDS} s to finish"
     trap '' TERM INT
     if worker_alive; then
         touch "$STOP_FILE"
-        while [[ ! -e "$DRAINED_FILE" ]] && worker_alive && (( SECONDS < deadline )); do
+        while [[ ! -e "$DRAINED_FILE" ]] && worker_alive && (( $(now_ms) < deadline_ms )); do
             sleep 0.2
         done
         kill -TERM "$worker_pid" 2>/dev/null || true
-        while worker_alive && (( SECONDS < deadline )); do
+        while worker_alive && (( $(now_ms) < deadline_ms )); do
             sleep 0.2
         done
         if worker_alive; then
@@ -215,6 +220,7 @@ handle_stop_signal() {
 
 # Sleep that a trapped signal interrupts (bash runs traps only between commands).
 pause() {
+    [[ -z "$stop_signal" ]] || return 0
     sleep "$1" &
     sleep_pid=$!
     wait "$sleep_pid" 2>/dev/null || true
@@ -278,6 +284,7 @@ fi
 # Stream the worker's log to our stdout (CloudWatch); tail ends by itself when the worker does.
 tail -n +1 -F -s 0.2 --pid="${worker_pid:-$$}" "$LOGFILE" 2>/dev/null &
 tail_pid=$!
+[[ -n "$stop_signal" ]] && handle_stop_signal
 if ! worker_alive; then
     log "worker did not start within ${START_TIMEOUT_SECONDS} s (see its log above)"
     finish "$EXIT_CONFIG"
@@ -286,6 +293,7 @@ log "worker $worker_pid running; stopping it after ${IDLE_SECONDS} s holding no 
 
 empty_since_ms=""
 failed_readings=0
+unknown_readings=0
 state_known=1
 while true; do
     [[ -n "$stop_signal" ]] && handle_stop_signal
@@ -302,6 +310,7 @@ while true; do
     if read_held; then
         held_known=1
         state_known=1
+        unknown_readings=0
     elif (( state_known )); then
         log "no fresh state from the worker (its held.json); not idle until it writes one"
         state_known=0
@@ -310,8 +319,21 @@ while true; do
         # Busy: its own state says so; the queue need not be read.
         empty_since_ms=""
         failed_readings=0
+        unknown_readings=0
     elif read_total; then
         failed_readings=0
+        # The queue answers but the worker does not: after as many polls as an unreadable queue
+        # is given, it is wedged (or never consumed) and only costs money.
+        unknown_readings=$(( held_known ? 0 : unknown_readings + 1 ))
+        if (( unknown_readings >= MAX_FAILED_READINGS )); then
+            log "no state from the worker for $unknown_readings polls (wedged, or its consumer never started); stopping it"
+            if ! stop_worker; then
+                release_held
+                finish "$EXIT_STOP_TIMEOUT"
+            fi
+            release_held
+            finish "$EXIT_NO_STATE"
+        fi
         if (( total > 0 || ! held_known )); then
             # Work waits in the queue, or what the worker holds is unknown: never idle.
             empty_since_ms=""
@@ -321,13 +343,17 @@ while true; do
                 log "idle for ${IDLE_SECONDS} s (held no message, nothing waiting in the queue); draining"
                 drain_worker
                 [[ -n "$stop_signal" ]] && handle_stop_signal
+                # A worker that died meanwhile is handled (and its messages given back) above.
+                worker_alive || continue
                 # Work that arrived meanwhile (or that the last poll brought and gave back) keeps it.
-                if ! worker_alive || { read_held && (( held == 0 )) && read_total && (( total == 0 )); }; then
+                if read_held && (( held == 0 )) && read_total && (( total == 0 )); then
                     log "stopping the worker"
                     if ! stop_worker; then
                         release_held
                         finish "$EXIT_STOP_TIMEOUT"
                     fi
+                    # A stop signal during the warm stop: the worker held nothing, say so by status.
+                    [[ -n "$stop_signal" ]] && handle_stop_signal
                     finish "$EXIT_DRAINED"
                 fi
                 log "work arrived while draining; serving again"

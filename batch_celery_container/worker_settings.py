@@ -185,7 +185,7 @@ class WorkerSettings:
             queue_url=queue_url,
             region=region,
             endpoint_url=endpoint_url,
-            concurrency=_int(env, "WORKER_CONCURRENCY", 1, 1, 256),
+            concurrency=_int(env, "WORKER_CONCURRENCY", 1, 1, limits.MAX_CONCURRENCY),
             prefetch_multiplier=_int(env, "WORKER_PREFETCH_MULTIPLIER", 1, 1, 100),
             task_time_limit_seconds=time_limit,
             visibility_timeout_seconds=visibility,

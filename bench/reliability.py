@@ -1006,7 +1006,7 @@ def countdowns_and_retries(lab: Lab, visibility: int = 10) -> Outcome:
             outcome.failures.append(f"countdown {countdown} s ran {started_after[task]:.1f} s after sending")
     if _count(env, "start", too_far) or "ahead; at most" not in reasons.get(too_far, ""):
         outcome.failures.append(f"13 h countdown: ran {_count(env, 'start', too_far)}x, DLQ reason {reasons.get(too_far)!r}")
-    if retry_runs != 3 or reasons.get(retried) != "failed after 2 Celery retries":
+    if retry_runs != 3 or reasons.get(retried) != "failed after 2 Celery retries (max_retries 2)":
         outcome.failures.append(f"probe.retry: ran {retry_runs}x (expected 3), DLQ reason {reasons.get(retried)!r}")
     if statuses != [143, 143]:
         outcome.failures.append(f"the workers ended with {statuses} after TERM (expected 143)")

@@ -246,8 +246,10 @@ WORKLOADS: dict[str, Workload] = {
     "long-200x900s": Workload("200 tasks of 900 s at t=0", _burst(200, 900)),
     "crash": Workload("burst-1000x30s; one busy worker's job SIGKILLed once half the tasks are done",
                       _burst(1000), (Fault("kill", 1),), baseline="burst-1000x30s"),
-    "spot-reclaim": Workload("burst-1000x30s; a quarter of the workers TERMed (Spot) at half-way",
-                             _burst(1000), (Fault("term", 0.25),), baseline="burst-1000x30s"),
+    # TERMed 5 s into their tasks: 25 s are left, more than the 20 s grace, so each reclaimed task
+    # is stopped, given back and run again from the start (the costly case; 15 s in, all finish).
+    "spot-reclaim": Workload("burst-1000x30s; a quarter of the workers TERMed (Spot) at half-way, 5 s into their tasks",
+                             _burst(1000), (Fault("term", 0.25, delay=5.0),), baseline="burst-1000x30s"),
 }
 
 

@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import boto3
 from botocore.config import Config as BotoConfig
@@ -134,13 +134,16 @@ def queue_counts(sqs: Any, queue_url: str) -> dict[str, int]:
     }
 
 
-def active_workers(batch: Any, job_queue: str, job_definition: str) -> int:
+def active_workers(batch: Any, job_queue: str, job_definition: str, also: Iterable[str] = ()) -> int:
     """Workers of this job definition that are active or on their way, array children included.
 
     Parents are found with ListJobs per active status (array children are skipped there, whether
     or not the listing shows them); each array parent then counts its children that are still
     active, from DescribeJobs' ``statusSummary`` (its full size while that summary is still
     empty, i.e. right after submission). So a parent and its children are never counted twice.
+    ``also`` are job ids this run submitted: counted from DescribeJobs even if ListJobs does not
+    show them yet (a listing that lags a fresh submission would otherwise let the next decision,
+    seconds later, submit the same workers again).
     """
     wanted_definition = definition_name(job_definition)
     job_ids: dict[str, None] = {}
@@ -156,6 +159,7 @@ def active_workers(batch: Any, job_queue: str, job_definition: str) -> int:
                     continue
                 job_ids[summary["jobId"]] = None
 
+    job_ids.update((job_id, None) for job_id in also)
     ids = list(job_ids)
     active = 0
     for start in range(0, len(ids), DESCRIBE_BATCH):
@@ -214,12 +218,15 @@ def _call(what: str, function: Any, **kwargs: Any) -> Any:
         raise ScalerError(f"{what} failed: {type(error).__name__}: {error}") from error
 
 
-def scale(config: ScalerConfig, sqs: Any, batch: Any, *, submit_batch: Any) -> dict[str, Any]:
+def scale(config: ScalerConfig, sqs: Any, batch: Any, *, submit_batch: Any,
+          submitted_ids: list[str] | None = None) -> dict[str, Any]:
     """One scaling decision with the given clients; returns the record that is logged.
 
     ``batch`` lists and describes jobs (retries are fine); ``submit_batch`` submits them and must
     not retry (a client with ``SUBMIT_CONFIG``), or a lost answer doubles the workers.
+    ``submitted_ids`` (the run's, updated here) are always counted while active.
     """
+    submitted_ids = [] if submitted_ids is None else submitted_ids
     record: dict[str, Any] = {
         "scaler": "batch-celery",
         "messages_per_worker": config.messages_per_worker,
@@ -227,7 +234,7 @@ def scale(config: ScalerConfig, sqs: Any, batch: Any, *, submit_batch: Any) -> d
     }
     try:
         counts = queue_counts(sqs, config.queue_url)
-        active = active_workers(batch, config.job_queue, config.job_definition)
+        active = active_workers(batch, config.job_queue, config.job_definition, also=submitted_ids)
     except ScalerError as error:
         record.update(outcome="read_failed", level="ERROR", submitted=0,
                       error=f"{error}; submitted nothing, the next decision re-evaluates")
@@ -244,10 +251,12 @@ def scale(config: ScalerConfig, sqs: Any, batch: Any, *, submit_batch: Any) -> d
     try:
         job_ids = submit_workers(submit_batch, config, deficit)
     except PartialSubmit as error:
+        submitted_ids.extend(error.job_ids)
         submitted = sum(submission_plan(deficit)[: len(error.job_ids)])
         record.update(outcome="submit_failed", level="ERROR", submitted=submitted, job_ids=error.job_ids,
                       error=f"{error}; stopped here, the next decision re-evaluates")
         return record
+    submitted_ids.extend(job_ids)
     record.update(outcome="ok", level="INFO", submitted=deficit, job_ids=job_ids)
     return record
 
@@ -263,11 +272,12 @@ def _clients() -> tuple[Any, Any, Any]:
     )
 
 
-def decide(config: ScalerConfig, sqs: Any, batch: Any, *, submit_batch: Any) -> dict[str, Any]:
+def decide(config: ScalerConfig, sqs: Any, batch: Any, *, submit_batch: Any,
+           submitted_ids: list[str] | None = None) -> dict[str, Any]:
     """One decision, logged as one JSON line. An unexpected error becomes an ERROR record, so one
     bad answer costs this decision, not the rest of the run."""
     try:
-        record = scale(config, sqs, batch, submit_batch=submit_batch)
+        record = scale(config, sqs, batch, submit_batch=submit_batch, submitted_ids=submitted_ids)
     except Exception as error:  # noqa: BLE001 - logged, and the run still fails at its end
         record = {"scaler": "batch-celery", "outcome": "error", "level": "ERROR", "submitted": 0,
                   "error": f"{type(error).__name__}: {error}; the next decision re-evaluates"}
@@ -284,9 +294,10 @@ def run(config: ScalerConfig, sqs: Any, batch: Any, *, submit_batch: Any,
     """
     start = clock()
     records = []
+    submitted_ids: list[str] = []  # what this run submitted, counted by every later decision
     slot = 0
     while True:
-        records.append(decide(config, sqs, batch, submit_batch=submit_batch))
+        records.append(decide(config, sqs, batch, submit_batch=submit_batch, submitted_ids=submitted_ids))
         elapsed = clock() - start
         slot = max(slot + 1, math.ceil(elapsed / config.poll_seconds))
         if slot * config.poll_seconds >= config.loop_seconds:

@@ -137,12 +137,22 @@ def test_a_stopped_task_that_cannot_finish_in_the_grace_is_given_back_at_once():
     assert result.stranded == 0 and result.drain_seconds is not None
 
 
-def test_a_reclaimed_worker_whose_task_fits_the_grace_finishes_it(results):
-    reclaim = results["spot-reclaim", "scaler"]
+def test_a_reclaimed_task_that_cannot_finish_in_the_grace_is_given_back_and_rerun(results):
+    reclaim, calm = results["spot-reclaim", "scaler"], results["burst-1000x30s", "scaler"]
 
-    assert reclaim.reruns == 0
-    # Retried jobs start new workers, but no task ran twice and the drain barely moves.
-    assert reclaim.drain_seconds <= 1.1 * results["burst-1000x30s", "scaler"].drain_seconds
+    # A quarter of 48 workers TERMed 5 s into their 30 s tasks: 25 s left > 20 s grace, so each of
+    # the 12 tasks is given back at once and runs again; no task is stranded, the drain barely moves.
+    assert reclaim.reruns == 12
+    assert reclaim.stranded == 0
+    assert reclaim.drain_seconds <= 1.1 * calm.drain_seconds
+
+
+def test_a_reclaimed_worker_whose_task_fits_the_grace_finishes_it():
+    # 15 s into their 30 s tasks: 15 s left, inside the 20 s grace.
+    late = Workload("reclaim 15 s into the tasks", scaling._burst(1000), (Fault("term", 0.25, delay=15.0),))
+    result = Simulation("scaler", late, SINGLE).run()
+
+    assert result.reruns == 0
 
 
 def test_drain_and_warm_shutdown_are_billed(results):

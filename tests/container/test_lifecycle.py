@@ -6,6 +6,7 @@ the bounds asserted are generous because the machine is small and shared.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -321,4 +322,40 @@ def test_failing_task_with_celery_retries_runs_max_retries_plus_one_then_dead_le
     assert sum(run.events()["fail"].values()) == 3, run.events()
     letters = sqs.receive_message(QueueUrl=queues.dlq_url, MessageAttributeNames=["All"], WaitTimeSeconds=1)["Messages"]
     assert len(letters) == 1
-    assert letters[0]["MessageAttributes"]["batch_celery_reason"]["StringValue"] == "failed after 2 Celery retries"
+    assert letters[0]["MessageAttributes"]["batch_celery_reason"]["StringValue"] == "failed after 2 Celery retries (max_retries 2)"
+
+
+def test_message_taken_by_the_last_long_poll_of_a_stopping_worker_is_given_back(moto_server, sqs, make_queues, tmp_path):
+    # The worker drains: no new long poll, and what the open one brings goes back at once (a poll
+    # left open by an exiting worker would hide the message for the whole window, 60 s here).
+    # Sent while held.json says "draining, one poll open"; up to 5 tries to hit that open poll.
+    queues = make_queues(visibility_timeout=60)
+    # A real task message, prepared beforehand so that sending it takes one fast SQS call.
+    scratch = make_queues(visibility_timeout=60)
+    fill(worker_env(moto_server, scratch, tmp_path), 1, "probe.record", args=["late", 0.1])
+    [prepared] = sqs.receive_message(QueueUrl=scratch.url)["Messages"]
+    for attempt in range(5):
+        run_dir = tmp_path / f"try-{attempt}"
+        run_dir.mkdir()
+        env = worker_env(moto_server, queues, run_dir, TASK_TIME_LIMIT_SECONDS=30)
+        state_file = Path(env["WORKER_RUN_DIR"]) / "held.json"
+
+        def draining_with_a_poll_open():
+            try:
+                state = json.loads(state_file.read_text())
+            except (OSError, ValueError):
+                return False
+            return state["draining"] and state["open_polls"] == 1
+
+        with running_script(env, run_dir / "out.log") as run:
+            wait_until(draining_with_a_poll_open, timeout=60, interval=0.02, what="the drain with a poll open")
+            sqs.send_message(QueueUrl=queues.url, MessageBody=prepared["Body"])
+            assert run.wait(timeout=60) == 0, run.output[-3000:]
+        if "that the last long poll brought" in run.output:
+            break
+    else:
+        pytest.fail("in 5 tries the stopping worker's open long poll never brought the message")
+    # Given back at once, so the worker saw it visible, served again and ran it, once.
+    assert "work arrived while draining; serving again" in run.output, run.output[-3000:]
+    assert list(run.events()["done"].values()) == [1]
+    assert total_messages(sqs, queues.url) == 0

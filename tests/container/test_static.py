@@ -88,7 +88,7 @@ def test_ships_prefetch_one_and_dead_letter_safe_consumer():
         ({"CELERY_QUEUE_URL": "jobs"}, "is not a queue URL"),
         ({"CELERY_QUEUE_NAME": "other"}, "does not end with CELERY_QUEUE_NAME='other'"),
         ({"AWS_DEFAULT_REGION": ""}, "AWS_REGION or AWS_DEFAULT_REGION must be set"),
-        ({"WORKER_CONCURRENCY": "0"}, "WORKER_CONCURRENCY=0 is out of range; allowed: 1..256"),
+        ({"WORKER_CONCURRENCY": "65"}, "WORKER_CONCURRENCY=65 is out of range; allowed: 1..64"),
         ({"WORKER_PREFETCH_MULTIPLIER": "0"}, "WORKER_PREFETCH_MULTIPLIER=0 is out of range; allowed: 1..100"),
         ({"TASK_TIME_LIMIT_SECONDS": "43000"}, "TASK_TIME_LIMIT_SECONDS=43000 is not allowed; allowed: 1..42900 seconds"),
         ({"VISIBILITY_TIMEOUT_SECONDS": "lots"}, "is not a whole number"),

@@ -19,7 +19,6 @@ import pytest
 
 from batch_celery.local.faults import LOST_RESPONSE, THROTTLE, ApiProxy
 from batch_celery.scaler import handler as scaler
-from batch_celery.scaler.policy import workers_to_submit
 
 def _moto_api(server, path, body=None):
     request = urllib.request.Request(
@@ -163,17 +162,18 @@ def test_counts_in_flight_and_delayed_messages(aws, stack):
     _send(sqs, stack.queue_url, 10)
     received = sqs.receive_message(QueueUrl=stack.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=600)
     _send(sqs, stack.queue_url, 5, DelaySeconds=900)
-    _send(sqs, stack.queue_url, 6)
+    _send(sqs, stack.queue_url, 25)
 
     record = _run(stack, aws)
 
     assert len(received["Messages"]) == 10
-    assert (record["visible"], record["in_flight"], record["delayed"]) == (6, 10, 5)
-    # How in-flight and delayed messages weigh is the policy's arithmetic (tests/scaler/test_policy.py);
-    # here: the handler hands the policy exactly these counts and submits what it answers.
-    assert record["submitted"] == workers_to_submit(6, 10, 5, 0, stack.messages_per_worker, stack.max_workers)
-    assert sum(job.get("arrayProperties", {}).get("size") or 1 for job in _jobs_in(aws["batch"], stack)) == (
-        record["submitted"])
+    assert (record["visible"], record["in_flight"], record["delayed"]) == (25, 10, 5)
+    # No worker is active, so the 10 in-flight messages hold no worker of this stack (orphans
+    # return within the visibility window): ceil((25 visible + 5 delayed) / 10) = 3 workers.
+    # (Counting in-flight as waiting would give 4; swapping visible and in-flight, 2.)
+    assert stack.messages_per_worker == 10
+    assert (record["wanted"], record["submitted"]) == (3, 3)
+    assert sum(job.get("arrayProperties", {}).get("size") or 1 for job in _jobs_in(aws["batch"], stack)) == 3
 
 
 def test_finished_workers_do_not_count(aws, stack):
@@ -433,7 +433,7 @@ def test_run_keeps_fixed_slots_and_skips_the_ones_a_slow_decision_overran(monkey
     clock = _FakeClock()
     durations = iter([1, 15, 1, 1, 1, 1, 1])
 
-    def fake_scale(config, sqs, batch, *, submit_batch):
+    def fake_scale(config, sqs, batch, *, submit_batch, submitted_ids):
         clock.starts.append(clock.now)
         clock.now += next(durations)
         return {"outcome": "ok", "level": "INFO", "submitted": 0}
@@ -453,7 +453,7 @@ def test_a_failing_decision_is_logged_and_the_loop_goes_on(monkeypatch, capsys):
     clock = _FakeClock()
     outcomes = iter([RuntimeError("unexpected answer"), "ok", "ok"])
 
-    def fake_scale(config, sqs, batch, *, submit_batch):
+    def fake_scale(config, sqs, batch, *, submit_batch, submitted_ids):
         clock.now += 0.1
         outcome = next(outcomes)
         if isinstance(outcome, Exception):
@@ -511,3 +511,29 @@ def test_handler_rejects_bad_configuration(aws, stack, lambda_env, monkeypatch, 
     assert (record["outcome"], record["level"], record["submitted"], record["error"]) == (
         "config_error", "ERROR", 0, message)
     assert _jobs_in(aws["batch"], stack) == []
+
+
+class _LaggingBatch:
+    """Batch whose ListJobs does not show a job yet while DescribeJobs does: the eventual
+    consistency moto cannot play (its listings are always current)."""
+
+    def __init__(self, described: dict[str, str]):
+        self.described = described
+
+    def get_paginator(self, name):
+        assert name == "list_jobs"
+        return self
+
+    def paginate(self, **kwargs):
+        return [{"jobSummaryList": []}]
+
+    def describe_jobs(self, jobs):
+        return {"jobs": [{"jobId": j, "status": self.described[j]} for j in jobs if j in self.described]}
+
+
+def test_jobs_this_run_submitted_count_even_before_listjobs_shows_them():
+    batch = _LaggingBatch({"fresh": "SUBMITTED", "done": "SUCCEEDED"})
+
+    assert scaler.active_workers(batch, "queue", "definition") == 0
+    # The run's own submissions count while active, so the next decision does not submit them again.
+    assert scaler.active_workers(batch, "queue", "definition", also=["fresh", "done"]) == 1
