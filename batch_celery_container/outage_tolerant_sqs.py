@@ -129,7 +129,10 @@ class Channel(SQS.Channel):
     def _schedule_queue(self, queue):
         if self._draining:
             # No new long poll while draining; look again soon (the lifecycle script may resume).
-            self.drain_confirmed = True
+            if not self.drain_confirmed:
+                self.drain_confirmed = True
+                if self._open_polls == 0:
+                    self._heartbeat.poke()  # the lifecycle script waits for the "drained" marker
             if queue in self._active_queues:
                 self.hub.call_later(0.5, self._schedule_queue, queue)
             return None

@@ -45,6 +45,7 @@ from typing import Callable
 import boto3
 
 from batch_celery.local import motoserver
+from batch_celery_container import limits
 from batch_celery.local.faults import LOST_RESPONSE, SERVER_ERROR, THROTTLE, ApiProxy, FaultProxy
 from batch_celery.local.probe_tasks import read_events
 from batch_celery.local.queues import QueuePair, create_queue_pair, message_counts, total_messages
@@ -548,16 +549,8 @@ def _submitted_workers(batch, job_queue: str) -> int:
 TASK_TIME_LIMIT = 120
 
 
-def _long_poll_seconds() -> int:
-    """The worker's SQS long poll (kombu's wait_time_seconds): the longest a drain waits for its open poll."""
-    if str(CONTAINER) not in sys.path:
-        sys.path.insert(0, str(CONTAINER))
-    import worker_settings
-
-    return int(getattr(worker_settings, "LONG_POLL_SECONDS", 10))
-
-
-LONG_POLL = _long_poll_seconds()
+# The worker's SQS long poll: the longest a drain waits for its open poll.
+LONG_POLL = limits.LONG_POLL_SECONDS
 
 
 class Stuck(Exception):
