@@ -7,7 +7,6 @@ Every invalid value fails synth with one `SettingsError` line: the key, the valu
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field, fields
@@ -175,13 +174,6 @@ class Settings:
     def worker_capacity(self) -> int:
         """Worker jobs the compute environment can run at once."""
         return math.floor(self.max_vcpus / self.worker_vcpus)
-
-    @property
-    def cpu_architecture_arm64(self) -> bool:
-        return self.platform == "linux/arm64"
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def __post_init__(self) -> None:
         _validate(self)

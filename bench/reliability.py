@@ -128,11 +128,9 @@ class Lab:
         return ids
 
     def stop_all(self) -> None:
+        # Finished scripts too: pool processes a fault orphaned may still run.
         for run in self.runs:
-            if run.process.poll() is None:
-                run.kill_everything()
-            else:
-                run.kill_everything()  # pool processes a fault may have orphaned
+            run.kill_everything()
 
 
 def dead_letters(sqs, queues: QueuePair) -> list[dict]:

@@ -45,10 +45,6 @@ class FaultProxy:
     def endpoint(self) -> str:
         return f"http://{HOST}:{self.port}"
 
-    @property
-    def is_down(self) -> bool:
-        return self._down
-
     def start(self) -> "FaultProxy":
         self._listen()
         return self

@@ -74,12 +74,6 @@ class MotoServer:
         with urllib.request.urlopen(request, timeout=5) as response:
             response.read()
 
-    def reset(self) -> None:
-        """Forget every resource (queues, jobs) so the next user starts clean."""
-        request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
-        with urllib.request.urlopen(request, timeout=5) as response:
-            response.read()
-
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()

@@ -43,8 +43,8 @@ from __future__ import annotations
 import math
 
 # AWS Batch array jobs have between 2 and 10,000 children
-# (https://docs.aws.amazon.com/batch/latest/userguide/array_jobs.html).
-ARRAY_MIN_SIZE = 2
+# (https://docs.aws.amazon.com/batch/latest/userguide/array_jobs.html); a plan never asks for an
+# array of 1 (submission_plan submits a plain job instead).
 ARRAY_MAX_SIZE = 10_000
 
 
