@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 import weakref
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -55,22 +56,19 @@ GONE_CODES = {"ReceiptHandleIsInvalid", "InvalidParameterValue", "MessageNotInfl
               "AWS.SimpleQueueService.MessageNotInflight"}
 
 
+@dataclass(frozen=True, slots=True)
 class Held:
     """One held message as the state file lists it."""
 
-    __slots__ = ("receipt_handle", "queue_url", "message_id", "task", "task_id", "received")
+    receipt_handle: str
+    queue_url: str
+    message_id: str = ""
+    task: str = ""
+    task_id: str = ""
+    received: float = 0.0
 
-    def __init__(self, receipt_handle: str, queue_url: str, message_id: str = "", task: str = "",
-                 task_id: str = "", received: float = 0.0):
-        self.receipt_handle = receipt_handle
-        self.queue_url = queue_url
-        self.message_id = message_id
-        self.task = task
-        self.task_id = task_id
-        self.received = received
 
-    def as_dict(self) -> dict:
-        return {name: getattr(self, name) for name in self.__slots__}
+HELD_FIELDS = tuple(f.name for f in fields(Held))
 
 
 def _sqs_client(region: str | None):
@@ -241,7 +239,7 @@ class Heartbeat:
             return
         polls = self._open_polls()
         state = {"pid": os.getpid(), "written": now, "draining": self.draining, "open_polls": polls,
-                 "held": [m.as_dict() for m in held]}
+                 "held": [asdict(m) for m in held]}
         write_json(self.run_dir / STATE_FILE, state)
         drained = self.run_dir / DRAINED_FILE
         confirmed = all(source.drain_confirmed for source in list(self._sources))
@@ -286,7 +284,7 @@ def release(run_dir: str | Path, region: str | None) -> tuple[int, int]:
     state = read_state(run_dir, max_age=float("inf"))
     if state is None:
         return 0, 0
-    messages = [Held(**{k: v for k, v in item.items() if k in Held.__slots__}) for item in state["held"]]
+    messages = [Held(**{k: v for k, v in item.items() if k in HELD_FIELDS}) for item in state["held"]]
     if not messages:
         return 0, 0
     gone, failed = change_visibility(_sqs_client(region), messages, lambda m: 0)
