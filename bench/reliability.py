@@ -42,14 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import boto3
-
+from batch_celery import CONTAINER_DIR
 from batch_celery.local import motoserver
-from batch_celery_container import limits
-from batch_celery.local.faults import LOST_RESPONSE, SERVER_ERROR, THROTTLE, ApiProxy, FaultProxy
-from batch_celery.local.probe_tasks import read_events
 from batch_celery.local.queues import QueuePair, create_queue_pair, message_counts, total_messages
-from batch_celery.local.lifecycle import CONTAINER, ScriptRun, start_script, worker_env
+from batch_celery_container import limits
+from harness.faults import LOST_RESPONSE, SERVER_ERROR, THROTTLE, ApiProxy, FaultProxy
+from harness.lifecycle import ScriptRun, poll_until, start_script, worker_env
+from harness.probe_tasks import read_events, read_records
+from harness.processes import live_pids
 
 IDLE, POLL = 3, 1
 
@@ -85,10 +85,7 @@ class Lab:
         self.folder = folder
         self.rng = rng
         self.log = log
-        self.sqs = boto3.client(
-            "sqs", region_name=moto.region, endpoint_url=moto.endpoint,
-            aws_access_key_id=motoserver.ACCESS_KEY, aws_secret_access_key=motoserver.SECRET_KEY,
-        )
+        self.sqs = moto.client("sqs")
         self.runs: list[ScriptRun] = []
         self._names = 0
         self._apps: dict[str, object] = {}
@@ -113,8 +110,8 @@ class Lab:
         """Send tasks with the worker's own Celery settings (as the filler does); return their ids."""
         app = self._apps.get(env["CELERY_QUEUE_URL"])
         if app is None:
-            if str(CONTAINER) not in sys.path:
-                sys.path.insert(0, str(CONTAINER))
+            if str(CONTAINER_DIR) not in sys.path:
+                sys.path.insert(0, str(CONTAINER_DIR))
             from celery import Celery
             from worker_settings import WorkerSettings
 
@@ -242,23 +239,6 @@ class Crew:
             time.sleep(0.3)
 
 
-def _worker_pid(run: ScriptRun) -> int | None:
-    return run._worker_pid_or_none()
-
-
-def _children(pid: int) -> list[int]:
-    """Live child processes of ``pid`` (the worker's pool), from /proc."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[1] == str(pid) and fields[0] != "Z":
-            children.append(int(stat.parent.name))
-    return children
-
-
 # ---------------------------------------------------------------------------------------------
 # The scenarios. Each returns one Outcome.
 
@@ -274,11 +254,11 @@ def sigkill_workers(lab: Lab, tasks: int = 100, workers: int = 3, kills: int = 6
     def killer() -> None:
         if sum(kinds.values()) >= kills or time.monotonic() < next_kill[0]:
             return
-        candidates = [(run, pid) for run in crew.alive() if (pid := _worker_pid(run))]
+        candidates = [(run, pid) for run in crew.alive() if (pid := run.current_worker_pid())]
         if not candidates:
             return
         run, pid = lab.rng.choice(candidates)
-        pool = _children(pid)
+        pool = live_pids(parent=pid)
         # Half the time the whole worker (an OOM kill of the container's main process), half the
         # time one pool process (a task that segfaults): Celery then rejects with requeue.
         try:
@@ -308,7 +288,7 @@ def term_scripts(lab: Lab, tasks: int = 40, workers: int = 2, terms: int = 3) ->
     def terminator() -> None:
         if sent[0] >= terms or time.monotonic() < next_term[0]:
             return
-        candidates = [run for run in crew.alive() if _worker_pid(run)]
+        candidates = [run for run in crew.alive() if run.current_worker_pid()]
         if candidates:
             lab.rng.choice(candidates).signal(signal.SIGTERM)
             sent[0] += 1
@@ -425,29 +405,16 @@ def endpoint_outage(lab: Lab, tasks: int = 30, workers: int = 2, outage: float =
 # Scenario 6: the scaler's handler against moto Batch behind a faulty API proxy.
 
 
-def _moto_api(moto: motoserver.MotoServer, path: str, body: dict | None = None) -> bytes:
-    import urllib.request
-
-    request = urllib.request.Request(
-        f"{moto.endpoint}/moto-api/{path}", data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST",
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return response.read()
-
-
 def scaler_under_faults(lab: Lab, runs: int = 40, cap: int = 10, backlog: int = 500) -> Outcome:
     from batch_celery.scaler import handler as scaler
 
     moto = lab.moto
-    session = boto3.Session(aws_access_key_id=motoserver.ACCESS_KEY, aws_secret_access_key=motoserver.SECRET_KEY,
-                            region_name=moto.region)
-    ec2, iam, batch = (session.client(n, endpoint_url=moto.endpoint) for n in ("ec2", "iam", "batch"))
+    ec2, iam, batch = (moto.client(n) for n in ("ec2", "iam", "batch"))
     # Jobs stay SUBMITTED (moto's regular Batch backend, a state transition that never comes), so
     # every worker submitted stays "active" and the cap is put to the test on every run.
-    previous = json.loads(_moto_api(moto, "config"))
+    previous = json.loads(moto.api("config"))
     moto.configure({"batch": {"use_docker": True}})
-    _moto_api(moto, "state-manager/set-transition",
+    moto.api("state-manager/set-transition",
               {"model_name": "batch::job", "transition": {"progression": "manual", "times": 10**9}})
     try:
         suffix = uuid.uuid4().hex[:8]
@@ -469,8 +436,8 @@ def scaler_under_faults(lab: Lab, runs: int = 40, cap: int = 10, backlog: int = 
         queue_url = lab.sqs.create_queue(QueueName=f"rel-scaler-{suffix}")["QueueUrl"]
         for start in range(0, backlog, 10):
             lab.sqs.send_message_batch(QueueUrl=queue_url, Entries=[{"Id": str(i), "MessageBody": "task"} for i in range(10)])
-        config = scaler.ScalerConfig(queue_url=queue_url, job_queue=job_queue, job_definition=definition,
-                                     job_name=f"rel-{suffix}", messages_per_worker=10, max_workers=cap)
+        config = scaler.PoolConfig(pool="default", queue_url=queue_url, job_queue=job_queue, job_definition=definition,
+                                   job_name=f"rel-{suffix}", messages_per_worker=10, max_workers=cap)
 
         submits = Counter()
 
@@ -497,8 +464,8 @@ def scaler_under_faults(lab: Lab, runs: int = 40, cap: int = 10, backlog: int = 
         peak = 0
         with ApiProxy(moto.endpoint, decide) as proxy:
             # The clients the Lambda builds (handler._clients), pointed at the faulty proxy.
-            faulty_batch = session.client("batch", endpoint_url=proxy.endpoint, config=scaler._BOTO_CONFIG)
-            faulty_submit = session.client("batch", endpoint_url=proxy.endpoint, config=scaler.SUBMIT_CONFIG)
+            faulty_batch = moto.client("batch", proxy.endpoint, config=scaler._BOTO_CONFIG)
+            faulty_submit = moto.client("batch", proxy.endpoint, config=scaler.SUBMIT_CONFIG)
             for _ in range(runs):
                 record = scaler.scale(config, lab.sqs, faulty_batch, submit_batch=faulty_submit)
                 outcomes[record["outcome"]] += 1
@@ -507,7 +474,7 @@ def scaler_under_faults(lab: Lab, runs: int = 40, cap: int = 10, backlog: int = 
                 peak = max(peak, _submitted_workers(batch, job_queue))
             faults = Counter(fault for (_, fault) in proxy.faults.elements())
     finally:
-        _moto_api(moto, "state-manager/unset-transition", {"model_name": "batch::job"})
+        moto.api("state-manager/unset-transition", {"model_name": "batch::job"})
         moto.configure({"batch": previous.get("batch", {"use_docker": False})})
     submitted = _submitted_workers(batch, job_queue)
     outcome = Outcome(
@@ -555,16 +522,6 @@ class Stuck(Exception):
     """Something a scenario waits for did not happen in time; it fails with this text."""
 
 
-def _until(predicate: Callable[[], object], timeout: float, interval: float = 0.1):
-    """The first truthy value of ``predicate()``, or its last (falsy) value after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
-
 def _need(value, what: str, run: ScriptRun | None = None):
     if not value:
         tail = f"; its log ends:\n{_tail(run)}" if run is not None else ""
@@ -587,14 +544,9 @@ def _count(env: dict[str, str], event: str, task_id: str) -> int:
 def _start_pids(env: dict[str, str]) -> dict[str, list[str]]:
     """{task id: pids of the processes that started it} from the record file."""
     pids: dict[str, list[str]] = {}
-    try:
-        lines = Path(env["PROBE_RECORD_FILE"]).read_text().splitlines()
-    except FileNotFoundError:
-        return pids
-    for line in lines:
-        fields = line.split()
-        if len(fields) >= 4 and fields[0] == "start":
-            pids.setdefault(fields[1], []).append(fields[-1])
+    for event, task_id, pid in read_records(env["PROBE_RECORD_FILE"]):
+        if event == "start":
+            pids.setdefault(task_id, []).append(pid)
     return pids
 
 
@@ -656,7 +608,7 @@ def long_task_single(lab: Lab, visibility: int = 10, factor: int = 3, short_task
     seconds = factor * visibility
     [long_id] = lab.send(env, "probe.record", [["long", seconds]])
     first = lab.start_worker(env, 1)
-    _need(_until(lambda: _count(env, "start", long_id), 90), "the long task to start", first)
+    _need(poll_until(lambda: _count(env, "start", long_id), 90), "the long task to start", first)
     started = time.monotonic()
     # The other worker must still be polling when each window of the long task's message passes.
     poller = lab.start_worker(dict(env, IDLE_SECONDS=str(seconds + 30)), 2)
@@ -664,10 +616,10 @@ def long_task_single(lab: Lab, visibility: int = 10, factor: int = 3, short_task
     for index in range(short_tasks):
         _sleep_until(started + (index + 1) * seconds / (short_tasks + 1))
         shorts += lab.send(env, "probe.record", [[f"short{index}", 0.2]])
-    _need(_until(lambda: _count(env, "done", long_id), seconds + 60), "the long task to finish", first)
+    _need(poll_until(lambda: _count(env, "done", long_id), seconds + 60), "the long task to finish", first)
     took = time.monotonic() - started
     poller_polled = poller.process.poll() is None
-    _until(lambda: all(_count(env, "done", t) for t in shorts), 60)
+    poll_until(lambda: all(_count(env, "done", t) for t in shorts), 60)
     first_status = _exit_status(first, IDLE + POLL + LONG_POLL + 30)
     poller_status = _term(poller)
     pids = _start_pids(env)
@@ -701,10 +653,10 @@ def container_killed(lab: Lab, visibility: int = 10, rounds: int = 2) -> Outcome
         [task] = lab.send(env, "probe.record", [[f"container{round_}", task_seconds]])
         ids.append(task)
         victim = lab.start_worker(env, f"{round_}-victim")
-        _need(_until(lambda: _count(env, "start", task), 90), "the task to start", victim)
+        _need(poll_until(lambda: _count(env, "start", task), 90), "the task to start", victim)
         started = time.monotonic()
         poller = lab.start_worker(dict(env, IDLE_SECONDS=str(3 * visibility + 30)), f"{round_}-other")
-        _need(_until(lambda: _held_state(poller) is not None, 60), "the other worker to consume", poller)
+        _need(poll_until(lambda: _held_state(poller) is not None, 60), "the other worker to consume", poller)
         _sleep_until(started + visibility + 1)  # past one window: only the heartbeat hides it now
         visible, in_flight, _ = message_counts(lab.sqs, queues.url)
         if (visible, in_flight) != (0, 1) or _count(env, "start", task) != 1:
@@ -719,8 +671,8 @@ def container_killed(lab: Lab, visibility: int = 10, rounds: int = 2) -> Outcome
                     return message.get("received")
             return None
 
-        received = _until(received_by_other, visibility + 30)
-        restarted = _until(lambda: _count(env, "start", task) >= 2, visibility + 30)
+        received = poll_until(received_by_other, visibility + 30)
+        restarted = poll_until(lambda: _count(env, "start", task) >= 2, visibility + 30)
         restarted_at = time.monotonic()
         if not restarted:
             failures.append(f"round {round_}: not run again within {visibility + 30} s of the kill")
@@ -731,7 +683,7 @@ def container_killed(lab: Lab, visibility: int = 10, rounds: int = 2) -> Outcome
         if restarted_at - killed > target:
             failures.append(f"round {round_}: ran again {restarted_at - killed:.1f} s after the kill, "
                             f"target window + POLL + 5 = {target} s")
-        _need(_until(lambda: _count(env, "done", task), task_seconds + 60), "the rerun to finish", poller)
+        _need(poll_until(lambda: _count(env, "done", task), task_seconds + 60), "the rerun to finish", poller)
         status = _term(poller)
         if status != 143:
             failures.append(f"round {round_}: the other worker ended with {status} after TERM (expected 143)")
@@ -757,7 +709,7 @@ def term_past_grace(lab: Lab, rounds: int = 3, grace: int = 3, task_seconds: int
     statuses: list[int | None] = []
     for round_ in range(rounds):
         task = ids[round_]
-        _need(_until(lambda: _count(env, "start", task), 90), f"task {round_} to start", worker)
+        _need(poll_until(lambda: _count(env, "start", task), 90), f"task {round_} to start", worker)
         time.sleep(lab.rng.uniform(0.3, 1.0))
         worker.signal(signal.SIGTERM)
         status = _exit_status(worker, grace + 30)
@@ -765,7 +717,7 @@ def term_past_grace(lab: Lab, rounds: int = 3, grace: int = 3, task_seconds: int
         statuses.append(status)
         if status != 143 or "did not finish within" not in worker.output:
             failures.append(f"round {round_}: exit {status}, grace expiry not logged:\n{_tail(worker)}")
-        visible = _until(lambda: message_counts(lab.sqs, queues.url)[0] >= 1, 15, interval=0.05)
+        visible = poll_until(lambda: message_counts(lab.sqs, queues.url)[0] >= 1, 15, interval=0.05)
         if not visible:
             failures.append(f"round {round_}: not visible within 15 s of the script's exit (counts "
                             f"{message_counts(lab.sqs, queues.url)})")
@@ -774,7 +726,7 @@ def term_past_grace(lab: Lab, rounds: int = 3, grace: int = 3, task_seconds: int
             if visible_after[-1] > 5:
                 failures.append(f"round {round_}: visible {visible_after[-1]:.1f} s after the exit (target 5 s)")
         worker = lab.start_worker(env, round_ + 1)
-        _need(_until(lambda: _count(env, "start", task) >= 2, 90), f"task {round_} to run again", worker)
+        _need(poll_until(lambda: _count(env, "start", task) >= 2, 90), f"task {round_} to run again", worker)
         if round_ + 1 < rounds:
             # Picked up by this worker after its rerun (it holds one message at a time).
             ids += lab.send(env, "probe.record", [[f"grace{round_ + 1}", task_seconds]])
@@ -802,7 +754,7 @@ def idle_exit_beside_busy(lab: Lab, task_seconds: int = 75, visibility: int = 10
     env = lab.env(queues, "10-idle", TASK_TIME_LIMIT_SECONDS=TASK_TIME_LIMIT)
     [task] = lab.send(env, "probe.record", [["busy", task_seconds]])
     busy = lab.start_worker(env, "busy")
-    _need(_until(lambda: _count(env, "start", task), 90), "the long task to start", busy)
+    _need(poll_until(lambda: _count(env, "start", task), 90), "the long task to start", busy)
     busy_started = time.monotonic()
     target = IDLE + POLL + 5
     samples: list[dict[str, float]] = []
@@ -818,7 +770,7 @@ def idle_exit_beside_busy(lab: Lab, task_seconds: int = 75, visibility: int = 10
         if _count(env, "done", task) or busy.process.poll() is not None:
             failures.append("the long task ended before the idle worker left: the scenario proves nothing")
         samples.append({k: v - seen["ready"] for k, v in seen.items()})
-    _need(_until(lambda: _count(env, "done", task), task_seconds + 60), "the long task to finish", busy)
+    _need(poll_until(lambda: _count(env, "done", task), task_seconds + 60), "the long task to finish", busy)
     busy_status = _exit_status(busy, IDLE + POLL + LONG_POLL + 30)
     exits = [s["exit"] for s in samples]
     drains = [s["stopping"] - s["decision"] for s in samples if "stopping" in s and "decision" in s]
@@ -853,7 +805,7 @@ def _race_lane(lab: Lab, lane: int, offsets: list[float], visibility: int, lock:
     for index, offset in enumerate(offsets):
         run = lab.start_worker(env, index)
         # A message the last run gave back is run first; the decision that counts is the next one.
-        decided = _until(lambda: "; draining" in run.output or run.process.poll() is not None, 90, interval=0.05)
+        decided = poll_until(lambda: "; draining" in run.output or run.process.poll() is not None, 90, interval=0.05)
         decided_at = time.monotonic()
         if not decided or "; draining" not in run.output:
             raise Stuck(f"lane {lane} run {index}: no stop decision:\n{_tail(run)}")
@@ -874,7 +826,7 @@ def _race_lane(lab: Lab, lane: int, offsets: list[float], visibility: int, lock:
         if _count(env, "done", task):
             record["kind"] = "resumed"
         else:
-            visible = _until(lambda: message_counts(lab.sqs, queues.url)[0] >= 1, 5, interval=0.05)
+            visible = poll_until(lambda: message_counts(lab.sqs, queues.url)[0] >= 1, 5, interval=0.05)
             if visible:
                 record["kind"] = "sent after exit" if exited_before else "given back"
                 record["visible_after"] = time.monotonic() - exited
@@ -885,7 +837,7 @@ def _race_lane(lab: Lab, lane: int, offsets: list[float], visibility: int, lock:
         runs.append(record)
     # What the last run left (and any stranded message, once its window ends) is run by one more worker.
     if any(r["kind"] == "STRANDED" for r in runs):
-        _until(lambda: message_counts(lab.sqs, queues.url)[1] == 0, visibility + 15)
+        poll_until(lambda: message_counts(lab.sqs, queues.url)[1] == 0, visibility + 15)
     if total_messages(lab.sqs, queues.url):
         final = lab.start_worker(env, "final")
         _need(_exit_status(final, 90) is not None, f"lane {lane}: the final worker to exit", final)
@@ -959,7 +911,7 @@ def countdowns_and_retries(lab: Lab, visibility: int = 10) -> Outcome:
     short_countdown, long_countdown = max(1, visibility // 2), 3 * visibility
     pollers = [lab.start_worker(dict(env, IDLE_SECONDS=str(long_countdown + 60)), n) for n in (1, 2)]
     for poller in pollers:
-        _need(_until(lambda: _held_state(poller) is not None, 60), "the workers to consume", poller)
+        _need(poll_until(lambda: _held_state(poller) is not None, 60), "the workers to consume", poller)
     sent = time.monotonic()
     [soon] = lab.send(env, "probe.record", [["soon", 0.5]], countdown=short_countdown)
     [later] = lab.send(env, "probe.record", [["later", 0.5]], countdown=long_countdown)
@@ -974,7 +926,7 @@ def countdowns_and_retries(lab: Lab, visibility: int = 10) -> Outcome:
         return (_count(env, "done", soon) and _count(env, "done", later)
                 and message_counts(lab.sqs, queues.dlq_url)[0] >= 2)
 
-    _need(_until(settled, long_countdown + 60), "the countdowns to run and two messages in the dead-letter queue")
+    _need(poll_until(settled, long_countdown + 60), "the countdowns to run and two messages in the dead-letter queue")
     time.sleep(visibility + 1)  # one more window: a second copy of anything would show now
     statuses = [_term(poller) for poller in pollers]
     letters = dead_letters(lab.sqs, queues)

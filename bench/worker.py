@@ -28,12 +28,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import boto3
-
 from batch_celery.local import motoserver
-from batch_celery.local.faults import ApiProxy
 from batch_celery.local.queues import create_queue_pair, total_messages, via_endpoint
-from batch_celery.local.lifecycle import fill, running_script, wait_until, worker_env
+from harness.faults import ApiProxy
+from harness.lifecycle import fill, running_script, wait_until, worker_env
 
 TASK_SECONDS = 5.0  # the task length the overhead target is stated for
 TARGETS = {"overhead_percent_of_5s_task": 2.0, "sqs_requests_per_task": 2.5, "idle_tail_margin_seconds": 5.0}
@@ -54,11 +52,6 @@ class Figures:
     exit_status: int | None = None
 
 
-def _client(endpoint: str):
-    return boto3.client("sqs", region_name=motoserver.REGION, endpoint_url=endpoint,
-                        aws_access_key_id=motoserver.ACCESS_KEY, aws_secret_access_key=motoserver.SECRET_KEY)
-
-
 def _fill(env: dict[str, str], tasks: int) -> None:
     """The real filler, straight to moto (its requests are not the consumer's); its line goes to stderr."""
     with contextlib.redirect_stdout(sys.stderr):
@@ -68,7 +61,7 @@ def _fill(env: dict[str, str], tasks: int) -> None:
 def floor(moto, proxy: ApiProxy, sqs, folder: Path, tasks: int) -> Figures:
     queues = create_queue_pair(sqs, "bench-floor", visibility_timeout=60)
     _fill(worker_env(moto, queues, folder / "floor"), tasks)
-    consumer = _client(proxy.endpoint)
+    consumer = moto.client("sqs", proxy.endpoint)
     url = via_endpoint(queues.url, proxy.endpoint)
     proxy.reset_counts()
     done = 0
@@ -166,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     [poll] = _counts(args.poll, "--poll", 1, 600)[:1]
 
     with motoserver.running() as moto, ApiProxy(moto.endpoint) as proxy, tempfile.TemporaryDirectory() as tmp:
-        sqs = _client(moto.endpoint)  # the bench's own readings go around the proxy, uncounted
+        sqs = moto.client("sqs")  # the bench's own readings go around the proxy, uncounted
         folder = Path(tmp)
         print(f"bench.worker: floor, {tasks} messages ...", file=sys.stderr, flush=True)
         results = [floor(moto, proxy, sqs, folder, tasks)]

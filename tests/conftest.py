@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 import pytest
 
 from batch_celery.local import motoserver
+from harness.processes import live_pids
 
 
 @pytest.fixture(scope="session")
@@ -18,28 +18,13 @@ def moto_server():
         yield server
 
 
-def _processes_using(folder: str) -> list[int]:
-    """Live processes whose command line names ``folder`` (workers run from a test's tmp_path)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if folder.encode() in cmdline and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
 @pytest.fixture(scope="session", autouse=True)
 def no_orphaned_workers(tmp_path_factory):
     """Every worker a test starts must be gone when the session ends: a leftover is a leak."""
     base = str(tmp_path_factory.getbasetemp())
     yield
-    leftovers = _processes_using(base)
+    # Workers run from a test's tmp_path, so their command lines name the session's base folder.
+    leftovers = live_pids(cmdline_has=base)
     for pid in leftovers:
         try:
             os.kill(pid, signal.SIGKILL)

@@ -19,12 +19,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
+import boto3
+
 HOST = "127.0.0.1"
 REGION = "us-east-1"
 # moto accepts any credentials; fixed ones keep every process in one account's view.
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
-ACCOUNT_ID = "123456789012"
 
 
 def free_port() -> int:
@@ -63,16 +64,31 @@ class MotoServer:
             "AWS_EC2_METADATA_DISABLED": "true",
         }
 
-    def configure(self, config: dict) -> None:
-        """POST to moto's config API, e.g. ``{"batch": {"use_docker": False}}``."""
+    def client(self, service: str, endpoint: str | None = None, **options):
+        """A boto3 client of ``service`` on this server (or on ``endpoint``, e.g. a proxy in front of it)."""
+        return boto3.client(
+            service,
+            region_name=self.region,
+            endpoint_url=endpoint or self.endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            **options,
+        )
+
+    def api(self, path: str, body: dict | None = None) -> bytes:
+        """GET (or, with ``body``, POST) moto's own API at ``/moto-api/<path>``."""
         request = urllib.request.Request(
-            f"{self.endpoint}/moto-api/config",
-            data=json.dumps(config).encode(),
+            f"{self.endpoint}/moto-api/{path}",
+            data=None if body is None else json.dumps(body).encode(),
             headers={"Content-Type": "application/json"},
-            method="POST",
+            method="GET" if body is None else "POST",
         )
         with urllib.request.urlopen(request, timeout=5) as response:
-            response.read()
+            return response.read()
+
+    def configure(self, config: dict) -> None:
+        """Set moto's configuration, e.g. ``{"batch": {"use_docker": False}}``."""
+        self.api("config", config)
 
     def stop(self) -> None:
         if self.process.poll() is None:

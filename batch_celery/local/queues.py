@@ -10,11 +10,8 @@ import json
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-COUNT_ATTRIBUTES = (
-    "ApproximateNumberOfMessages",
-    "ApproximateNumberOfMessagesNotVisible",
-    "ApproximateNumberOfMessagesDelayed",
-)
+# The lifecycle script's own reading names the counts; the local run reads the same three.
+from batch_celery_container.queue_depth import ATTRIBUTES as COUNT_ATTRIBUTES
 
 
 @dataclass(frozen=True)
@@ -48,19 +45,34 @@ def via_endpoint(queue_url: str, endpoint: str) -> str:
 
 
 def create_queue_pair(
-    sqs, name: str, *, visibility_timeout: int = 30, max_receive_count: int = 3
+    sqs,
+    name: str,
+    *,
+    visibility_timeout: int = 30,
+    max_receive_count: int = 3,
+    retention_seconds: int | None = None,
+    dlq_retention_seconds: int | None = None,
+    managed_sse: bool = False,
 ) -> QueuePair:
-    """Create ``name`` and ``name-dlq`` with ``sqs`` (a boto3 client) and link them by a redrive policy."""
+    """Create ``name`` and ``name-dlq`` with ``sqs`` (a boto3 client) and link them by a redrive policy.
+
+    Retention periods left out keep SQS's default (4 days).
+    """
+    sse = {"SqsManagedSseEnabled": "true"} if managed_sse else {}
     dlq_name = f"{name}-dlq"
-    dlq_url = sqs.create_queue(QueueName=dlq_name)["QueueUrl"]
+    dlq_attributes = dict(sse)
+    if dlq_retention_seconds is not None:
+        dlq_attributes["MessageRetentionPeriod"] = str(dlq_retention_seconds)
+    dlq_url = sqs.create_queue(QueueName=dlq_name, Attributes=dlq_attributes)["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    url = sqs.create_queue(
-        QueueName=name,
-        Attributes={
-            "VisibilityTimeout": str(visibility_timeout),
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive_count)}),
-        },
-    )["QueueUrl"]
+    attributes = {
+        **sse,
+        "VisibilityTimeout": str(visibility_timeout),
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive_count)}),
+    }
+    if retention_seconds is not None:
+        attributes["MessageRetentionPeriod"] = str(retention_seconds)
+    url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
     return QueuePair(name, url, dlq_name, dlq_url, visibility_timeout, max_receive_count)
 
 

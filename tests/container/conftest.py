@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import os
 
-import boto3
 import pytest
 
 from batch_celery.local.queues import create_queue_pair
@@ -15,14 +14,7 @@ _names = itertools.count()
 
 @pytest.fixture(scope="session")
 def sqs(moto_server):
-    env = moto_server.client_env()
-    return boto3.client(
-        "sqs",
-        region_name=moto_server.region,
-        endpoint_url=moto_server.endpoint,
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    )
+    return moto_server.client("sqs")
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from batch_celery.local.faults import FaultProxy
 from batch_celery.local.queues import message_counts, total_messages
-
-from batch_celery.local.lifecycle import fill, running_script, wait_until, worker_env
+from harness.faults import FaultProxy
+from harness.lifecycle import fill, running_script, wait_until, worker_env
+from harness.processes import alive
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +33,12 @@ def _runs_once_more_to_completion(env, tmp_path) -> None:
     events = second.events()
     assert list(events["start"].values()) == [2]
     assert list(events["done"].values()) == [1]
+
+
+def _seconds_until_visible(sqs, queues, since: float, timeout: float) -> float:
+    """Seconds from ``since`` until the one task is visible in the queue again."""
+    wait_until(lambda: message_counts(sqs, queues.url)[0] == 1, timeout=timeout, what="the task to be visible again")
+    return time.monotonic() - since
 
 
 def test_drains_queue_and_exits_after_idle(moto_server, sqs, make_queues, tmp_path):
@@ -105,10 +111,8 @@ def test_worker_killed_mid_task_exits_nonzero_and_gives_its_task_back_at_once(mo
         # The whole worker (main process and pool), as an OOM kill or a crash would.
         os.killpg(os.getpgid(worker_pid), signal.SIGKILL)
         status = run.wait(timeout=30)
-        exited_at = time.monotonic()
         # Visible again long before the 60 s visibility timeout: the script gave it back.
-        wait_until(lambda: message_counts(sqs, queues.url)[0] == 1, timeout=5, what="the task to be visible")
-        visible_after = time.monotonic() - exited_at
+        visible_after = _seconds_until_visible(sqs, queues, since=time.monotonic(), timeout=5)
     assert status == 3, run.output[-3000:]
     assert "done" not in run.events()
     assert "released 1 held message(s) at once" in run.output
@@ -127,9 +131,7 @@ def test_container_killed_mid_task_runs_again_within_visibility_window(moto_serv
         time.sleep(7)  # past one window: only the heartbeat kept it hidden until now
         assert message_counts(sqs, queues.url)[:2] == (0, 1)
         run.kill_everything()  # script and worker at once: nobody is left to give it back
-        killed_at = time.monotonic()
-        wait_until(lambda: message_counts(sqs, queues.url)[0] == 1, timeout=6 + 5, what="the task to return")
-        returned_after = time.monotonic() - killed_at
+        returned_after = _seconds_until_visible(sqs, queues, since=time.monotonic(), timeout=6 + 5)
     assert "done" not in run.events()
     print(f"killed container: task visible again {returned_after:.1f} s after the kill (window 6 s)")
 
@@ -145,9 +147,7 @@ def test_term_gives_task_back_when_it_cannot_finish_within_grace(moto_server, sq
         wait_until(lambda: run.events().get("start"), timeout=60, what="the task to start")
         run.signal(signal.SIGTERM)
         status = run.wait(timeout=3 + MARGIN)
-        exited_at = time.monotonic()
-        wait_until(lambda: message_counts(sqs, queues.url)[0] == 1, timeout=5, what="the task to be visible")
-        visible_after = time.monotonic() - exited_at
+        visible_after = _seconds_until_visible(sqs, queues, since=time.monotonic(), timeout=5)
     assert status == 143, run.output[-3000:]
     assert "did not finish within 3 s" in run.output
     assert "done" not in run.events()
@@ -171,7 +171,7 @@ def test_endpoint_outage_does_not_stop_worker(moto_server, sqs, make_queues, tmp
                 time.sleep(IDLE + 4 * POLL + 2)
                 assert run.process.poll() is None, run.output[-3000:]
                 assert "sending TERM" not in run.output
-                assert os.path.exists(f"/proc/{worker_pid}")
+                assert alive(worker_pid)
             status = run.wait(timeout=120)
 
     assert status == 0, run.output[-3000:]

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from batch_celery.local.lifecycle import CONTAINER, environment, worker_env
+from batch_celery import CONTAINER_DIR as CONTAINER
+from harness.lifecycle import environment, worker_env
 
 BIN = Path(sys.executable).parent
 

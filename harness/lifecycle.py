@@ -1,43 +1,50 @@
 """Run the real worker container code on this machine: the lifecycle script, the filler, probes.
 
 Shared by the container tests, the reliability suite and the benchmarks (the demo streams each
-script's output live instead: demo.py). Everything talks to moto server on 127.0.0.1 (optionally
-through a FaultProxy) with real worker processes.
+script's output live instead: batch_celery/local/demo.py). Everything talks to moto server on
+127.0.0.1 (optionally through a FaultProxy) with real worker processes.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from batch_celery import CONTAINER_DIR
+from batch_celery.local import REPO_ROOT
 from batch_celery.local.motoserver import MotoServer
-from batch_celery.local.probe_tasks import read_events
 from batch_celery.local.queues import QueuePair
+from harness.probe_tasks import read_events
 
-REPO = Path(__file__).resolve().parents[2]
-CONTAINER = REPO / "batch_celery_container"
-SCRIPT = CONTAINER / "run_celery_worker.sh"
-PROBE_MODULE = "batch_celery.local.probe_tasks"
+SCRIPT = CONTAINER_DIR / "run_celery_worker.sh"
+PROBE_MODULE = "harness.probe_tasks"
+
+
+def poll_until(predicate: Callable[[], object], timeout: float, interval: float = 0.1):
+    """The first truthy value of ``predicate()``, or its last (falsy) value after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.2, what: str = "condition"):
     """Return the first truthy value of ``predicate()``; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    value = poll_until(predicate, timeout, interval)
+    if not value:
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return value
 
 
 def worker_env(
@@ -49,7 +56,7 @@ def worker_env(
     env.update(queues.worker_env(endpoint))
     env.update(
         PYTHON=sys.executable,
-        PYTHONPATH=str(REPO),
+        PYTHONPATH=str(REPO_ROOT),
         CELERY_TASK_MODULES=PROBE_MODULE,
         PROBE_RECORD_FILE=str(run_dir / "record.txt"),
         WORKER_RUN_DIR=str(run_dir / "worker"),
@@ -69,7 +76,6 @@ class ScriptRun:
     process: subprocess.Popen
     output_path: Path
     env: dict[str, str]
-    started: float = field(default_factory=time.monotonic)
 
     @property
     def output(self) -> str:
@@ -83,7 +89,7 @@ class ScriptRun:
         return read_events(self.record_file)
 
     def worker_pid(self, timeout: float = 60) -> int:
-        return wait_until(self._worker_pid_or_none, timeout, what="the worker's pidfile")
+        return wait_until(self.current_worker_pid, timeout, what="the worker's pidfile")
 
     def wait(self, timeout: float) -> int:
         try:
@@ -96,14 +102,15 @@ class ScriptRun:
 
     def kill_everything(self) -> None:
         """Cleanup after a failed test: the script and its worker, however far they got."""
-        _kill_group_of(self._worker_pid_or_none())
+        _kill_group_of(self.current_worker_pid())
         _kill_group_of(self.process.pid)
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
 
-    def _worker_pid_or_none(self) -> int | None:
+    def current_worker_pid(self) -> int | None:
+        """The Celery worker's pid now, None before it wrote its pidfile."""
         pidfile = Path(self.env["WORKER_RUN_DIR"]) / "worker.pid"
         # The worker replaces its pidfile once while it starts, so it may be missing or empty.
         try:
@@ -116,7 +123,7 @@ def start_script(env: dict[str, str], output_path: Path) -> ScriptRun:
     output = open(output_path, "ab")
     try:
         process = subprocess.Popen(
-            [str(SCRIPT)], cwd=str(CONTAINER), env=env, stdout=output, stderr=subprocess.STDOUT,
+            [str(SCRIPT)], cwd=str(CONTAINER_DIR), env=env, stdout=output, stderr=subprocess.STDOUT,
             # Its own process group, so cleanup can end it with everything it started.
             start_new_session=True,
         )
@@ -136,7 +143,7 @@ def running_script(env: dict[str, str], output_path: Path) -> Iterator[ScriptRun
             run.kill_everything()
         else:
             # Pool processes a test orphaned on purpose must not run on into later tests.
-            _kill_group_of(run._worker_pid_or_none())
+            _kill_group_of(run.current_worker_pid())
 
 
 def _kill_group_of(pid: int | None) -> None:
@@ -152,7 +159,7 @@ def _kill_group_of(pid: int | None) -> None:
 
 def load_filler():
     """fill-batch-queue.py as a module (its name has dashes)."""
-    spec = importlib.util.spec_from_file_location("fill_batch_queue", CONTAINER / "fill-batch-queue.py")
+    spec = importlib.util.spec_from_file_location("fill_batch_queue", CONTAINER_DIR / "fill-batch-queue.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -174,8 +181,6 @@ def environment(env: dict[str, str]) -> Iterator[None]:
 def fill(env: dict[str, str], count: int, task: str = "probe.record", args: list | None = None,
          kwargs: dict | None = None, countdown: float | None = None) -> None:
     """Send ``count`` tasks with the real filler in this process; raise if it does not send them all."""
-    import json
-
     argv = ["-n", str(count), "--task", task, "--quiet"]
     if args is not None:
         argv += ["--args", json.dumps(args)]

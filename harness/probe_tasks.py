@@ -3,7 +3,7 @@
 With no result backend, each task appends one line per event to the file named by
 ``PROBE_RECORD_FILE`` (``<event> <task id> <tag> <pid>``), so a caller can count how often each
 task started and finished and prove that none was lost or run twice. Load them into a worker
-with ``CELERY_TASK_MODULES=batch_celery.local.probe_tasks`` (the repository root on PYTHONPATH).
+with ``CELERY_TASK_MODULES=harness.probe_tasks`` (the repository root on PYTHONPATH).
 """
 
 from __future__ import annotations
@@ -50,22 +50,26 @@ def crash(self, tag: str = "") -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def read_events(path: str | Path) -> dict[str, Counter]:
-    """{event: Counter(task id -> times)} from a record file (empty if it does not exist)."""
-    events: dict[str, Counter] = {}
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return events
-    for line in lines:
-        fields = line.split()
-        if len(fields) >= 2:
-            events.setdefault(fields[0], Counter())[fields[1]] += 1
-    return events
-
-
 @shared_task(name="probe.retry", bind=True, max_retries=2, default_retry_delay=1)
 def retry(self, tag: str = "") -> None:
     """Fail every time through Celery's own retries (``self.retry``), then for good."""
     _record("fail", self.request.id, tag)
     raise self.retry(exc=RuntimeError(f"probe.retry {tag} fails on purpose"))
+
+
+def read_records(path: str | Path) -> list[tuple[str, str, str]]:
+    """(event, task id, pid) of every line of a record file (empty if it does not exist)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    # The tag may be empty, so the pid is the last field, not the fourth.
+    return [(fields[0], fields[1], fields[-1]) for fields in map(str.split, lines) if len(fields) >= 3]
+
+
+def read_events(path: str | Path) -> dict[str, Counter]:
+    """{event: Counter(task id -> times)} from a record file (empty if it does not exist)."""
+    events: dict[str, Counter] = {}
+    for event, task_id, _ in read_records(path):
+        events.setdefault(event, Counter())[task_id] += 1
+    return events

@@ -16,24 +16,28 @@ endpoint would; ``come_back()`` listens again on the same port. Plain threads, a
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import json
 import select
 import socket
 import struct
 import sys
 import threading
+from collections import Counter
 from contextlib import contextmanager
 from typing import Iterator
+from urllib.parse import parse_qs, urlsplit
 
-HOST = "127.0.0.1"
+from batch_celery.local.motoserver import HOST
+
 _TICK = 0.2  # how often blocked threads look at the stop flags
 
 
 class FaultProxy:
-    def __init__(self, target_port: int, *, target_host: str = HOST, port: int = 0) -> None:
-        self.target = (target_host, target_port)
-        self.port = port
-        self.connections_accepted = 0
+    def __init__(self, target_port: int) -> None:
+        self.target = (HOST, target_port)
+        self.port = 0  # chosen at the first start, kept across outages
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._listener: socket.socket | None = None
@@ -123,7 +127,6 @@ class FaultProxy:
                     _reset(client)
                     _reset(upstream)
                     continue
-                self.connections_accepted += 1
                 self._open.update((client, upstream))
             threading.Thread(
                 target=self._pump, args=(client, upstream), name="fault-proxy-pump", daemon=True
@@ -187,8 +190,6 @@ def api_action(path: str, headers, body: bytes) -> str:
     target = headers.get("X-Amz-Target")
     if target:
         return target.rsplit(".", 1)[-1]
-    from urllib.parse import parse_qs, urlsplit
-
     query = parse_qs(urlsplit(path).query)
     if "Action" in query:
         return query["Action"][0]
@@ -208,8 +209,6 @@ class ApiProxy:
     """
 
     def __init__(self, target: str, decide=None) -> None:
-        from collections import Counter
-
         self.target = target
         self.decide = decide or (lambda action: None)
         self.counts: Counter = Counter()
@@ -228,10 +227,6 @@ class ApiProxy:
             self.faults.clear()
 
     def start(self) -> "ApiProxy":
-        import http.client
-        import http.server
-        from urllib.parse import urlsplit
-
         proxy = self
         target = urlsplit(self.target)
 
