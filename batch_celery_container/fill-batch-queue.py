@@ -1,15 +1,18 @@
-"""Send N tasks to the batch queue, e.g. to try the workers: ``python fill-batch-queue.py -n 100``.
+"""Send N tasks to the workers, e.g. to try them: ``python fill-batch-queue.py -n 100 --task gpu.matmul``.
 
 The queue comes from the same environment as the worker's (CELERY_QUEUE_NAME, CELERY_QUEUE_URL,
-region, optional AWS_ENDPOINT_URL_SQS). Prints how many tasks were sent; exits 0 when all N
-were sent, 1 when the queue cannot be used (with one line saying why), 2 on bad arguments or
-configuration.
+region, optional AWS_ENDPOINT_URL_SQS). With CELERY_ROUTES (the stack's routes JSON, routing.py)
+a task goes where a producer app would send it: to the queue of the pool its name is routed to,
+so one filler serves every pool. Prints how many tasks were sent to which queue; exits 0 when
+all N were sent, 1 when the queue cannot be used (with one line saying why), 2 on bad arguments
+or configuration.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -64,9 +67,10 @@ def _json_of(kind: type, label: str):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _Parser(prog="fill-batch-queue.py", description="Send N tasks to the batch queue.")
+    parser = _Parser(prog="fill-batch-queue.py", description="Send N tasks to the queue of the pool that runs them.")
     parser.add_argument("-n", "--num-messages", type=_count, required=True, help=f"how many tasks (1..{MAX_MESSAGES})")
-    parser.add_argument("--task", default=DEFAULT_TASK, help=f"registered task name [{DEFAULT_TASK}]")
+    parser.add_argument("--task", default=DEFAULT_TASK,
+                        help=f"registered task name; with CELERY_ROUTES it goes to its pool's queue [{DEFAULT_TASK}]")
     parser.add_argument("--args", type=_json_of(list, "list"), default=[], help='positional arguments as JSON, e.g. "[100000]"')
     parser.add_argument("--kwargs", type=_json_of(dict, "object"), default={}, help='keyword arguments as JSON, e.g. \'{"terms": 1000}\'')
     parser.add_argument("--countdown", type=_seconds, default=None,
@@ -86,30 +90,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import contract
+    import routing
     from worker_settings import ConfigError, WorkerSettings
 
     try:
         settings = WorkerSettings.from_env()
+        routes_json = os.environ.get(contract.ROUTES, "").strip()
+        routes = routing.parse_routes(routes_json) if routes_json else None
     except ConfigError as error:
         print(f"fill-batch-queue: configuration error: {error}", file=sys.stderr)
         return 2
+    except routing.RoutingError as error:
+        print(f"fill-batch-queue: configuration error: {contract.ROUTES}: {error}", file=sys.stderr)
+        return 2
+
+    # The worker's settings, without importing the worker's module state: tasks go by name.
+    config = settings.celery_config()
+    queue_url, destination = settings.queue_url, settings.queue_name
+    if routes is not None:
+        routed = routing.celery_settings(routes)
+        # The worker's transport options (endpoint scheme, polling) with every pool's queue.
+        routed["broker_transport_options"] = {**config["broker_transport_options"], **routed["broker_transport_options"]}
+        config.update(routed)
+        pool = routing.pool_for(routes, args.task)
+        route = routes.pools[pool]
+        queue_url, destination = route.queue_url, f"{route.queue_name} (pool {pool})"
 
     from botocore.exceptions import BotoCoreError, ClientError
     from celery import Celery
 
     # Fail fast and clearly on a wrong URL or an unreachable endpoint, before sending anything.
     try:
-        settings.sqs_client().get_queue_attributes(QueueUrl=settings.queue_url, AttributeNames=["QueueArn"])
+        settings.sqs_client().get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
     except ClientError as error:
-        print(f"fill-batch-queue: queue {settings.queue_url} cannot be used: {error.response['Error'].get('Message') or error}", file=sys.stderr)
+        print(f"fill-batch-queue: queue {queue_url} cannot be used: {error.response['Error'].get('Message') or error}", file=sys.stderr)
         return 1
     except BotoCoreError as error:
-        print(f"fill-batch-queue: queue {settings.queue_url} is unreachable: {error}", file=sys.stderr)
+        print(f"fill-batch-queue: queue {queue_url} is unreachable: {error}", file=sys.stderr)
         return 1
 
-    # The worker's settings, without importing the worker's module state: tasks go by name.
     app = Celery("fill-batch-queue", set_as_current=False)
-    app.conf.update(settings.celery_config())
+    app.conf.update(config)
     step = max(1, args.num_messages // 10)
     sent = 0
     try:
@@ -124,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         reason = " ".join(str(error).split()) or type(error).__name__
         print(f"fill-batch-queue: sent {sent} of {args.num_messages} tasks, then failed: {reason}", file=sys.stderr)
         return 1
-    print(f"sent {sent} {args.task} tasks to {settings.queue_name}")
+    print(f"sent {sent} {args.task} tasks to {destination}")
     return 0
 
 

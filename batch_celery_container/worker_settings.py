@@ -1,8 +1,9 @@
 """The worker's configuration, read from the environment once and validated.
 
 The queue is born in CDK and reaches the worker only through the job's environment, so this
-module is the one place that reads it. Run it as a script to check an environment before a
-worker starts: it prints one line and exits 0, or prints what is wrong and exits 2.
+module is the one place that reads it, by the names contract.py declares. Run it as a script to
+check an environment before a worker starts: it prints one line and exits 0, or prints what is
+wrong and exits 2.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from dataclasses import dataclass
 from typing import Mapping
 from urllib.parse import urlsplit
 
+import contract
 import limits
+import routing
 
 # A task that raised is received again after this many seconds times its receive count (capped
 # by the visibility timeout), until SQS moves it to the dead-letter queue (outage_tolerant_sqs.py).
@@ -29,6 +32,8 @@ class WorkerSettings:
     queue_name: str
     queue_url: str
     region: str
+    # The pool this worker serves (its queue is the pool's); None for a worker outside a stack.
+    pool: str | None = None
     # Standard boto3 variable: when set, the broker and every boto3 client speak to it (moto).
     endpoint_url: str | None = None
     concurrency: int = 1
@@ -151,46 +156,52 @@ class WorkerSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "WorkerSettings":
         env = os.environ if environ is None else environ
-        queue_name = _required(env, "CELERY_QUEUE_NAME")
-        queue_url = _required(env, "CELERY_QUEUE_URL")
-        if urlsplit(queue_url).scheme not in ("http", "https") or not urlsplit(queue_url).hostname:
-            raise ConfigError(f"CELERY_QUEUE_URL={queue_url!r} is not a queue URL; expected http(s)://host/ACCOUNT/NAME")
-        if queue_url.rstrip("/").rsplit("/", 1)[-1] != queue_name:
+        queue_name = _required(env, contract.QUEUE_NAME)
+        queue_url = _required(env, contract.QUEUE_URL)
+        named = routing.queue_name_of(queue_url)
+        if named is None:
+            raise ConfigError(f"{contract.QUEUE_URL}={queue_url!r} is not a queue URL; expected http(s)://host/ACCOUNT/NAME")
+        if named != queue_name:
             raise ConfigError(
-                f"CELERY_QUEUE_URL={queue_url!r} does not end with CELERY_QUEUE_NAME={queue_name!r}; "
+                f"{contract.QUEUE_URL}={queue_url!r} does not end with {contract.QUEUE_NAME}={queue_name!r}; "
                 "they must name the same queue"
             )
-        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+        # AWS_REGION is what the AWS runtimes set; the stack sets the contract's name.
+        region = env.get("AWS_REGION") or env.get(contract.REGION)
         if not region:
-            raise ConfigError("AWS_REGION or AWS_DEFAULT_REGION must be set to the queue's region")
-        endpoint_url = env.get("AWS_ENDPOINT_URL_SQS") or None
+            raise ConfigError(f"AWS_REGION or {contract.REGION} must be set to the queue's region")
+        pool = env.get(contract.POOL, "").strip() or None
+        if pool is not None:
+            _check(contract.POOL, pool, routing.pool_name_problem(pool))
+        endpoint_url = env.get(contract.ENDPOINT_URL_SQS) or None
         if endpoint_url is not None:
             parts = urlsplit(endpoint_url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ConfigError(
-                    f"AWS_ENDPOINT_URL_SQS={endpoint_url!r} is not an endpoint; expected http(s)://host[:port]"
+                    f"{contract.ENDPOINT_URL_SQS}={endpoint_url!r} is not an endpoint; expected http(s)://host[:port]"
                 )
-        visibility = _int(env, "VISIBILITY_TIMEOUT_SECONDS", limits.DEFAULT_VISIBILITY_TIMEOUT_SECONDS)
-        _check("VISIBILITY_TIMEOUT_SECONDS", visibility, limits.visibility_timeout_problem(visibility))
-        time_limit = _int(env, "TASK_TIME_LIMIT_SECONDS", 900)
-        _check("TASK_TIME_LIMIT_SECONDS", time_limit, limits.task_time_limit_problem(time_limit, visibility))
-        heartbeat = _int(env, "HEARTBEAT_SECONDS", limits.default_heartbeat_seconds(visibility))
-        _check("HEARTBEAT_SECONDS", heartbeat, limits.heartbeat_problem(heartbeat, visibility))
+        visibility = _int(env, contract.VISIBILITY_TIMEOUT_SECONDS, limits.DEFAULT_VISIBILITY_TIMEOUT_SECONDS)
+        _check(contract.VISIBILITY_TIMEOUT_SECONDS, visibility, limits.visibility_timeout_problem(visibility))
+        time_limit = _int(env, contract.TASK_TIME_LIMIT_SECONDS, 900)
+        _check(contract.TASK_TIME_LIMIT_SECONDS, time_limit, limits.task_time_limit_problem(time_limit, visibility))
+        heartbeat = _int(env, contract.HEARTBEAT_SECONDS, limits.default_heartbeat_seconds(visibility))
+        _check(contract.HEARTBEAT_SECONDS, heartbeat, limits.heartbeat_problem(heartbeat, visibility))
         # Read by the lifecycle script; checked here so that a bad value is one line before start.
-        grace = _int(env, "STOP_GRACE_SECONDS", limits.DEFAULT_STOP_GRACE_SECONDS)
-        _check("STOP_GRACE_SECONDS", grace, limits.stop_grace_problem(grace))
-        modules = tuple(m.strip() for m in env.get("CELERY_TASK_MODULES", "").split(",") if m.strip())
+        grace = _int(env, contract.STOP_GRACE_SECONDS, limits.DEFAULT_STOP_GRACE_SECONDS)
+        _check(contract.STOP_GRACE_SECONDS, grace, limits.stop_grace_problem(grace))
+        modules = tuple(m.strip() for m in env.get(contract.TASK_MODULES, "").split(",") if m.strip())
         return cls(
             queue_name=queue_name,
             queue_url=queue_url,
             region=region,
+            pool=pool,
             endpoint_url=endpoint_url,
-            concurrency=_int(env, "WORKER_CONCURRENCY", 1, 1, limits.MAX_CONCURRENCY),
-            prefetch_multiplier=_int(env, "WORKER_PREFETCH_MULTIPLIER", 1, 1, 100),
+            concurrency=_int(env, contract.CONCURRENCY, 1, 1, limits.MAX_CONCURRENCY),
+            prefetch_multiplier=_int(env, contract.PREFETCH_MULTIPLIER, 1, 1, 100),
             task_time_limit_seconds=time_limit,
             visibility_timeout_seconds=visibility,
             heartbeat_seconds=heartbeat,
-            run_dir=env.get("WORKER_RUN_DIR") or None,
+            run_dir=env.get(contract.RUN_DIR) or None,
             task_modules=modules,
         )
 
@@ -216,10 +227,10 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int = 1, high: in
     return value
 
 
-def _check(name: str, value: int, problem: str | None) -> None:
-    """A rule of limits.py (shared with synth) broken: one line with the variable's name."""
+def _check(name: str, value: int | str, problem: str | None) -> None:
+    """A rule of limits.py or routing.py (shared with synth) broken: one line with the variable's name."""
     if problem:
-        raise ConfigError(f"{name}={value} is not allowed; {problem}")
+        raise ConfigError(f"{name}={value!r} is not allowed; {problem}")
 
 
 def main() -> int:
@@ -229,7 +240,7 @@ def main() -> int:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
     print(
-        f"queue {settings.queue_name} in {settings.region}"
+        f"{'pool ' + settings.pool + ', ' if settings.pool else ''}queue {settings.queue_name} in {settings.region}"
         f"{' via ' + settings.endpoint_url if settings.endpoint_url else ''}, "
         f"concurrency {settings.concurrency}, prefetch {settings.prefetch_multiplier}, task time limit {settings.task_time_limit_seconds} s "
         f"(soft {settings.task_soft_time_limit_seconds} s), visibility timeout {settings.visibility_timeout_seconds} s "

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
+from batch_celery import CONTAINER_DIR as CONTAINER
 from batch_celery.local.motoserver import free_port
 from batch_celery.local.queues import message_counts
-
-from batch_celery.local.lifecycle import CONTAINER, environment, load_filler, worker_env
+from harness.lifecycle import environment, load_filler, worker_env
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +96,55 @@ def test_rejects_unreachable_endpoint(moto_server, make_queues, tmp_path):
     assert result.returncode == 1
     assert "is unreachable" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def _routes(moto_server, default, gpu) -> str:
+    """The stack's routes JSON for a default pool and a "gpu" pool that takes gpu.*."""
+    return json.dumps({
+        "default_pool": "default",
+        "region": moto_server.region,
+        "pools": {
+            "default": {"queue_name": default.name, "queue_url": default.url, "tasks": []},
+            "gpu": {"queue_name": gpu.name, "queue_url": gpu.url, "tasks": ["gpu.*"]},
+        },
+    })
+
+
+def test_routes_each_task_to_its_pools_queue(moto_server, sqs, make_queues, tmp_path, filler, capsys):
+    default, gpu = make_queues(), make_queues()
+    # As the stack sets up the filler job: the default pool's queue, and the routes to every pool.
+    env = worker_env(moto_server, default, tmp_path, CELERY_ROUTES=_routes(moto_server, default, gpu))
+    with environment(env):
+        assert filler.main(["-n", "4", "--task", "gpu.matmul"]) == 0
+        assert filler.main(["-n", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"sent 4 gpu.matmul tasks to {gpu.name} (pool gpu)",
+        f"sent 2 batch.calculate_pi tasks to {default.name} (pool default)",
+    ]
+    assert (message_counts(sqs, gpu.url), message_counts(sqs, default.url)) == ((4, 0, 0), (2, 0, 0))
+
+
+def test_checks_the_routed_queue_before_sending(moto_server, sqs, make_queues, tmp_path, filler, capsys):
+    default, gpu = make_queues(), make_queues()
+    sqs.delete_queue(QueueUrl=gpu.url)
+    env = worker_env(moto_server, default, tmp_path, CELERY_ROUTES=_routes(moto_server, default, gpu))
+    with environment(env):
+        assert filler.main(["-n", "1", "--task", "gpu.matmul"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"fill-batch-queue: queue {gpu.url} cannot be used") and len(err.strip().splitlines()) == 1
+    assert message_counts(sqs, default.url) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "routes, expected",
+    [
+        ("{not json", "CELERY_ROUTES: the routes are not JSON (Expecting property name"),
+        ('{"default_pool": "cpu", "region": "r", "pools": {}}', "CELERY_ROUTES: the routes' 'pools' is empty"),
+    ],
+)
+def test_rejects_bad_routes(moto_server, make_queues, tmp_path, filler, capsys, routes, expected):
+    with environment(worker_env(moto_server, make_queues(), tmp_path, CELERY_ROUTES=routes)):
+        assert filler.main(["-n", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fill-batch-queue: configuration error: {expected}")
+    assert len(err.strip().splitlines()) == 1, err

@@ -1,0 +1,78 @@
+"""The worker's environment contract: every variable the CDK side sets and the container reads.
+
+Declared once, here, with no dependencies: the CDK app builds the job environment with
+``worker_environment`` / ``filler_environment`` (``from batch_celery_container import contract``),
+the worker reads the same names (``import contract`` in worker_settings.py; the lifecycle script
+reads the same spelling, checked by tests/container/test_static.py). Whatever synth accepts, the
+worker accepts: tests start a worker from the environment of every pool synth builds.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+# --- set by the stack on every worker job --------------------------------------------------
+QUEUE_NAME = "CELERY_QUEUE_NAME"
+QUEUE_URL = "CELERY_QUEUE_URL"
+REGION = "AWS_DEFAULT_REGION"
+POOL = "WORKER_POOL"
+IDLE_SECONDS = "IDLE_SECONDS"
+POLL_SECONDS = "POLL_SECONDS"
+CONCURRENCY = "WORKER_CONCURRENCY"
+TASK_TIME_LIMIT_SECONDS = "TASK_TIME_LIMIT_SECONDS"
+VISIBILITY_TIMEOUT_SECONDS = "VISIBILITY_TIMEOUT_SECONDS"
+STOP_GRACE_SECONDS = "STOP_GRACE_SECONDS"
+
+# --- set by the stack on the filler job: where each task name goes (routing.py's JSON) --------
+ROUTES = "CELERY_ROUTES"
+
+# --- optional, never set by the stack (an image or a local run sets them) ---------------------
+TASK_MODULES = "CELERY_TASK_MODULES"
+PREFETCH_MULTIPLIER = "WORKER_PREFETCH_MULTIPLIER"
+HEARTBEAT_SECONDS = "HEARTBEAT_SECONDS"
+RUN_DIR = "WORKER_RUN_DIR"
+ENDPOINT_URL_SQS = "AWS_ENDPOINT_URL_SQS"
+
+WORKER_VARIABLES = (
+    QUEUE_NAME, QUEUE_URL, REGION, POOL, IDLE_SECONDS, POLL_SECONDS, CONCURRENCY,
+    TASK_TIME_LIMIT_SECONDS, VISIBILITY_TIMEOUT_SECONDS, STOP_GRACE_SECONDS,
+)
+FILLER_VARIABLES = (QUEUE_NAME, QUEUE_URL, REGION, ROUTES)
+
+
+def worker_environment(
+    *,
+    pool: str,
+    queue_name: str,
+    queue_url: str,
+    region: str,
+    idle_seconds: int,
+    poll_seconds: int,
+    concurrency: int,
+    task_time_limit_seconds: int,
+    visibility_timeout_seconds: int,
+    stop_grace_seconds: int,
+) -> dict[str, str]:
+    """The environment of one pool's worker job (values may be CloudFormation tokens)."""
+    return {
+        QUEUE_NAME: queue_name,
+        QUEUE_URL: queue_url,
+        REGION: region,
+        POOL: pool,
+        IDLE_SECONDS: str(idle_seconds),
+        POLL_SECONDS: str(poll_seconds),
+        CONCURRENCY: str(concurrency),
+        TASK_TIME_LIMIT_SECONDS: str(task_time_limit_seconds),
+        VISIBILITY_TIMEOUT_SECONDS: str(visibility_timeout_seconds),
+        STOP_GRACE_SECONDS: str(stop_grace_seconds),
+    }
+
+
+def filler_environment(*, queue_name: str, queue_url: str, region: str, routes_json: str) -> dict[str, str]:
+    """The filler job's environment: the default pool's queue, and the routes to every pool."""
+    return {QUEUE_NAME: queue_name, QUEUE_URL: queue_url, REGION: region, ROUTES: routes_json}
+
+
+def missing(environ: Mapping[str, str], names: tuple[str, ...] = WORKER_VARIABLES) -> list[str]:
+    """Names of the contract that ``environ`` lacks (empty values count as missing)."""
+    return [name for name in names if not str(environ.get(name, "")).strip()]
