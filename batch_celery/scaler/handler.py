@@ -1,26 +1,40 @@
-"""The scaler Lambda: read the queue and this stack's worker jobs, submit the missing workers.
+"""The scaler Lambda: for every worker pool, read its queue and worker jobs, submit the missing workers.
 
 Runs every minute on an EventBridge schedule (and when a depth or SLA alarm goes into ALARM).
 One run decides every POLL_SECONDS, starting no decision after LOOP_SECONDS, then returns: a
-backlog is seen within POLL_SECONDS, not a minute. Everything it needs comes from environment
+backlog is seen within POLL_SECONDS, not a minute. One function serves every pool; a decision
+decides for each pool in turn, independently. Everything it needs comes from environment
 variables that the CDK stack sets on the function (nothing here is a default the stack does not
 control):
 
-    QUEUE_URL            the task queue
-    JOB_QUEUE            Batch job queue ARN (or name)
-    JOB_DEFINITION       worker job definition ARN (or name); jobs of any revision count as workers
-    JOB_NAME             name given to the worker jobs this function submits
-    MESSAGES_PER_WORKER  acceptable backlog per worker (see policy.py)
-    MAX_WORKERS          cap on active workers, normally what the compute environment runs at once
-    TASKS_PER_WORKER     tasks one worker runs at once (its Celery concurrency)
-    POLL_SECONDS         seconds between two decisions of one run
-    LOOP_SECONDS         no decision starts later than this after the run began (0: one decision)
+    POOLS          JSON list, one object per pool (numbers as JSON numbers or strings of digits):
+                   {"pool": "default",                 name, unique; in every log line
+                    "queue_url": "https://...",        the pool's task queue, unique
+                    "job_queue": "<arn or name>",      its Batch job queue
+                    "job_definition": "<arn or name>", its worker job definition; jobs of any
+                                                       revision in its job queue count as workers
+                    "job_name": "celery-worker-default",
+                                                       name given to the jobs submitted for it
+                    "messages_per_worker": 10,         acceptable backlog per worker (policy.py), >= 1
+                    "max_workers": 48,                 cap on its active workers, >= 0 (0: off)
+                    "tasks_per_worker": 1}             tasks one worker runs at once, >= 1
+                   No two pools share a job queue and a job definition name (each would count the
+                   other's workers as its own).
+    POLL_SECONDS   seconds between two decisions of one run (>= 1)
+    LOOP_SECONDS   no decision starts later than this after the run began (0: one decision)
 
-Safety rules: if any reading fails, that decision submits nothing (never scale on partial
-information); if a submission fails, that decision stops there (the next one re-evaluates from
-fresh counts, which include any job that did land). Each decision prints exactly one JSON line; a
-failed decision does not end the loop, but the run raises ``ScalerRunFailed`` at its end, so it
-counts once in the function's Errors metric (and its alarm).
+Pairing: a pool's job definition is only ever submitted to that pool's job queue, both taken from
+the same POOLS entry. IAM cannot express that pairing inside one role (SubmitJob is authorized on
+the job queue and the job definition separately), so the stack scopes SubmitJob to the pools' job
+queues and definitions, and this handler is what keeps one pool's workers out of another's queue.
+
+Safety rules, per pool: if any of a pool's readings fails, that pool submits nothing in that
+decision (never scale on partial information); if a submission fails, that pool stops there (the
+next decision re-evaluates from fresh counts, which include any job that did land). Either way the
+other pools' decisions go ahead. Each pool's decision prints exactly one JSON line, with its
+``pool`` (for CloudWatch Logs Insights: ``filter pool = "gpu"``); a failed one does not end the
+loop, but the run raises ``ScalerRunFailed`` at its end, naming the failed pools, so it counts once
+in the function's Errors metric (and its alarm).
 
 Imports are relative so the same files work as ``batch_celery.scaler`` locally and as the
 top-level ``scaler`` package inside the Lambda asset.
@@ -31,6 +45,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -57,8 +72,13 @@ _BOTO_CONFIG = BotoConfig(retries={"mode": "standard", "max_attempts": 3}, conne
 # botocore's standard mode; ``total_max_attempts`` counts calls.)
 SUBMIT_CONFIG = _BOTO_CONFIG.merge(BotoConfig(retries={"mode": "standard", "total_max_attempts": 1}))
 
-ENV_NAMES = ("QUEUE_URL", "JOB_QUEUE", "JOB_DEFINITION", "JOB_NAME", "MESSAGES_PER_WORKER", "MAX_WORKERS",
-             "TASKS_PER_WORKER", "POLL_SECONDS", "LOOP_SECONDS")
+ENV_NAMES = ("POOLS", "POLL_SECONDS", "LOOP_SECONDS")
+# Each pool's fields in POOLS: the strings, then the whole numbers with their minimum.
+POOL_TEXT_FIELDS = ("pool", "queue_url", "job_queue", "job_definition", "job_name")
+POOL_NUMBER_FIELDS = {"messages_per_worker": 1, "max_workers": 0, "tasks_per_worker": 1}
+POOL_FIELDS = POOL_TEXT_FIELDS + tuple(POOL_NUMBER_FIELDS)
+# SubmitJob's jobName: up to 128 letters, digits, hyphens and underscores, the first alphanumeric.
+JOB_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
 
 class ScalerError(Exception):
@@ -70,35 +90,119 @@ class ScalerRunFailed(RuntimeError):
 
 
 @dataclass(frozen=True)
-class ScalerConfig:
+class PoolConfig:
+    """One worker pool: its task queue, and the job queue and job definition of its workers."""
+
+    pool: str
     queue_url: str
     job_queue: str
     job_definition: str
     job_name: str
     messages_per_worker: int
     max_workers: int
+    # In-flight messages per busy worker: a worker of concurrency 4 holding 4 messages is one worker.
+    tasks_per_worker: int = 1
+
+    @classmethod
+    def from_json(cls, index: int, item: Any) -> "PoolConfig":
+        """One POOLS entry; a bad one raises ``ValueError`` with one line naming the pool and field."""
+        if not isinstance(item, dict):
+            raise ValueError(f"POOLS[{index}] = {_shown(item)}: must be a JSON object with {', '.join(POOL_FIELDS)}")
+        name = item.get("pool")
+        label = f"POOLS[{index}]"
+        if "pool" in item:
+            _require_text(label, "pool", name)
+            label = f"POOLS[{index}] ({name})"
+        # One line for both, so that a misspelt field reads as what it is.
+        faults = [f"lacks {field}" for field in POOL_FIELDS if field not in item]
+        faults += [f"has unknown field {field}" for field in sorted(set(item) - set(POOL_FIELDS))]
+        if faults:
+            raise ValueError(f"{label} {', '.join(faults)}: a pool has exactly {', '.join(POOL_FIELDS)}")
+        for field in POOL_TEXT_FIELDS:
+            _require_text(label, field, item[field])
+        if not JOB_NAME_PATTERN.fullmatch(item["job_name"]):
+            raise ValueError(f"{label}.job_name = {_shown(item['job_name'])}: must be 1-128 letters, digits, "
+                             "hyphens or underscores, starting with a letter or digit (Batch's job name rule)")
+        numbers = {field: _whole(label, field, item[field], minimum) for field, minimum in POOL_NUMBER_FIELDS.items()}
+        return cls(**{field: item[field] for field in POOL_TEXT_FIELDS}, **numbers)
+
+
+@dataclass(frozen=True)
+class ScalerConfig:
+    pools: tuple[PoolConfig, ...]
     # One decision per run unless told otherwise (callers that build the config themselves).
     poll_seconds: int = 10
     loop_seconds: int = 0
-    # In-flight messages per busy worker: a worker of concurrency 4 holding 4 messages is one worker.
-    tasks_per_worker: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pools", tuple(self.pools))
+        if not self.pools:
+            raise ValueError("POOLS = []: must list at least one pool")
+        # On every config, however it was built (from_env's too): two pools that read one task
+        # queue, or count workers in one job queue by one definition name, would each scale for
+        # the other's backlog or workers.
+        names: dict[str, int] = {}
+        queues: dict[str, int] = {}
+        workers: dict[tuple[str, str], int] = {}
+        for index, pool in enumerate(self.pools):
+            label = f"POOLS[{index}] ({pool.pool})"
+            if pool.pool in names:
+                raise ValueError(f"{label}.pool = {_shown(pool.pool)}: POOLS[{names[pool.pool]}] has that name "
+                                 "already; pool names must be unique")
+            names[pool.pool] = index
+            if pool.queue_url in queues:
+                other = self.pools[queues[pool.queue_url]]
+                raise ValueError(f"{label}.queue_url = {_shown(pool.queue_url)}: POOLS[{queues[pool.queue_url]}] "
+                                 f"({other.pool}) reads that queue too; each pool needs its own task queue")
+            queues[pool.queue_url] = index
+            # Workers are counted by job definition name within a job queue, whatever the form
+            # (ARN or name) and revision each pool was given.
+            key = (_resource_name(pool.job_queue), definition_name(pool.job_definition))
+            if key in workers:
+                other = self.pools[workers[key]]
+                raise ValueError(f"{label}: job_queue {_shown(pool.job_queue)} with job_definition "
+                                 f"{_shown(pool.job_definition)} is POOLS[{workers[key]}] ({other.pool})'s pair too; "
+                                 "each pool needs its own job queue or job definition")
+            workers[key] = index
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> "ScalerConfig":
         missing = [name for name in ENV_NAMES if not environ.get(name)]
         if missing:
             raise ValueError(f"missing environment variable(s) {', '.join(missing)}: the stack must set them")
+        try:
+            items = json.loads(environ["POOLS"])
+        except json.JSONDecodeError as error:
+            raise ValueError(f"POOLS is not valid JSON: {error}") from None
+        if not isinstance(items, list):
+            raise ValueError(f"POOLS = {_shown(items)}: must be a JSON list of pool objects")
         return cls(
-            queue_url=environ["QUEUE_URL"],
-            job_queue=environ["JOB_QUEUE"],
-            job_definition=environ["JOB_DEFINITION"],
-            job_name=environ["JOB_NAME"],
-            messages_per_worker=_int_env(environ, "MESSAGES_PER_WORKER", minimum=1),
-            max_workers=_int_env(environ, "MAX_WORKERS", minimum=0),
+            pools=tuple(PoolConfig.from_json(index, item) for index, item in enumerate(items)),
             poll_seconds=_int_env(environ, "POLL_SECONDS", minimum=1),
             loop_seconds=_int_env(environ, "LOOP_SECONDS", minimum=0),
-            tasks_per_worker=_int_env(environ, "TASKS_PER_WORKER", minimum=1),
         )
+
+
+def _shown(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _require_text(label: str, field: str, value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{label}.{field} = {_shown(value)}: must be a non-empty string")
+
+
+def _whole(label: str, field: str, value: Any, minimum: int) -> int:
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value):
+        number = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        number = None
+    if number is None or number < minimum:
+        raise ValueError(f"{label}.{field} = {_shown(value)}: must be a whole number >= {minimum}")
+    return number
 
 
 def _int_env(environ: Mapping[str, str], name: str, *, minimum: int) -> int:
@@ -110,6 +214,11 @@ def _int_env(environ: Mapping[str, str], name: str, *, minimum: int) -> int:
     if value is None or value < minimum:
         raise ValueError(f"{name}={raw!r} is not allowed: it must be a whole number >= {minimum}")
     return value
+
+
+def _resource_name(name_or_arn: str) -> str:
+    """``arn:...:job-queue/NAME`` or ``NAME`` -> ``NAME``."""
+    return name_or_arn.rsplit("/", 1)[-1]
 
 
 def definition_name(job_definition: str) -> str:
@@ -187,8 +296,12 @@ def _active_in(job: Mapping[str, Any]) -> int:
     return sum(int(summary.get(status, 0)) for status in ACTIVE_STATUSES)
 
 
-def submit_workers(batch: Any, config: ScalerConfig, workers: int) -> list[str]:
-    """Submit ``workers`` workers as one job or array job(s); stops at the first failure."""
+def submit_workers(batch: Any, config: PoolConfig, workers: int) -> list[str]:
+    """Submit ``workers`` workers of one pool as one job or array job(s); stops at the first failure.
+
+    The job queue, job definition and job name all come from the one ``config``: this is the only
+    place a job definition meets a job queue.
+    """
     job_ids = []
     for size in submission_plan(workers):
         request = {"jobName": config.job_name, "jobQueue": config.job_queue, "jobDefinition": config.job_definition}
@@ -218,17 +331,20 @@ def _call(what: str, function: Any, **kwargs: Any) -> Any:
         raise ScalerError(f"{what} failed: {type(error).__name__}: {error}") from error
 
 
-def scale(config: ScalerConfig, sqs: Any, batch: Any, *, submit_batch: Any,
+def scale(config: PoolConfig, sqs: Any, batch: Any, *, submit_batch: Any,
           submitted_ids: list[str] | None = None) -> dict[str, Any]:
-    """One scaling decision with the given clients; returns the record that is logged.
+    """One pool's scaling decision with the given clients; returns the record that is logged.
 
     ``batch`` lists and describes jobs (retries are fine); ``submit_batch`` submits them and must
     not retry (a client with ``SUBMIT_CONFIG``), or a lost answer doubles the workers.
-    ``submitted_ids`` (the run's, updated here) are always counted while active.
+    ``submitted_ids`` (what the run submitted for this pool, updated here) are always counted
+    while active: DescribeJobs does not filter them by job queue or definition, so they must be
+    this pool's alone.
     """
     submitted_ids = [] if submitted_ids is None else submitted_ids
     record: dict[str, Any] = {
         "scaler": "batch-celery",
+        "pool": config.pool,
         "messages_per_worker": config.messages_per_worker,
         "max_workers": config.max_workers,
     }
@@ -272,32 +388,36 @@ def _clients() -> tuple[Any, Any, Any]:
     )
 
 
-def decide(config: ScalerConfig, sqs: Any, batch: Any, *, submit_batch: Any,
+def decide(config: PoolConfig, sqs: Any, batch: Any, *, submit_batch: Any,
            submitted_ids: list[str] | None = None) -> dict[str, Any]:
-    """One decision, logged as one JSON line. An unexpected error becomes an ERROR record, so one
-    bad answer costs this decision, not the rest of the run."""
+    """One pool's decision, logged as one JSON line. An unexpected error becomes an ERROR record,
+    so one bad answer costs this pool this decision, not the other pools or the rest of the run."""
     try:
         record = scale(config, sqs, batch, submit_batch=submit_batch, submitted_ids=submitted_ids)
     except Exception as error:  # noqa: BLE001 - logged, and the run still fails at its end
-        record = {"scaler": "batch-celery", "outcome": "error", "level": "ERROR", "submitted": 0,
-                  "error": f"{type(error).__name__}: {error}; the next decision re-evaluates"}
+        record = {"scaler": "batch-celery", "pool": config.pool, "outcome": "error", "level": "ERROR",
+                  "submitted": 0, "error": f"{type(error).__name__}: {error}; the next decision re-evaluates"}
     print(json.dumps(record, sort_keys=True), file=sys.stdout, flush=True)
     return record
 
 
 def run(config: ScalerConfig, sqs: Any, batch: Any, *, submit_batch: Any,
         clock: Any = time.monotonic, sleep: Any = time.sleep) -> list[dict[str, Any]]:
-    """Decide at 0, POLL, 2 x POLL, ... seconds, while that is before LOOP_SECONDS.
+    """Decide at 0, POLL, 2 x POLL, ... seconds, while that is before LOOP_SECONDS; each decision
+    decides for every pool in POOLS order and returns one record per pool.
 
     The slots are fixed from the start, so a slow decision does not shift the ones after it; a
     decision that overran a slot skips it rather than running twice back to back.
     """
     start = clock()
     records = []
-    submitted_ids: list[str] = []  # what this run submitted, counted by every later decision
+    # What this run submitted, per pool, counted by that pool's every later decision.
+    submitted_ids: dict[str, list[str]] = {pool.pool: [] for pool in config.pools}
     slot = 0
     while True:
-        records.append(decide(config, sqs, batch, submit_batch=submit_batch, submitted_ids=submitted_ids))
+        for pool in config.pools:
+            records.append(decide(pool, sqs, batch, submit_batch=submit_batch,
+                                  submitted_ids=submitted_ids[pool.pool]))
         elapsed = clock() - start
         slot = max(slot + 1, math.ceil(elapsed / config.poll_seconds))
         if slot * config.poll_seconds >= config.loop_seconds:
@@ -308,7 +428,8 @@ def run(config: ScalerConfig, sqs: Any, batch: Any, *, submit_batch: Any,
 def handler(event: Any, context: Any) -> list[dict[str, Any]]:
     """Lambda entry point (``scaler.handler.handler``); the event's content does not matter.
 
-    Returns the run's decision records; raises ``ScalerRunFailed`` after the loop if any failed.
+    Returns the run's records (one per pool per decision); raises ``ScalerRunFailed`` after the
+    loop if any failed, naming the pools that failed.
     """
     try:
         config = ScalerConfig.from_env(os.environ)
@@ -323,8 +444,10 @@ def handler(event: Any, context: Any) -> list[dict[str, Any]]:
     if failed:
         # After the log lines: the run counts once in the function's Errors metric, which the
         # stack alarms on. Async retries are off, so raising never repeats a submission.
+        pools = ", ".join(dict.fromkeys(r["pool"] for r in failed))
         last = failed[-1]
         raise ScalerRunFailed(
-            f"{len(failed)} of {len(records)} decisions failed; last: {last['outcome']}: {last.get('error', '')}"
+            f"{len(failed)} of {len(records)} pool decisions failed (pools: {pools}); "
+            f"last: {last['pool']}: {last['outcome']}: {last.get('error', '')}"
         )
     return records

@@ -9,6 +9,7 @@ restores the server's configuration afterwards, because the server is shared by 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import urllib.request
@@ -17,8 +18,9 @@ import uuid
 import boto3
 import pytest
 
-from batch_celery.local.faults import LOST_RESPONSE, THROTTLE, ApiProxy
+from harness.faults import LOST_RESPONSE, THROTTLE, ApiProxy
 from batch_celery.scaler import handler as scaler
+
 
 def _moto_api(server, path, body=None):
     request = urllib.request.Request(
@@ -55,20 +57,29 @@ def aws(moto_server):
     return clients
 
 
-@pytest.fixture
-def stack(aws):
-    """A fresh task queue, job queue and worker job definition, as the stack would create them."""
+def _make_pool(aws, name, *, job_queue=None, **fields):
+    """A fresh task queue, job queue (unless given) and worker job definition for one pool, as the
+    stack would create them."""
     suffix = uuid.uuid4().hex[:8]
     batch = aws["batch"]
-    queue_url = aws["sqs"].create_queue(QueueName=f"tasks-{suffix}",
+    queue_url = aws["sqs"].create_queue(QueueName=f"tasks-{name}-{suffix}",
                                         Attributes={"VisibilityTimeout": "1800"})["QueueUrl"]
-    job_queue = batch.create_job_queue(
-        jobQueueName=f"jobs-{suffix}", state="ENABLED", priority=1,
-        computeEnvironmentOrder=[{"order": 1, "computeEnvironment": aws["compute_environment"]}],
-    )["jobQueueArn"]
-    job_definition = _register_definition(batch, f"worker-{suffix}")
-    return scaler.ScalerConfig(queue_url=queue_url, job_queue=job_queue, job_definition=job_definition,
-                               job_name=f"batch-celery-worker-{suffix}", messages_per_worker=10, max_workers=48)
+    if job_queue is None:
+        job_queue = batch.create_job_queue(
+            jobQueueName=f"jobs-{name}-{suffix}", state="ENABLED", priority=1,
+            computeEnvironmentOrder=[{"order": 1, "computeEnvironment": aws["compute_environment"]}],
+        )["jobQueueArn"]
+    job_definition = _register_definition(batch, f"worker-{name}-{suffix}")
+    return scaler.PoolConfig(**{
+        "pool": name, "queue_url": queue_url, "job_queue": job_queue, "job_definition": job_definition,
+        "job_name": f"celery-worker-{name}-{suffix}", "messages_per_worker": 10, "max_workers": 48,
+        "tasks_per_worker": 1, **fields})
+
+
+@pytest.fixture
+def pool(aws):
+    """One pool, as a single-pool stack would create it."""
+    return _make_pool(aws, "default")
 
 
 def _register_definition(batch, name):
@@ -94,6 +105,34 @@ def jobs_stay_active(moto_server):
         moto_server.configure({"batch": previous.get("batch", {"use_docker": False})})
 
 
+@pytest.fixture
+def lambda_runtime(monkeypatch, moto_server):
+    """The function's environment but POOLS: clients on moto, one decision per run."""
+    for name, value in moto_server.client_env().items():
+        monkeypatch.setenv(name, value)
+    # One decision per run unless a test asks for a loop.
+    monkeypatch.setenv("POLL_SECONDS", "10")
+    monkeypatch.setenv("LOOP_SECONDS", "0")
+    scaler._clients.cache_clear()  # clients are per container; this test is a fresh container
+    yield
+    scaler._clients.cache_clear()
+
+
+@pytest.fixture
+def lambda_env(lambda_runtime, monkeypatch, pool):
+    """The function's whole environment, POOLS holding the one pool of the ``pool`` fixture."""
+    monkeypatch.setenv("POOLS", _pools_env(pool))
+
+
+def _pools_env(*pools, **overrides):
+    """POOLS as the stack sets it: one JSON object per pool, numbers as JSON numbers."""
+    return json.dumps([{**dataclasses.asdict(pool), **overrides} for pool in pools])
+
+
+def _no_wait(seconds):
+    """``run``'s sleep for tests that want its decisions back to back."""
+
+
 def _send(sqs, queue_url, count, **extra):
     for start in range(0, count, 10):
         entries = [{"Id": str(i), "MessageBody": "task", **extra} for i in range(min(10, count - start))]
@@ -101,7 +140,7 @@ def _send(sqs, queue_url, count, **extra):
 
 
 def _jobs_in(batch, config):
-    """Top-level jobs in the job queue, whatever their status (children skipped)."""
+    """Top-level jobs in the pool's job queue, whatever their status or definition (children skipped)."""
     found = {}
     for status in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED"):
         for summary in batch.list_jobs(jobQueue=config.job_queue, jobStatus=status)["jobSummaryList"]:
@@ -116,38 +155,38 @@ def _run(config, aws):
     return scaler.scale(config, aws["sqs"], aws["batch"], submit_batch=aws["batch"])
 
 
-def test_submits_one_array_job_sized_to_the_backlog(aws, stack):
-    _send(aws["sqs"], stack.queue_url, 35)
+def test_submits_one_array_job_sized_to_the_backlog(aws, pool):
+    _send(aws["sqs"], pool.queue_url, 35)
 
-    record = _run(stack, aws)
+    record = _run(pool, aws)
 
     assert record["outcome"] == "ok"
     assert (record["visible"], record["active"], record["wanted"], record["submitted"]) == (35, 0, 4, 4)
-    [job] = _jobs_in(aws["batch"], stack)
+    [job] = _jobs_in(aws["batch"], pool)
     assert job["arrayProperties"]["size"] == 4
-    assert job["jobName"] == stack.job_name
-    assert job["jobDefinition"] == stack.job_definition
+    assert job["jobName"] == pool.job_name
+    assert job["jobDefinition"] == pool.job_definition
 
 
-def test_submits_a_plain_job_for_a_single_worker(aws, stack):
-    _send(aws["sqs"], stack.queue_url, 3)
+def test_submits_a_plain_job_for_a_single_worker(aws, pool):
+    _send(aws["sqs"], pool.queue_url, 3)
 
-    record = _run(stack, aws)
+    record = _run(pool, aws)
 
     assert record["submitted"] == 1
-    [job] = _jobs_in(aws["batch"], stack)
+    [job] = _jobs_in(aws["batch"], pool)
     assert "arrayProperties" not in job or not job["arrayProperties"].get("size")
 
 
-def test_submits_nothing_for_an_empty_queue(aws, stack):
-    record = _run(stack, aws)
+def test_submits_nothing_for_an_empty_queue(aws, pool):
+    record = _run(pool, aws)
 
     assert (record["outcome"], record["backlog"], record["submitted"]) == ("ok", 0, 0)
-    assert _jobs_in(aws["batch"], stack) == []
+    assert _jobs_in(aws["batch"], pool) == []
 
 
-def test_never_submits_beyond_max_workers(aws, stack):
-    config = scaler.ScalerConfig(**{**stack.__dict__, "max_workers": 3})
+def test_never_submits_beyond_max_workers(aws, pool):
+    config = dataclasses.replace(pool, max_workers=3)
     _send(aws["sqs"], config.queue_url, 100)
 
     record = _run(config, aws)
@@ -157,43 +196,43 @@ def test_never_submits_beyond_max_workers(aws, stack):
     assert job["arrayProperties"]["size"] == 3
 
 
-def test_counts_in_flight_and_delayed_messages(aws, stack):
+def test_counts_in_flight_and_delayed_messages(aws, pool):
     sqs = aws["sqs"]
-    _send(sqs, stack.queue_url, 10)
-    received = sqs.receive_message(QueueUrl=stack.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=600)
-    _send(sqs, stack.queue_url, 5, DelaySeconds=900)
-    _send(sqs, stack.queue_url, 25)
+    _send(sqs, pool.queue_url, 10)
+    received = sqs.receive_message(QueueUrl=pool.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=600)
+    _send(sqs, pool.queue_url, 5, DelaySeconds=900)
+    _send(sqs, pool.queue_url, 25)
 
-    record = _run(stack, aws)
+    record = _run(pool, aws)
 
     assert len(received["Messages"]) == 10
     assert (record["visible"], record["in_flight"], record["delayed"]) == (25, 10, 5)
-    # No worker is active, so the 10 in-flight messages hold no worker of this stack (orphans
+    # No worker is active, so the 10 in-flight messages hold no worker of this pool (orphans
     # return within the visibility window): ceil((25 visible + 5 delayed) / 10) = 3 workers.
     # (Counting in-flight as waiting would give 4; swapping visible and in-flight, 2.)
-    assert stack.messages_per_worker == 10
+    assert pool.messages_per_worker == 10
     assert (record["wanted"], record["submitted"]) == (3, 3)
-    assert sum(job.get("arrayProperties", {}).get("size") or 1 for job in _jobs_in(aws["batch"], stack)) == 3
+    assert sum(job.get("arrayProperties", {}).get("size") or 1 for job in _jobs_in(aws["batch"], pool)) == 3
 
 
-def test_finished_workers_do_not_count(aws, stack):
-    _send(aws["sqs"], stack.queue_url, 20)
-    first = _run(stack, aws)
+def test_finished_workers_do_not_count(aws, pool):
+    _send(aws["sqs"], pool.queue_url, 20)
+    first = _run(pool, aws)
     # moto's Docker-less Batch has already moved those jobs to SUCCEEDED: they are no help.
-    second = _run(stack, aws)
+    second = _run(pool, aws)
 
     assert (first["submitted"], second["active"], second["submitted"]) == (2, 0, 2)
 
 
-def test_submits_only_the_missing_workers_when_jobs_are_active(aws, stack, jobs_stay_active):
+def test_submits_only_the_missing_workers_when_jobs_are_active(aws, pool, jobs_stay_active):
     batch = aws["batch"]
-    batch.submit_job(jobName=stack.job_name, jobQueue=stack.job_queue, jobDefinition=stack.job_definition,
+    batch.submit_job(jobName=pool.job_name, jobQueue=pool.job_queue, jobDefinition=pool.job_definition,
                      arrayProperties={"size": 3})
-    batch.submit_job(jobName="alarm-rule-worker", jobQueue=stack.job_queue, jobDefinition=stack.job_definition)
-    _send(aws["sqs"], stack.queue_url, 60)
+    batch.submit_job(jobName="alarm-rule-worker", jobQueue=pool.job_queue, jobDefinition=pool.job_definition)
+    _send(aws["sqs"], pool.queue_url, 60)
 
-    first = _run(stack, aws)
-    second = _run(stack, aws)
+    first = _run(pool, aws)
+    second = _run(pool, aws)
 
     # An array parent and its three children are three workers, not four; a job named by an alarm
     # rule is a worker too, because it runs the worker job definition.
@@ -201,21 +240,21 @@ def test_submits_only_the_missing_workers_when_jobs_are_active(aws, stack, jobs_
     assert (second["active"], second["submitted"]) == (6, 0)
 
 
-def test_submits_nothing_when_enough_workers_are_active(aws, stack, jobs_stay_active):
-    aws["batch"].submit_job(jobName=stack.job_name, jobQueue=stack.job_queue, jobDefinition=stack.job_definition,
+def test_submits_nothing_when_enough_workers_are_active(aws, pool, jobs_stay_active):
+    aws["batch"].submit_job(jobName=pool.job_name, jobQueue=pool.job_queue, jobDefinition=pool.job_definition,
                             arrayProperties={"size": 5})
-    _send(aws["sqs"], stack.queue_url, 45)
+    _send(aws["sqs"], pool.queue_url, 45)
 
-    record = _run(stack, aws)
+    record = _run(pool, aws)
 
     assert (record["active"], record["wanted"], record["submitted"]) == (5, 5, 0)
-    assert len(_jobs_in(aws["batch"], stack)) == 1
+    assert len(_jobs_in(aws["batch"], pool)) == 1
 
 
-def test_counts_only_the_children_still_active(aws, stack, moto_server, jobs_stay_active):
+def test_counts_only_the_children_still_active(aws, pool, moto_server, jobs_stay_active):
     batch = aws["batch"]
-    parent = batch.submit_job(jobName=stack.job_name, jobQueue=stack.job_queue,
-                              jobDefinition=stack.job_definition, arrayProperties={"size": 3})["jobId"]
+    parent = batch.submit_job(jobName=pool.job_name, jobQueue=pool.job_queue,
+                              jobDefinition=pool.job_definition, arrayProperties={"size": 3})["jobId"]
     # Let moto move the children on: with no Docker engine they end FAILED, while moto leaves
     # the parent SUBMITTED, so only the children's statusSummary tells that nobody is coming.
     _moto_api(moto_server, "state-manager/unset-transition", {"model_name": "batch::job"})
@@ -225,69 +264,69 @@ def test_counts_only_the_children_still_active(aws, stack, moto_server, jobs_sta
         if summary["FAILED"] == 3:
             break
         time.sleep(0.2)
-    _send(aws["sqs"], stack.queue_url, 15)
+    _send(aws["sqs"], pool.queue_url, 15)
 
-    record = _run(stack, aws)
+    record = _run(pool, aws)
 
     assert batch.describe_jobs(jobs=[parent])["jobs"][0]["status"] == "SUBMITTED"
     assert (record["active"], record["submitted"]) == (0, 2)
 
 
-def test_ignores_active_jobs_of_other_job_definitions(aws, stack, jobs_stay_active):
+def test_ignores_active_jobs_of_other_job_definitions(aws, pool, jobs_stay_active):
     batch = aws["batch"]
     filler = _register_definition(batch, f"filler-{uuid.uuid4().hex[:8]}")
-    batch.submit_job(jobName="fill-queue", jobQueue=stack.job_queue, jobDefinition=filler,
+    batch.submit_job(jobName="fill-queue", jobQueue=pool.job_queue, jobDefinition=filler,
                      arrayProperties={"size": 4})
-    _send(aws["sqs"], stack.queue_url, 15)
+    _send(aws["sqs"], pool.queue_url, 15)
 
-    record = _run(stack, aws)
+    record = _run(pool, aws)
 
     assert (record["active"], record["submitted"]) == (0, 2)
 
 
-def test_counts_workers_of_any_revision_of_the_job_definition(aws, stack, jobs_stay_active):
+def test_counts_workers_of_any_revision_of_the_job_definition(aws, pool, jobs_stay_active):
     batch = aws["batch"]
-    batch.submit_job(jobName=stack.job_name, jobQueue=stack.job_queue, jobDefinition=stack.job_definition)
-    newer = _register_definition(batch, scaler.definition_name(stack.job_definition))
-    config = scaler.ScalerConfig(**{**stack.__dict__, "job_definition": newer})
+    batch.submit_job(jobName=pool.job_name, jobQueue=pool.job_queue, jobDefinition=pool.job_definition)
+    newer = _register_definition(batch, scaler.definition_name(pool.job_definition))
+    config = dataclasses.replace(pool, job_definition=newer)
     _send(aws["sqs"], config.queue_url, 15)
 
     record = _run(config, aws)
 
-    assert newer != stack.job_definition
+    assert newer != pool.job_definition
     assert (record["active"], record["submitted"]) == (1, 1)
 
 
-def test_rejects_unreadable_queue_and_submits_nothing(aws, stack):
-    config = scaler.ScalerConfig(**{**stack.__dict__, "queue_url": stack.queue_url + "-missing"})
+def test_rejects_unreadable_queue_and_submits_nothing(aws, pool):
+    config = dataclasses.replace(pool, queue_url=pool.queue_url + "-missing")
 
     record = _run(config, aws)
 
     assert (record["outcome"], record["submitted"]) == ("read_failed", 0)
     assert record["error"].startswith("sqs:GetQueueAttributes failed: ")
-    assert _jobs_in(aws["batch"], stack) == []
+    assert _jobs_in(aws["batch"], pool) == []
 
 
-def test_rejects_unknown_job_queue_and_submits_nothing(aws, stack):
-    _send(aws["sqs"], stack.queue_url, 30)
-    config = scaler.ScalerConfig(**{**stack.__dict__, "job_queue": "no-such-job-queue"})
+def test_rejects_unknown_job_queue_and_submits_nothing(aws, pool):
+    _send(aws["sqs"], pool.queue_url, 30)
+    config = dataclasses.replace(pool, job_queue="no-such-job-queue")
 
     record = _run(config, aws)
 
     assert (record["outcome"], record["submitted"]) == ("read_failed", 0)
     assert "batch:ListJobs(SUBMITTED) failed: ClientException" in record["error"]
-    assert _jobs_in(aws["batch"], stack) == []
+    assert _jobs_in(aws["batch"], pool) == []
 
 
-def test_reports_a_failed_submission_and_stops(aws, stack):
-    _send(aws["sqs"], stack.queue_url, 30)
-    config = scaler.ScalerConfig(**{**stack.__dict__, "job_definition": "no-such-definition:1"})
+def test_reports_a_failed_submission_and_stops(aws, pool):
+    _send(aws["sqs"], pool.queue_url, 30)
+    config = dataclasses.replace(pool, job_definition="no-such-definition:1")
 
     record = _run(config, aws)
 
     assert (record["outcome"], record["to_submit"], record["submitted"]) == ("submit_failed", 3, 0)
     assert record["error"].startswith("batch:SubmitJob failed: ClientException")
-    assert _jobs_in(aws["batch"], stack) == []
+    assert _jobs_in(aws["batch"], pool) == []
 
 
 # --- throttling: moto never throttles, so a small proxy answers chosen Batch calls with a real
@@ -305,29 +344,29 @@ def _faults_on(action, fault):
     return lambda called: fault if called == action else None
 
 
-def test_throttled_listing_submits_nothing(aws, stack, moto_server):
-    _send(aws["sqs"], stack.queue_url, 30)
+def test_throttled_listing_submits_nothing(aws, pool, moto_server):
+    _send(aws["sqs"], pool.queue_url, 30)
     with ApiProxy(moto_server.endpoint, _faults_on("/v1/listjobs", THROTTLE)) as proxy:
         batch, submit = _batch_clients(proxy.endpoint, moto_server)
-        record = scaler.scale(stack, aws["sqs"], batch, submit_batch=submit)
+        record = scaler.scale(pool, aws["sqs"], batch, submit_batch=submit)
 
     assert (record["outcome"], record["submitted"]) == ("read_failed", 0)
     assert "TooManyRequestsException" in record["error"]
     assert proxy.counts["/v1/submitjob"] == 0
 
 
-def test_throttled_submission_is_reported_and_tried_once(aws, stack, moto_server):
-    _send(aws["sqs"], stack.queue_url, 30)
+def test_throttled_submission_is_reported_and_tried_once(aws, pool, moto_server):
+    _send(aws["sqs"], pool.queue_url, 30)
     with ApiProxy(moto_server.endpoint, _faults_on("/v1/submitjob", THROTTLE)) as proxy:
         batch, submit = _batch_clients(proxy.endpoint, moto_server)
-        record = scaler.scale(stack, aws["sqs"], batch, submit_batch=submit)
+        record = scaler.scale(pool, aws["sqs"], batch, submit_batch=submit)
 
     assert (record["outcome"], record["to_submit"], record["submitted"]) == ("submit_failed", 3, 0)
     assert "TooManyRequestsException" in record["error"]
     assert proxy.counts["/v1/submitjob"] == 1
 
 
-def test_lost_submit_answer_never_doubles_the_workers(aws, stack, moto_server, jobs_stay_active,
+def test_lost_submit_answer_never_doubles_the_workers(aws, pool, moto_server, jobs_stay_active,
                                                       lambda_env, monkeypatch, capsys):
     # The real Lambda wiring (handler._clients) through a proxy that lets SubmitJob take effect
     # and then answers 500, as a front-end timeout would: the workers exist but the scaler was told
@@ -335,43 +374,111 @@ def test_lost_submit_answer_never_doubles_the_workers(aws, stack, moto_server, j
     # and the run must still fail so that the Errors alarm sees it.
     monkeypatch.setenv("POLL_SECONDS", "1")
     monkeypatch.setenv("LOOP_SECONDS", "2")
-    _send(aws["sqs"], stack.queue_url, 30)
+    _send(aws["sqs"], pool.queue_url, 30)
     with ApiProxy(moto_server.endpoint, _faults_on("/v1/submitjob", LOST_RESPONSE)) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL_BATCH", proxy.endpoint)
         scaler._clients.cache_clear()
-        with pytest.raises(scaler.ScalerRunFailed, match=r"^1 of 2 decisions failed; last: submit_failed: "):
+        with pytest.raises(scaler.ScalerRunFailed,
+                           match=r"^1 of 2 pool decisions failed \(pools: default\); last: default: submit_failed: "):
             scaler.handler({}, None)
 
     first, second = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert (first["outcome"], first["submitted"]) == ("submit_failed", 0)
     assert (second["outcome"], second["active"], second["submitted"]) == ("ok", 3, 0)
     assert proxy.counts["/v1/submitjob"] == 1
-    assert [job.get("arrayProperties", {}).get("size") for job in _jobs_in(aws["batch"], stack)] == [3]
+    assert [job.get("arrayProperties", {}).get("size") for job in _jobs_in(aws["batch"], pool)] == [3]
 
 
-# --- the Lambda entry point: configuration from the environment, one JSON line per decision.
+# --- several pools served by one function: each decides alone, with its own resources and cap.
 
-@pytest.fixture
-def lambda_env(monkeypatch, moto_server, stack):
-    for name, value in moto_server.client_env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("QUEUE_URL", stack.queue_url)
-    monkeypatch.setenv("JOB_QUEUE", stack.job_queue)
-    monkeypatch.setenv("JOB_DEFINITION", stack.job_definition)
-    monkeypatch.setenv("JOB_NAME", stack.job_name)
-    monkeypatch.setenv("MESSAGES_PER_WORKER", "10")
-    monkeypatch.setenv("MAX_WORKERS", "48")
-    monkeypatch.setenv("TASKS_PER_WORKER", "1")
-    # One decision per run unless a test asks for a loop.
-    monkeypatch.setenv("POLL_SECONDS", "10")
-    monkeypatch.setenv("LOOP_SECONDS", "0")
-    scaler._clients.cache_clear()  # clients are per container; this test is a fresh container
-    yield
-    scaler._clients.cache_clear()
+def test_each_pool_submits_its_own_job_definition_to_its_own_job_queue(aws):
+    cpu, gpu = _make_pool(aws, "cpu"), _make_pool(aws, "gpu")
+    _send(aws["sqs"], cpu.queue_url, 35)
+    _send(aws["sqs"], gpu.queue_url, 12)
+
+    records = scaler.run(scaler.ScalerConfig(pools=(cpu, gpu)), aws["sqs"], aws["batch"], submit_batch=aws["batch"])
+
+    assert [(r["pool"], r["outcome"], r["visible"], r["submitted"]) for r in records] == [
+        ("cpu", "ok", 35, 4), ("gpu", "ok", 12, 2)]
+    [cpu_job] = _jobs_in(aws["batch"], cpu)
+    [gpu_job] = _jobs_in(aws["batch"], gpu)
+    assert (cpu_job["jobName"], cpu_job["jobDefinition"], cpu_job["arrayProperties"]["size"]) == (
+        cpu.job_name, cpu.job_definition, 4)
+    assert (gpu_job["jobName"], gpu_job["jobDefinition"], gpu_job["arrayProperties"]["size"]) == (
+        gpu.job_name, gpu.job_definition, 2)
+    assert (cpu_job["jobQueue"], gpu_job["jobQueue"]) == (cpu.job_queue, gpu.job_queue)
 
 
-def test_handler_reads_env_and_logs_one_json_line_per_decision(aws, stack, lambda_env, capsys):
-    _send(aws["sqs"], stack.queue_url, 25)
+def test_each_pool_is_capped_by_its_own_max_workers(aws):
+    small, large = _make_pool(aws, "small", max_workers=2), _make_pool(aws, "large", max_workers=5)
+    for pool in (small, large):
+        _send(aws["sqs"], pool.queue_url, 100)
+
+    records = scaler.run(scaler.ScalerConfig(pools=(small, large)), aws["sqs"], aws["batch"],
+                         submit_batch=aws["batch"])
+
+    assert [(r["pool"], r["max_workers"], r["wanted"], r["submitted"]) for r in records] == [
+        ("small", 2, 2, 2), ("large", 5, 5, 5)]
+    assert [job["arrayProperties"]["size"] for job in _jobs_in(aws["batch"], small)] == [2]
+    assert [job["arrayProperties"]["size"] for job in _jobs_in(aws["batch"], large)] == [5]
+
+
+def test_pools_sharing_a_job_queue_count_only_their_own_workers(aws, jobs_stay_active):
+    # Both pools submit to one job queue; each counts only its job definition's workers and the
+    # jobs this run submitted for it (DescribeJobs would count the other pool's ids as well).
+    first = _make_pool(aws, "first")
+    second = _make_pool(aws, "second", job_queue=first.job_queue)
+    _send(aws["sqs"], first.queue_url, 25)
+    _send(aws["sqs"], second.queue_url, 15)
+    config = scaler.ScalerConfig(pools=(first, second), poll_seconds=1, loop_seconds=2)
+
+    records = scaler.run(config, aws["sqs"], aws["batch"], submit_batch=aws["batch"], sleep=_no_wait)
+
+    assert [(r["pool"], r["active"], r["submitted"]) for r in records] == [
+        ("first", 0, 3), ("second", 0, 2), ("first", 3, 0), ("second", 2, 0)]
+    jobs = _jobs_in(aws["batch"], first)
+    assert sorted((job["jobName"], job["jobDefinition"]) for job in jobs) == sorted(
+        [(first.job_name, first.job_definition), (second.job_name, second.job_definition)])
+
+
+def test_a_pool_that_cannot_be_read_leaves_the_others_deciding(aws, lambda_runtime, monkeypatch, capsys):
+    broken, healthy = _make_pool(aws, "broken"), _make_pool(aws, "healthy")
+    _send(aws["sqs"], broken.queue_url, 30)
+    _send(aws["sqs"], healthy.queue_url, 30)
+    aws["sqs"].delete_queue(QueueUrl=broken.queue_url)
+    monkeypatch.setenv("POOLS", _pools_env(broken, healthy))
+
+    with pytest.raises(scaler.ScalerRunFailed,
+                       match=r"^1 of 2 pool decisions failed \(pools: broken\); last: broken: read_failed: "
+                             r"sqs:GetQueueAttributes failed: "):
+        scaler.handler({}, None)
+
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["pool"], r["outcome"], r["submitted"]) for r in logged] == [
+        ("broken", "read_failed", 0), ("healthy", "ok", 3)]
+    assert _jobs_in(aws["batch"], broken) == []
+    assert [job["arrayProperties"]["size"] for job in _jobs_in(aws["batch"], healthy)] == [3]
+
+
+def test_a_pool_whose_submission_fails_leaves_the_others_deciding(aws, capsys):
+    healthy = _make_pool(aws, "healthy")
+    broken = _make_pool(aws, "broken", job_definition="no-such-definition:1")
+    _send(aws["sqs"], broken.queue_url, 30)
+    _send(aws["sqs"], healthy.queue_url, 15)
+
+    records = scaler.run(scaler.ScalerConfig(pools=(broken, healthy)), aws["sqs"], aws["batch"],
+                         submit_batch=aws["batch"])
+
+    assert [(r["pool"], r["outcome"], r["to_submit"], r["submitted"]) for r in records] == [
+        ("broken", "submit_failed", 3, 0), ("healthy", "ok", 2, 2)]
+    assert [json.loads(line)["pool"] for line in capsys.readouterr().out.splitlines()] == ["broken", "healthy"]
+    assert [job["arrayProperties"]["size"] for job in _jobs_in(aws["batch"], healthy)] == [2]
+
+
+# --- the Lambda entry point: configuration from the environment, one JSON line per pool per decision.
+
+def test_handler_reads_env_and_logs_one_json_line_per_decision(aws, pool, lambda_env, capsys):
+    _send(aws["sqs"], pool.queue_url, 25)
 
     returned = scaler.handler({"source": "aws.events"}, None)
 
@@ -379,15 +486,27 @@ def test_handler_reads_env_and_logs_one_json_line_per_decision(aws, stack, lambd
     assert len(lines) == 1
     logged = json.loads(lines[0])
     assert [logged] == returned
-    assert {k: logged[k] for k in ("outcome", "visible", "in_flight", "delayed", "active", "wanted", "submitted")} == {
-        "outcome": "ok", "visible": 25, "in_flight": 0, "delayed": 0, "active": 0, "wanted": 3, "submitted": 3}
+    assert {k: logged[k] for k in ("pool", "outcome", "visible", "in_flight", "delayed", "active", "wanted",
+                                   "submitted")} == {
+        "pool": "default", "outcome": "ok", "visible": 25, "in_flight": 0, "delayed": 0, "active": 0, "wanted": 3,
+        "submitted": 3}
 
 
-def test_handler_decides_every_poll_seconds_until_loop_seconds(aws, stack, lambda_env, jobs_stay_active,
+def test_handler_reads_numbers_given_as_strings_of_digits(aws, pool, lambda_env, monkeypatch, capsys):
+    monkeypatch.setenv("POOLS", _pools_env(pool, messages_per_worker="5", max_workers="4", tasks_per_worker="2"))
+    _send(aws["sqs"], pool.queue_url, 25)
+
+    [record] = scaler.handler({}, None)
+
+    # ceil(25 / 5) = 5 workers wanted, capped at 4.
+    assert (record["messages_per_worker"], record["max_workers"], record["submitted"]) == (5, 4, 4)
+
+
+def test_handler_decides_every_poll_seconds_until_loop_seconds(aws, pool, lambda_env, jobs_stay_active,
                                                                monkeypatch, capsys):
     monkeypatch.setenv("POLL_SECONDS", "1")
     monkeypatch.setenv("LOOP_SECONDS", "3")
-    _send(aws["sqs"], stack.queue_url, 25)
+    _send(aws["sqs"], pool.queue_url, 25)
 
     started = time.monotonic()
     returned = scaler.handler({}, None)
@@ -400,17 +519,17 @@ def test_handler_decides_every_poll_seconds_until_loop_seconds(aws, stack, lambd
     assert 2.0 <= took < 3.0 + 2.0
     # The first decision submits the deficit; the later ones count those workers as active.
     assert [(r["active"], r["submitted"]) for r in logged] == [(0, 3), (3, 0), (3, 0)]
-    assert len(_jobs_in(aws["batch"], stack)) == 1
+    assert len(_jobs_in(aws["batch"], pool)) == 1
 
 
-def test_a_backlog_that_arrives_mid_run_is_served_by_the_next_decision(aws, stack, jobs_stay_active, capsys):
-    config = scaler.ScalerConfig(**{**stack.__dict__, "poll_seconds": 1, "loop_seconds": 2})
+def test_a_backlog_that_arrives_mid_run_is_served_by_the_next_decision(aws, pool, jobs_stay_active, capsys):
+    config = scaler.ScalerConfig(pools=(pool,), poll_seconds=1, loop_seconds=2)
     sent = []
 
     def sleep_after_sending(seconds):
         # Between the first and the second decision, as an application would.
         if not sent:
-            _send(aws["sqs"], stack.queue_url, 15)
+            _send(aws["sqs"], pool.queue_url, 15)
             sent.append(15)
         time.sleep(seconds)
 
@@ -429,6 +548,11 @@ class _FakeClock:
         self.now += seconds
 
 
+def _offline_pool(name="p"):
+    """A pool for runs whose ``scale`` is replaced: its resources are never called."""
+    return scaler.PoolConfig(name, f"q-{name}", f"jq-{name}", f"jd-{name}", f"jn-{name}", 10, 48)
+
+
 def test_run_keeps_fixed_slots_and_skips_the_ones_a_slow_decision_overran(monkeypatch, capsys):
     clock = _FakeClock()
     durations = iter([1, 15, 1, 1, 1, 1, 1])
@@ -436,10 +560,10 @@ def test_run_keeps_fixed_slots_and_skips_the_ones_a_slow_decision_overran(monkey
     def fake_scale(config, sqs, batch, *, submit_batch, submitted_ids):
         clock.starts.append(clock.now)
         clock.now += next(durations)
-        return {"outcome": "ok", "level": "INFO", "submitted": 0}
+        return {"pool": config.pool, "outcome": "ok", "level": "INFO", "submitted": 0}
 
     monkeypatch.setattr(scaler, "scale", fake_scale)
-    config = scaler.ScalerConfig("q", "jq", "jd", "jn", 10, 48, poll_seconds=10, loop_seconds=55)
+    config = scaler.ScalerConfig(pools=(_offline_pool(),), poll_seconds=10, loop_seconds=55)
 
     records = scaler.run(config, None, None, submit_batch=None, clock=lambda: clock.now, sleep=clock.sleep)
 
@@ -451,55 +575,61 @@ def test_run_keeps_fixed_slots_and_skips_the_ones_a_slow_decision_overran(monkey
 
 def test_a_failing_decision_is_logged_and_the_loop_goes_on(monkeypatch, capsys):
     clock = _FakeClock()
-    outcomes = iter([RuntimeError("unexpected answer"), "ok", "ok"])
+    # Pool a's first decision raises; pool b is still decided in that same decision.
+    outcomes = iter([RuntimeError("unexpected answer"), "ok", "ok", "ok"])
 
     def fake_scale(config, sqs, batch, *, submit_batch, submitted_ids):
         clock.now += 0.1
         outcome = next(outcomes)
         if isinstance(outcome, Exception):
             raise outcome
-        return {"outcome": outcome, "level": "INFO", "submitted": 0}
+        return {"pool": config.pool, "outcome": outcome, "level": "INFO", "submitted": 0}
 
     monkeypatch.setattr(scaler, "scale", fake_scale)
-    config = scaler.ScalerConfig("q", "jq", "jd", "jn", 10, 48, poll_seconds=5, loop_seconds=15)
+    config = scaler.ScalerConfig(pools=(_offline_pool("a"), _offline_pool("b")), poll_seconds=5, loop_seconds=10)
 
     records = scaler.run(config, None, None, submit_batch=None, clock=lambda: clock.now, sleep=clock.sleep)
 
     logged = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert logged == records
-    assert [(r["outcome"], r["level"]) for r in records] == [("error", "ERROR"), ("ok", "INFO"), ("ok", "INFO")]
+    assert [(r["pool"], r["outcome"], r["level"]) for r in records] == [
+        ("a", "error", "ERROR"), ("b", "ok", "INFO"), ("a", "ok", "INFO"), ("b", "ok", "INFO")]
     assert records[0]["error"].startswith("RuntimeError: unexpected answer")
 
 
-def test_handler_fails_the_run_if_any_decision_failed(aws, stack, lambda_env, monkeypatch, capsys):
-    monkeypatch.setenv("QUEUE_URL", stack.queue_url + "-missing")
+def test_handler_fails_the_run_if_any_decision_failed(aws, pool, lambda_env, monkeypatch, capsys):
+    monkeypatch.setenv("POOLS", _pools_env(pool, queue_url=pool.queue_url + "-missing"))
     monkeypatch.setenv("POLL_SECONDS", "1")
     monkeypatch.setenv("LOOP_SECONDS", "1")
 
     with pytest.raises(scaler.ScalerRunFailed,
-                       match=r"^1 of 1 decisions failed; last: read_failed: sqs:GetQueueAttributes"):
+                       match=r"^1 of 1 pool decisions failed \(pools: default\); last: default: read_failed: "
+                             r"sqs:GetQueueAttributes"):
         scaler.handler({}, None)
 
     [line] = capsys.readouterr().out.splitlines()
-    assert json.loads(line)["outcome"] == "read_failed"
+    assert (json.loads(line)["pool"], json.loads(line)["outcome"]) == ("default", "read_failed")
 
 
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("MAX_WORKERS", "-1", "MAX_WORKERS='-1' is not allowed: it must be a whole number >= 0"),
-        ("MESSAGES_PER_WORKER", "0", "MESSAGES_PER_WORKER='0' is not allowed: it must be a whole number >= 1"),
-        ("MESSAGES_PER_WORKER", "ten", "MESSAGES_PER_WORKER='ten' is not allowed: it must be a whole number >= 1"),
+        ("POOLS", "", "missing environment variable(s) POOLS: the stack must set them"),
+        ("POOLS", '[{"pool": "default"}]',
+         "POOLS[0] (default) lacks queue_url, lacks job_queue, lacks job_definition, lacks job_name, "
+         "lacks messages_per_worker, lacks max_workers, lacks tasks_per_worker: a pool has exactly pool, "
+         "queue_url, job_queue, job_definition, job_name, messages_per_worker, max_workers, tasks_per_worker"),
         ("POLL_SECONDS", "0", "POLL_SECONDS='0' is not allowed: it must be a whole number >= 1"),
-        ("TASKS_PER_WORKER", "0", "TASKS_PER_WORKER='0' is not allowed: it must be a whole number >= 1"),
         ("LOOP_SECONDS", "-5", "LOOP_SECONDS='-5' is not allowed: it must be a whole number >= 0"),
-        ("QUEUE_URL", "", "missing environment variable(s) QUEUE_URL: the stack must set them"),
         ("LOOP_SECONDS", "", "missing environment variable(s) LOOP_SECONDS: the stack must set them"),
     ],
 )
-def test_handler_rejects_bad_configuration(aws, stack, lambda_env, monkeypatch, capsys, name, value, message):
-    monkeypatch.setenv(name, value)
-    _send(aws["sqs"], stack.queue_url, 25)
+def test_handler_rejects_bad_configuration(aws, pool, lambda_env, monkeypatch, capsys, name, value, message):
+    if value:
+        monkeypatch.setenv(name, value)
+    else:
+        monkeypatch.delenv(name)
+    _send(aws["sqs"], pool.queue_url, 25)
 
     with pytest.raises(scaler.ScalerRunFailed) as failed:
         scaler.handler({}, None)
@@ -510,7 +640,113 @@ def test_handler_rejects_bad_configuration(aws, stack, lambda_env, monkeypatch, 
     record = json.loads(lines[0])
     assert (record["outcome"], record["level"], record["submitted"], record["error"]) == (
         "config_error", "ERROR", 0, message)
-    assert _jobs_in(aws["batch"], stack) == []
+    assert _jobs_in(aws["batch"], pool) == []
+
+
+# --- POOLS validation: every bad value is one line naming the pool and the field.
+
+_GOOD = {"pool": "default", "queue_url": "https://sqs.local/1/tasks-default", "job_queue": "jobs-default",
+         "job_definition": "worker-default", "job_name": "celery-worker-default",
+         "messages_per_worker": 10, "max_workers": 48, "tasks_per_worker": 1}
+_GPU = {**_GOOD, "pool": "gpu", "queue_url": "https://sqs.local/1/tasks-gpu", "job_queue": "jobs-gpu",
+        "job_definition": "worker-gpu", "job_name": "celery-worker-gpu"}
+_ARN = "arn:aws:batch:eu-west-1:123456789012"
+
+
+def _environ(pools):
+    return {"POOLS": pools if isinstance(pools, str) else json.dumps(pools), "POLL_SECONDS": "10",
+            "LOOP_SECONDS": "55"}
+
+
+def test_reads_pools_from_the_environment():
+    config = scaler.ScalerConfig.from_env(_environ([_GOOD, {**_GPU, "max_workers": "8", "tasks_per_worker": "4"}]))
+
+    assert (config.poll_seconds, config.loop_seconds) == (10, 55)
+    assert config.pools == (scaler.PoolConfig(**_GOOD),
+                            scaler.PoolConfig(**{**_GPU, "max_workers": 8, "tasks_per_worker": 4}))
+
+
+@pytest.mark.parametrize(
+    ("pools", "message"),
+    [
+        pytest.param("[{", "POOLS is not valid JSON: Expecting property name enclosed in double quotes: "
+                     "line 1 column 3 (char 2)", id="not JSON"),
+        pytest.param({"pool": "default"}, 'POOLS = {"pool": "default"}: must be a JSON list of pool objects',
+                     id="not a list"),
+        pytest.param([], "POOLS = []: must list at least one pool", id="no pool"),
+        pytest.param([_GOOD, "gpu"], 'POOLS[1] = "gpu": must be a JSON object with pool, queue_url, job_queue, '
+                     "job_definition, job_name, messages_per_worker, max_workers, tasks_per_worker",
+                     id="not an object"),
+        pytest.param([{k: v for k, v in _GOOD.items() if k != "pool"}],
+                     "POOLS[0] lacks pool: a pool has exactly pool, queue_url, job_queue, job_definition, job_name, "
+                     "messages_per_worker, max_workers, tasks_per_worker", id="no name"),
+        pytest.param([{**_GOOD, "pool": ""}], 'POOLS[0].pool = "": must be a non-empty string', id="empty name"),
+        pytest.param([_GOOD, {**_GPU, "pool": 7}], "POOLS[1].pool = 7: must be a non-empty string", id="name not text"),
+        pytest.param([_GOOD, {**{k: v for k, v in _GPU.items() if k != "max_workers"}, "max_worker": 8}],
+                     "POOLS[1] (gpu) lacks max_workers, has unknown field max_worker: a pool has exactly pool, "
+                     "queue_url, job_queue, job_definition, job_name, messages_per_worker, max_workers, "
+                     "tasks_per_worker", id="misspelt field"),
+        pytest.param([_GOOD, {**_GPU, "queue_url": ""}], 'POOLS[1] (gpu).queue_url = "": must be a non-empty string',
+                     id="empty queue url"),
+        pytest.param([{**_GOOD, "job_queue": None}], "POOLS[0] (default).job_queue = null: must be a non-empty string",
+                     id="job queue null"),
+        pytest.param([{**_GOOD, "job_definition": " "}],
+                     'POOLS[0] (default).job_definition = " ": must be a non-empty string', id="blank definition"),
+        pytest.param([{**_GOOD, "job_name": "celery worker"}],
+                     'POOLS[0] (default).job_name = "celery worker": must be 1-128 letters, digits, hyphens or '
+                     "underscores, starting with a letter or digit (Batch's job name rule)", id="job name with space"),
+        pytest.param([{**_GOOD, "job_name": "w" * 129}],
+                     f'POOLS[0] (default).job_name = "{"w" * 116}...: must be 1-128 letters, digits, hyphens or '
+                     "underscores, starting with a letter or digit (Batch's job name rule)", id="job name too long"),
+        pytest.param([_GOOD, {**_GPU, "max_workers": -1}],
+                     "POOLS[1] (gpu).max_workers = -1: must be a whole number >= 0", id="negative cap"),
+        pytest.param([_GOOD, {**_GPU, "max_workers": "-1"}],
+                     'POOLS[1] (gpu).max_workers = "-1": must be a whole number >= 0', id="negative cap as text"),
+        pytest.param([{**_GOOD, "messages_per_worker": 0}],
+                     "POOLS[0] (default).messages_per_worker = 0: must be a whole number >= 1", id="zero per worker"),
+        pytest.param([{**_GOOD, "messages_per_worker": "ten"}],
+                     'POOLS[0] (default).messages_per_worker = "ten": must be a whole number >= 1', id="words"),
+        pytest.param([{**_GOOD, "messages_per_worker": 2.5}],
+                     "POOLS[0] (default).messages_per_worker = 2.5: must be a whole number >= 1", id="fraction"),
+        pytest.param([{**_GOOD, "max_workers": True}],
+                     "POOLS[0] (default).max_workers = true: must be a whole number >= 0", id="boolean"),
+        pytest.param([{**_GOOD, "max_workers": " 4"}],
+                     'POOLS[0] (default).max_workers = " 4": must be a whole number >= 0', id="padded digits"),
+        pytest.param([{**_GOOD, "tasks_per_worker": 0}],
+                     "POOLS[0] (default).tasks_per_worker = 0: must be a whole number >= 1", id="zero concurrency"),
+        pytest.param([_GOOD, {**_GPU, "pool": "default"}],
+                     'POOLS[1] (default).pool = "default": POOLS[0] has that name already; pool names must be unique',
+                     id="same name"),
+        pytest.param([_GOOD, {**_GPU, "queue_url": _GOOD["queue_url"]}],
+                     'POOLS[1] (gpu).queue_url = "https://sqs.local/1/tasks-default": POOLS[0] (default) reads that '
+                     "queue too; each pool needs its own task queue", id="same task queue"),
+        pytest.param([_GOOD, {**_GPU, "job_queue": "jobs-default", "job_definition": "worker-default"}],
+                     'POOLS[1] (gpu): job_queue "jobs-default" with job_definition "worker-default" is POOLS[0] '
+                     "(default)'s pair too; each pool needs its own job queue or job definition", id="same pair"),
+        # The same pair written as ARNs with a revision: workers are counted by definition name.
+        pytest.param([_GOOD, {**_GPU, "job_queue": f"{_ARN}:job-queue/jobs-default",
+                              "job_definition": f"{_ARN}:job-definition/worker-default:3"}],
+                     f'POOLS[1] (gpu): job_queue "{_ARN}:job-queue/jobs-default" with job_definition '
+                     f'"{_ARN}:job-definition/worker-default:3" is POOLS[0] (default)\'s pair too; each pool needs '
+                     "its own job queue or job definition", id="same pair as ARNs"),
+    ],
+)
+def test_rejects_bad_pools(pools, message):
+    with pytest.raises(ValueError) as rejected:
+        scaler.ScalerConfig.from_env(_environ(pools))
+
+    assert str(rejected.value) == message
+    assert "\n" not in message
+
+
+def test_pools_may_share_a_job_queue_or_a_job_definition():
+    shared_queue = {**_GPU, "job_queue": _GOOD["job_queue"]}
+    shared_definition = {**_GPU, "pool": "spot", "queue_url": "https://sqs.local/1/tasks-spot",
+                         "job_queue": "jobs-spot", "job_definition": _GOOD["job_definition"]}
+
+    config = scaler.ScalerConfig.from_env(_environ([_GOOD, shared_queue, shared_definition]))
+
+    assert [pool.pool for pool in config.pools] == ["default", "gpu", "spot"]
 
 
 class _LaggingBatch:
