@@ -7,6 +7,7 @@ README table). A bad value stops synth with `error: <key> = <value>: <what is al
 
 from __future__ import annotations
 
+import os
 import sys
 
 import aws_cdk as cdk
@@ -15,20 +16,30 @@ from cdk_nag import AwsSolutionsChecks
 from batch_celery.settings import CONTEXT_KEY, Settings, SettingsError
 from batch_celery.stack import BatchCeleryStack
 
-STACK_NAME = "BatchCelery"
-
 
 def build_app(app: cdk.App | None = None) -> tuple[cdk.App, BatchCeleryStack]:
     """The app with its one stack and the cdk-nag AwsSolutions checks as a validation plugin."""
     app = app or cdk.App()
     settings = Settings.from_context(app.node.try_get_context(CONTEXT_KEY))
     # Environment-agnostic on purpose: synth needs no account, region or AWS lookup; the
-    # deploying credentials choose where it lands.
+    # deploying credentials choose where it lands. An existing VPC is the exception: CDK looks it
+    # up at synth, in the account and region of the credentials the CLI runs with.
+    env = None
+    if settings.vpc_id is not None:
+        account, region = os.environ.get("CDK_DEFAULT_ACCOUNT"), os.environ.get("CDK_DEFAULT_REGION")
+        if not account or not region:
+            raise SettingsError(
+                f"{CONTEXT_KEY}.vpc_id", settings.vpc_id,
+                "CDK looks the VPC up at synth: run cdk with AWS credentials and a region "
+                "(CDK_DEFAULT_ACCOUNT and CDK_DEFAULT_REGION are unset)",
+            )
+        env = cdk.Environment(account=account, region=region)
     stack = BatchCeleryStack(
         app,
-        STACK_NAME,
+        settings.stack_name,
         settings=settings,
-        description="Celery workers on AWS Batch that scale with the SQS task queue",
+        env=env,
+        description="Celery worker pools on AWS Batch that scale with their SQS task queues",
     )
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     return app, stack

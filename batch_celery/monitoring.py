@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from aws_cdk import Duration
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
+
+from .props import pascal
 
 
 # A run loops for a minute and fails (one Error) if any of its decisions failed, so the metric counts
@@ -28,16 +32,21 @@ class Monitoring(Construct):
         scope: Construct,
         construct_id: str,
         *,
-        task_dead_letter_queue: sqs.IQueue,
+        task_dead_letter_queues: Mapping[str, sqs.IQueue],
         events_dead_letter_queue: sqs.IQueue,
         scaler: lambda_.IFunction | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
-        self.task_dead_letter_alarm = self._not_empty(
-            "TaskDeadLetterAlarm",
-            task_dead_letter_queue,
-            "Celery tasks were dead-lettered (poison message or too many receives)",
-        )
+        # Pool name -> the alarm on its dead-letter queue.
+        self.task_dead_letter_alarms = {
+            pool: self._not_empty(
+                f"{pascal(pool)}TaskDeadLetterAlarm",
+                queue,
+                f"Celery tasks of pool {pool} were dead-lettered (poison message, failed too often, or "
+                "a countdown too far ahead); the message attribute batch_celery_reason says which",
+            )
+            for pool, queue in task_dead_letter_queues.items()
+        }
         self.events_dead_letter_alarm = self._not_empty(
             "EventsDeadLetterAlarm",
             events_dead_letter_queue,

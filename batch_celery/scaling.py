@@ -1,13 +1,13 @@
 """What starts workers: queue alarms, EventBridge rules, and (by default) the proportional scaler.
 
 One brain decides how many workers run. In ``scaler`` mode (the default) only the scaler Lambda
-submits workers: it runs once a minute and decides every ``poll_seconds`` within that run, sizing
-the fleet from the backlog and deducting the jobs already active, never beyond ``max_workers``.
-The alarms' rules only start the scaler early; they have no Batch target, so nothing outside the
-scaler's count can add a worker.
+submits workers: one function serves every pool; it runs once a minute and decides every
+``poll_seconds`` within that run, sizing each pool's fleet from that pool's backlog and deducting
+its jobs already active, never beyond the pool's ``max_workers``. The alarms' rules only start the
+scaler early; they have no Batch target, so nothing outside the scaler's count can add a worker.
 
-``alarms`` mode is the original sample's design, for users who want no Lambda: the low rule
-submits one job, the high rule an array job, the SLA rule one job. An alarm rule fires once per
+``alarms`` mode is the original sample's design, for users who want no Lambda: per pool, the low
+rule submits one job, the high rule an array job, the SLA rule one job. An alarm rule fires once per
 transition into ALARM, so this mode strands backlogs below the low threshold until the SLA alarm
 fires, does not follow a growing backlog and is not capped by ``max_workers`` (only ``max_vcpus``
 limits what runs; further jobs wait RUNNABLE).
@@ -18,8 +18,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from aws_cdk import Acknowledgment, Duration, RemovalPolicy, Validations
-from aws_cdk import aws_batch as batch
+from aws_cdk import Acknowledgment, Duration, RemovalPolicy, Stack, Validations
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
@@ -29,7 +28,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from .settings import SCALING_MODES
+from .pool import WorkerPool
 
 # The Lambda asset is the folder holding the `scaler` package, filtered down to that package, so
 # the handler imports as top-level `scaler` and the CDK code never ships with it.
@@ -69,68 +68,181 @@ def sla_periods(age_alarm_seconds: int) -> int:
     return math.ceil(age_alarm_seconds / METRIC_PERIOD.to_seconds())
 
 
-class Scaling(Construct):
-    """Alarms on the task queue and rules on them; in scaler mode, the scaler and its schedule."""
+
+def events_dead_letter_queue(scope: Construct, construct_id: str) -> sqs.Queue:
+    """Deliveries EventBridge gave up on (a rule's Batch submission or scaler run) land here."""
+    queue = sqs.Queue(
+        scope,
+        construct_id,
+        encryption=sqs.QueueEncryption.SQS_MANAGED,
+        enforce_ssl=True,
+        retention_period=Duration.days(14),
+    )
+    Validations.of(queue).acknowledge(
+        Acknowledgment(
+            id="AwsSolutions-SQS3",
+            reason=(
+                "This queue is itself a dead-letter queue: EventBridge sends the events it "
+                "failed to deliver here (rule target DeadLetterConfig), which cdk-nag cannot "
+                "see because only SQS redrive policies mark a queue as a DLQ."
+            ),
+        )
+    )
+    return queue
+
+
+class Scaler(Construct):
+    """The one scaler Lambda of every pool, its role, its log group and its one-minute schedule.
+
+    Its role may read each pool's queue depth and submit each pool's worker job definition to
+    that pool's job queue, nothing else. IAM authorizes SubmitJob's job queue and job definition
+    one by one, so one role cannot tie a definition to its queue; the handler pairs them from its
+    POOLS list. A mismatched pair would run the job with its own definition's role and queue, but on
+    the other pool's compute.
+    """
 
     def __init__(
         self,
         scope: Construct,
         construct_id: str,
         *,
-        queue: sqs.IQueue,
-        job_queue: batch.IJobQueue,
-        worker_job_definition: batch.IJobDefinition,
-        worker_job_name: str,
-        scaling_mode: str = "scaler",
-        low_threshold: int = 5,
-        high_threshold: int = 50,
-        high_array_size: int = 10,
-        age_alarm_seconds: int = 300,
-        messages_per_worker: int = 10,
-        max_workers: int = 48,
-        tasks_per_worker: int = 1,
-        poll_seconds: int = 10,
-        log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+        pools: list[WorkerPool],
+        poll_seconds: int,
+        events_dead_letter_queue: sqs.IQueue,
+        log_retention: logs.RetentionDays,
     ) -> None:
         super().__init__(scope, construct_id)
-        if scaling_mode not in SCALING_MODES:
-            raise ValueError(f"scaling_mode must be one of {', '.join(SCALING_MODES)}, got {scaling_mode!r}")
-        alarms_submit = scaling_mode == "alarms"
-
-        # Deliveries EventBridge gave up on land here instead of vanishing.
-        self.events_dead_letter_queue = sqs.Queue(
-            self,
-            "EventsDeadLetterQueue",
-            encryption=sqs.QueueEncryption.SQS_MANAGED,
-            enforce_ssl=True,
-            retention_period=Duration.days(14),
+        log_group = logs.LogGroup(
+            self, "ScalerLogs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
         )
-        Validations.of(self.events_dead_letter_queue).acknowledge(
+        # An explicit role instead of the default one, which carries the managed
+        # AWSLambdaBasicExecutionRole policy (logs:* on every log group of the account).
+        self.role = iam.Role(
+            self,
+            "ScalerRole",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description="Celery worker scaler: read each pool's queue depth, list and submit its worker jobs",
+        )
+        log_group.grant_write(self.role)
+        for pool in pools:
+            pool.queue.grant(self.role, "sqs:GetQueueAttributes")
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["batch:SubmitJob"],
+                resources=[arn for pool in pools
+                           for arn in (pool.job_queue.job_queue_arn, pool.job_definition.job_definition_arn)],
+            )
+        )
+        self.role.add_to_policy(
+            iam.PolicyStatement(actions=["batch:ListJobs", "batch:DescribeJobs"], resources=["*"])
+        )
+
+        stack = Stack.of(self)
+        pools_json = stack.to_json_string([
+            {
+                "pool": pool.name,
+                "queue_url": pool.queue.queue_url,
+                "job_queue": pool.job_queue.job_queue_arn,
+                "job_definition": pool.job_definition.job_definition_arn,
+                "job_name": pool.job_name,
+                "messages_per_worker": pool.props.messages_per_worker,
+                "max_workers": pool.props.max_workers,
+                # A worker of concurrency N holds up to N in-flight messages and is still one worker.
+                "tasks_per_worker": pool.props.concurrency,
+            }
+            for pool in pools
+        ])
+        self.function = lambda_.Function(
+            self,
+            "Scaler",
+            description="Submit each pool's Celery worker jobs in proportion to its task queue backlog",
+            runtime=lambda_.Runtime.PYTHON_3_12,
+            architecture=lambda_.Architecture.ARM_64,
+            handler=SCALER_HANDLER,
+            code=lambda_.Code.from_asset(str(SCALER_PARENT_DIR), exclude=SCALER_ASSET_EXCLUDES),
+            role=self.role,
+            log_group=log_group,
+            timeout=SCALER_TIMEOUT,
+            memory_size=SCALER_MEMORY_MIB,
+            # One run at a time: two overlapping runs would both see the same deficit and
+            # submit it twice. An event that arrives while a run loops is throttled and
+            # retried by Lambda until max_event_age, then dropped.
+            reserved_concurrent_executions=1,
+            # A failed run is not worth repeating later: the next minute's run reads fresh numbers.
+            retry_attempts=0,
+            max_event_age=SCALER_MAX_EVENT_AGE,
+            environment={
+                "POOLS": pools_json,
+                "POLL_SECONDS": str(poll_seconds),
+                "LOOP_SECONDS": str(SCALER_LOOP_SECONDS),
+            },
+        )
+        self.target = targets.LambdaFunction(
+            self.function,
+            dead_letter_queue=events_dead_letter_queue,
+            retry_attempts=SCALER_TARGET_RETRY_ATTEMPTS,
+            max_event_age=SCALER_MAX_EVENT_AGE,
+        )
+        self.schedule = events.Rule(
+            self,
+            "ScalerSchedule",
+            description=f"Run the Celery worker scaler every minute (it decides every {poll_seconds} s within the run)",
+            schedule=events.Schedule.rate(SCHEDULE_PERIOD),
+            targets=[self.target],
+        )
+        Validations.of(self.role).acknowledge(
             Acknowledgment(
-                id="AwsSolutions-SQS3",
+                id="AwsSolutions-IAM5[Resource::*]",
                 reason=(
-                    "This queue is itself a dead-letter queue: EventBridge sends the events it "
-                    "failed to deliver here (rule target DeadLetterConfig), which cdk-nag cannot "
-                    "see because only SQS redrive policies mark a queue as a DLQ."
+                    "batch:ListJobs and batch:DescribeJobs support no resource-level permissions "
+                    "(the IAM service authorization reference lists no resource type for them), "
+                    "so they need Resource '*'; they only read job metadata. batch:SubmitJob, the "
+                    "only write, is scoped to the pools' job queues and worker job definitions."
+                ),
+            )
+        )
+        Validations.of(self.function).acknowledge(
+            Acknowledgment(
+                id="AwsSolutions-L1",
+                reason=(
+                    "The runtime is pinned to python3.12, the version the scaler code is written "
+                    "and tested for; moving it is a deliberate, tested change, not a silent one."
                 ),
             )
         )
 
-        visible = queue.metric_approximate_number_of_messages_visible(
+
+class PoolAlarms(Construct):
+    """A pool's depth and SLA alarms, and the rules that act on them.
+
+    ``scaler`` given: the rules only run the scaler early. None (alarms mode): the low and SLA
+    rules submit one worker of the pool, the high rule an array job of ``high_array_size``.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        pool: WorkerPool,
+        scaler: Scaler | None,
+        events_dead_letter_queue: sqs.IQueue,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        p = pool.props
+        visible = pool.queue.metric_approximate_number_of_messages_visible(
             period=METRIC_PERIOD, statistic=cloudwatch.Stats.MAXIMUM
         )
 
         def then(workers: int) -> str:
-            if not alarms_submit:
+            if scaler is not None:
                 return "run the scaler"
             return "submit one worker" if workers == 1 else f"submit {workers} workers"
 
-        self.low_alarm = self._alarm(
-            "LowDepthAlarm", visible, low_threshold, f"{low_threshold}+ Celery tasks waiting: {then(1)}"
-        )
+        waiting = f"Celery tasks waiting in pool {pool.name}"
+        self.low_alarm = self._alarm("LowDepthAlarm", visible, p.low_threshold, f"{p.low_threshold}+ {waiting}: {then(1)}")
         self.high_alarm = self._alarm(
-            "HighDepthAlarm", visible, high_threshold,
-            f"{high_threshold}+ Celery tasks waiting: {then(high_array_size)}",
+            "HighDepthAlarm", visible, p.high_threshold, f"{p.high_threshold}+ {waiting}: {then(p.high_array_size)}"
         )
         # The SLA: "a task waited longer than age_alarm_seconds", never "a task runs long". The
         # obvious metric, ApproximateAgeOfOldestMessage, counts in-flight messages too, so any task
@@ -141,64 +253,38 @@ class Scaling(Construct):
         # message at every reading while each waits only seconds; the alarm then fires with short
         # waits. In scaler mode it only runs the scaler, which submits nothing the backlog does not
         # call for; in alarms mode it submits one worker more.
-        waiting = queue.metric_approximate_number_of_messages_visible(
+        minimum_visible = pool.queue.metric_approximate_number_of_messages_visible(
             period=METRIC_PERIOD, statistic=cloudwatch.Stats.MINIMUM
         )
-        periods = sla_periods(age_alarm_seconds)
+        periods = sla_periods(p.age_alarm_seconds)
         self.sla_alarm = self._alarm(
-            "SlaAlarm", waiting, 1,
-            f"a Celery task has waited about {age_alarm_seconds} s (a message visible in each of "
-            f"{periods} consecutive minutes): {then(1)}",
+            "SlaAlarm", minimum_visible, 1,
+            f"a Celery task of pool {pool.name} has waited about {p.age_alarm_seconds} s (a message "
+            f"visible in each of {periods} consecutive minutes): {then(1)}",
             evaluation_periods=periods,
         )
 
-        self.scaler: lambda_.Function | None = None
-        self.schedule: events.Rule | None = None
-        if alarms_submit:
+        if scaler is not None:
+            low_target = high_target = sla_target = scaler.target
+            target_text = "run the worker scaler"
+        else:
             def submit(size: int | None) -> targets.BatchJob:
                 return targets.BatchJob(
-                    job_queue.job_queue_arn,
-                    job_queue,
-                    worker_job_definition.job_definition_arn,
-                    worker_job_definition,
-                    job_name=worker_job_name,
+                    pool.job_queue.job_queue_arn,
+                    pool.job_queue,
+                    pool.job_definition.job_definition_arn,
+                    pool.job_definition,
+                    job_name=pool.job_name,
                     size=size,
-                    dead_letter_queue=self.events_dead_letter_queue,
+                    dead_letter_queue=events_dead_letter_queue,
                     retry_attempts=SUBMIT_RETRY_ATTEMPTS,
                 )
 
-            low_target, high_target, sla_target = submit(None), submit(high_array_size), submit(None)
-        else:
-            self.scaler = self._scaler(
-                queue=queue,
-                job_queue=job_queue,
-                worker_job_definition=worker_job_definition,
-                worker_job_name=worker_job_name,
-                messages_per_worker=messages_per_worker,
-                max_workers=max_workers,
-                tasks_per_worker=tasks_per_worker,
-                poll_seconds=poll_seconds,
-                log_retention=log_retention,
-            )
-            scaler_target = targets.LambdaFunction(
-                self.scaler,
-                dead_letter_queue=self.events_dead_letter_queue,
-                retry_attempts=SCALER_TARGET_RETRY_ATTEMPTS,
-                max_event_age=SCALER_MAX_EVENT_AGE,
-            )
-            self.schedule = events.Rule(
-                self,
-                "ScalerSchedule",
-                description="Run the Celery worker scaler every minute (it decides every "
-                f"{poll_seconds} s within the run)",
-                schedule=events.Schedule.rate(SCHEDULE_PERIOD),
-                targets=[scaler_target],
-            )
-            low_target = high_target = sla_target = scaler_target
-
-        self.low_rule = self._on_alarm("LowDepthRule", self.low_alarm, low_target)
-        self.high_rule = self._on_alarm("HighDepthRule", self.high_alarm, high_target)
-        self.sla_rule = self._on_alarm("SlaRule", self.sla_alarm, sla_target)
+            low_target, high_target, sla_target = submit(None), submit(p.high_array_size), submit(None)
+            target_text = f"submit Celery worker jobs of pool {pool.name}"
+        self.low_rule = self._on_alarm("LowDepthRule", self.low_alarm, low_target, target_text)
+        self.high_rule = self._on_alarm("HighDepthRule", self.high_alarm, high_target, target_text)
+        self.sla_rule = self._on_alarm("SlaRule", self.sla_alarm, sla_target, target_text)
 
     def _alarm(
         self,
@@ -223,12 +309,12 @@ class Scaling(Construct):
             alarm_description=description,
         )
 
-    def _on_alarm(self, construct_id: str, alarm: cloudwatch.Alarm, target: events.IRuleTarget) -> events.Rule:
-        target_text = "run the worker scaler" if self.scaler is not None else "submit Celery worker jobs"
+    def _on_alarm(self, construct_id: str, alarm: cloudwatch.Alarm, target: events.IRuleTarget,
+                  target_text: str) -> events.Rule:
         return events.Rule(
             self,
             construct_id,
-            description=f"When {alarm.node.id} goes into ALARM: {target_text}",
+            description=f"When {alarm.node.path.split('/', 1)[-1]} goes into ALARM: {target_text}",
             event_pattern=events.EventPattern(
                 source=["aws.cloudwatch"],
                 detail_type=["CloudWatch Alarm State Change"],
@@ -237,92 +323,3 @@ class Scaling(Construct):
             ),
             targets=[target],
         )
-
-    def _scaler(
-        self,
-        *,
-        queue: sqs.IQueue,
-        job_queue: batch.IJobQueue,
-        worker_job_definition: batch.IJobDefinition,
-        worker_job_name: str,
-        messages_per_worker: int,
-        max_workers: int,
-        tasks_per_worker: int,
-        poll_seconds: int,
-        log_retention: logs.RetentionDays,
-    ) -> lambda_.Function:
-        log_group = logs.LogGroup(
-            self, "ScalerLogs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
-        )
-        # An explicit role instead of the default one, which carries the managed
-        # AWSLambdaBasicExecutionRole policy (logs:* on every log group of the account).
-        role = iam.Role(
-            self,
-            "ScalerRole",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description="Celery worker scaler: read queue depth, list and submit worker jobs",
-        )
-        log_group.grant_write(role)
-        queue.grant(role, "sqs:GetQueueAttributes")
-        role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["batch:SubmitJob"],
-                resources=[job_queue.job_queue_arn, worker_job_definition.job_definition_arn],
-            )
-        )
-        list_jobs = iam.PolicyStatement(actions=["batch:ListJobs", "batch:DescribeJobs"], resources=["*"])
-        role.add_to_policy(list_jobs)
-
-        function = lambda_.Function(
-            self,
-            "Scaler",
-            description="Submit Celery worker jobs in proportion to the task queue backlog",
-            runtime=lambda_.Runtime.PYTHON_3_12,
-            architecture=lambda_.Architecture.ARM_64,
-            handler=SCALER_HANDLER,
-            code=lambda_.Code.from_asset(str(SCALER_PARENT_DIR), exclude=SCALER_ASSET_EXCLUDES),
-            role=role,
-            log_group=log_group,
-            timeout=SCALER_TIMEOUT,
-            memory_size=SCALER_MEMORY_MIB,
-            # One run at a time: two overlapping runs would both see the same deficit and
-            # submit it twice. An event that arrives while a run loops is throttled and
-            # retried by Lambda until max_event_age, then dropped.
-            reserved_concurrent_executions=1,
-            # A failed run is not worth repeating later: the next minute's run reads fresh numbers.
-            retry_attempts=0,
-            max_event_age=SCALER_MAX_EVENT_AGE,
-            environment={
-                "QUEUE_URL": queue.queue_url,
-                "JOB_QUEUE": job_queue.job_queue_arn,
-                "JOB_DEFINITION": worker_job_definition.job_definition_arn,
-                "JOB_NAME": worker_job_name,
-                "MESSAGES_PER_WORKER": str(messages_per_worker),
-                "MAX_WORKERS": str(max_workers),
-                # A worker of concurrency N holds up to N in-flight messages and is still one worker.
-                "TASKS_PER_WORKER": str(tasks_per_worker),
-                "POLL_SECONDS": str(poll_seconds),
-                "LOOP_SECONDS": str(SCALER_LOOP_SECONDS),
-            },
-        )
-        Validations.of(role).acknowledge(
-            Acknowledgment(
-                id="AwsSolutions-IAM5[Resource::*]",
-                reason=(
-                    "batch:ListJobs and batch:DescribeJobs support no resource-level permissions "
-                    "(the IAM service authorization reference lists no resource type for them), "
-                    "so they need Resource '*'; they only read job metadata. batch:SubmitJob, the "
-                    "only write, is scoped to this stack's job queue and worker job definition."
-                ),
-            )
-        )
-        Validations.of(function).acknowledge(
-            Acknowledgment(
-                id="AwsSolutions-L1",
-                reason=(
-                    "The runtime is pinned to python3.12, the version the scaler code is written "
-                    "and tested for; moving it is a deliberate, tested change, not a silent one."
-                ),
-            )
-        )
-        return function

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aws_cdk import Duration, aws_sqs as sqs
 from constructs import Construct
 
-from .settings import DLQ_RETENTION_DAYS
+from .props import DLQ_RETENTION_DAYS
 
 
 class TaskQueue(Construct):

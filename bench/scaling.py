@@ -122,7 +122,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
 from batch_celery.scaler.policy import submission_plan, workers_to_submit, workers_wanted
-from batch_celery.settings import Settings
+from batch_celery.props import CeleryBatchWorkersProps, PoolProps
 from batch_celery_container import limits
 
 METRIC_PERIOD_SECONDS = 60
@@ -144,19 +144,20 @@ SWEEP = (1, 2, 5, 10, 20, 50)    # messages_per_worker values shown by --sweep
 IN_FLIGHT_COUNTS = ("busy", "keda")
 
 
-# The stack's own defaults (batch_celery/settings.py), so the model cannot drift from what deploys.
-STACK = Settings()
+# The construct's own defaults (batch_celery/props.py), so the model cannot drift from what deploys.
+STACK = PoolProps()
+DEPLOYMENT = CeleryBatchWorkersProps()
 
 
 @dataclass(frozen=True)
 class Params:
-    max_workers: int = STACK.max_workers or int(STACK.max_vcpus // STACK.worker_vcpus)
+    max_workers: int = STACK.max_workers
     messages_per_worker: int = STACK.messages_per_worker
-    tasks_per_worker: int = STACK.worker_concurrency
+    tasks_per_worker: int = STACK.concurrency
     sla_seconds: int = STACK.age_alarm_seconds
     idle_seconds: int = STACK.idle_seconds
     poll_seconds: int = STACK.poll_seconds
-    scaler_poll_seconds: int = STACK.scaler_poll_seconds
+    scaler_poll_seconds: int = DEPLOYMENT.scaler_poll_seconds
     visibility_timeout_seconds: int = STACK.visibility_timeout_seconds   # the crash-recovery window
     stop_grace_seconds: int = STACK.stop_grace_seconds
     job_attempts: int = STACK.job_attempts

@@ -46,9 +46,10 @@ def test_cdk_synth_writes_the_template_without_credentials(tmp_path: Path) -> No
 
 
 def test_cdk_synth_shows_a_bad_setting_as_one_line(tmp_path: Path) -> None:
-    result = _cdk(tmp_path, "-c", 'batch-celery={"low_threshold": 0}')
+    result = _cdk(tmp_path, "-c", 'batch-celery={"pools": {"gpu": {"gpus": 1}}}')
     assert result.returncode != 0
-    assert "error: batch-celery.low_threshold = 0: must be >= 1" in result.stderr.splitlines()
+    assert ('error: batch-celery.pools.gpu.gpus = 1: Fargate has no GPUs; set compute to "ec2" or "ec2_spot"'
+            in result.stderr.splitlines())
     assert "Traceback" not in result.stderr
 
 

@@ -17,11 +17,28 @@ from .conftest import Synth
 CFN_LINT = Path(sys.executable).parent / "cfn-lint"
 ASSET_HASH = re.compile(r"\b[0-9a-f]{64}\b")
 
+SYNTHS = ["default", "three_pools", "alarms_mode"]
+EXECUTION_ROLE = "AwsSolutions-IAM5[Resource::*]"
+EC2_INSTANCE_ROLE = (
+    "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role]"
+)
+# Acknowledgments of the default stack; the three-pool stack adds one per pool's execution role
+# and one for the GPU pool's EC2 instance role.
+DEFAULT_ACKS = {
+    ("Workers/Scaling/ScalerRole", "AwsSolutions-IAM5[Resource::*]"),
+    ("Workers/Scaling/Scaler", "AwsSolutions-L1"),
+    ("Workers/EventsDeadLetterQueue", "AwsSolutions-SQS3"),
+    ("Workers/DefaultPool/WorkerContainer/ExecutionRole", EXECUTION_ROLE),
+    ("Workers/FillerContainer/ExecutionRole", EXECUTION_ROLE),
+}
+THREE_POOL_ACKS = DEFAULT_ACKS | {
+    ("Workers/ArmPool/WorkerContainer/ExecutionRole", EXECUTION_ROLE),
+    ("Workers/GpuPool/WorkerContainer/ExecutionRole", EXECUTION_ROLE),
+    ("Workers/GpuPool/ComputeEnvironment", EC2_INSTANCE_ROLE),
+}
 
-MODES = ["default", "alarms_mode"]
 
-
-@pytest.mark.parametrize("synth_name", MODES)
+@pytest.mark.parametrize("synth_name", SYNTHS)
 def test_cdk_nag_aws_solutions_has_no_unacknowledged_findings(request, synth_name: str) -> None:
     synth: Synth = request.getfixturevalue(synth_name)
     report = AwsSolutionsChecks(synth.app).validate_scope(synth.stack)
@@ -32,17 +49,18 @@ def test_cdk_nag_aws_solutions_has_no_unacknowledged_findings(request, synth_nam
     assert report.success
 
 
-def test_cdk_nag_acknowledgments_all_carry_reasons(default: Synth) -> None:
+@pytest.mark.parametrize("synth_name, expected", [
+    ("default", DEFAULT_ACKS),
+    ("three_pools", THREE_POOL_ACKS),
+    # No scaler: no scaler acknowledgments.
+    ("alarms_mode", THREE_POOL_ACKS - {("Workers/Scaling/ScalerRole", "AwsSolutions-IAM5[Resource::*]"),
+                                       ("Workers/Scaling/Scaler", "AwsSolutions-L1")}),
+])
+def test_cdk_nag_acknowledgments_all_carry_reasons(request, synth_name: str, expected: set) -> None:
     # The acknowledgments this stack makes, and the reason for each, as recorded in the tree.
-    acks = _acknowledgments(default)
-    assert set(acks) == {
-        ("Scaling/ScalerRole", "AwsSolutions-IAM5[Resource::*]"),
-        ("Scaling/Scaler", "AwsSolutions-L1"),
-        ("Scaling/EventsDeadLetterQueue", "AwsSolutions-SQS3"),
-        ("Workers/WorkerContainer/ExecutionRole", "AwsSolutions-IAM5[Resource::*]"),
-        ("Workers/FillerContainer/ExecutionRole", "AwsSolutions-IAM5[Resource::*]"),
-    }
-    assert all(len(reason) > 80 for reason in acks.values())
+    acks = _acknowledgments(request.getfixturevalue(synth_name))
+    assert set(acks) == expected
+    assert all(len(reason) > 80 for reason in acks.values()), acks
 
 
 def _acknowledgments(synth: Synth) -> dict[tuple[str, str], str]:
@@ -58,9 +76,9 @@ def _acknowledgments(synth: Synth) -> dict[tuple[str, str], str]:
     return found
 
 
-@pytest.mark.parametrize("synth_name", MODES)
+@pytest.mark.parametrize("synth_name", SYNTHS)
 def test_cfn_lint_reports_nothing(request, synth_name: str) -> None:
-    template = request.getfixturevalue(synth_name).outdir / "BatchCelery.template.json"
+    template = request.getfixturevalue(synth_name).template_file
     # W3005 (a DependsOn already implied by a GetAtt) is ignored: aws-cdk-lib's Lambda L2 renders
     # an explicit DependsOn on the function's role next to the GetAtt, for our scaler and for
     # CDK's own default-security-group provider; it is redundant and harmless.
@@ -79,5 +97,6 @@ def _normalised(template: dict[str, Any]) -> dict[str, Any]:
     return normalised
 
 
-def test_template_matches_snapshot(default: Synth, snapshot) -> None:
-    assert _normalised(default.template.to_json()) == snapshot
+@pytest.mark.parametrize("synth_name", ["default", "three_pools"])
+def test_template_matches_snapshot(request, synth_name: str, snapshot) -> None:
+    assert _normalised(request.getfixturevalue(synth_name).template.to_json()) == snapshot

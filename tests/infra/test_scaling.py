@@ -1,36 +1,48 @@
-"""Alarms, their rules, and the scaler: scaler mode (the default) and alarms mode."""
+"""Alarms, their rules, and the scaler: scaler mode (the default) and alarms mode (three pools)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from batch_celery.props import pascal
 from batch_celery.scaler import handler as scaler_handler
 from batch_celery.scaling import SCALER_LOOP_SECONDS
 
-from .conftest import Synth, grants
+from .conftest import ARM_ALARMS, THREE_POOLS, Synth, grants, strip_hash
 
 SCALER_HANDLER = "scaler.handler.handler"
-ALARM_RULES = ("ScalingLowDepthRule", "ScalingHighDepthRule", "ScalingSlaRule")
+ALARMS = ("LowDepthAlarm", "HighDepthAlarm", "SlaAlarm")
+RULES = ("LowDepthRule", "HighDepthRule", "SlaRule")
+EVENTS_DLQ = "WorkersEventsDeadLetterQueue"
+POOLS = tuple(THREE_POOLS)
 
 
-def _alarm(synth: Synth, prefix: str) -> dict:
-    return synth.one("AWS::CloudWatch::Alarm", prefix)[1]["Properties"]
+def _alarm(synth: Synth, pool: str, name: str) -> dict:
+    return synth.one("AWS::CloudWatch::Alarm", f"Workers{pascal(pool)}Alarms{name}")[1]["Properties"]
 
 
-def _rule(synth: Synth, prefix: str) -> dict:
-    return synth.one("AWS::Events::Rule", prefix)[1]["Properties"]
+def _rule(synth: Synth, pool: str, name: str) -> dict:
+    return synth.one("AWS::Events::Rule", f"Workers{pascal(pool)}Alarms{name}")[1]["Properties"]
 
 
-def _batch_target(rule: dict) -> dict:
-    (target,) = [t for t in rule["Targets"] if "BatchParameters" in t]
-    return target
-
-
-def _scaler(synth: Synth) -> tuple[str, dict]:
+def _scaler(synth: Synth) -> tuple[str | None, dict | None]:
     functions = [(k, f) for k, f in synth.of_type("AWS::Lambda::Function").items()
                  if f["Properties"]["Handler"] == SCALER_HANDLER]
     assert len(functions) <= 1
     return functions[0] if functions else (None, None)
+
+
+def _pools_variable(synth: Synth) -> list[dict]:
+    """The scaler's POOLS, its CloudFormation references shown as their logical ids."""
+    _, function = _scaler(synth)
+    value = function["Properties"]["Environment"]["Variables"]["POOLS"]
+    text = "".join(
+        part if isinstance(part, str) else json.dumps(part, sort_keys=True).replace('"', "'")
+        for part in value["Fn::Join"][1]
+    )
+    return json.loads(text)
 
 
 def _submitters(synth: Synth) -> set[str]:
@@ -39,16 +51,16 @@ def _submitters(synth: Synth) -> set[str]:
     for policy in synth.of_type("AWS::IAM::Policy").values():
         actions = {action for _, action, _ in grants(policy["Properties"]["PolicyDocument"]["Statement"])}
         if "batch:SubmitJob" in actions:
-            found |= {role["Ref"][:-8] for role in policy["Properties"]["Roles"]}
+            found |= {strip_hash(role["Ref"]) for role in policy["Properties"]["Roles"]}
     return found
 
 
 # --- alarms (the same in both modes) -----------------------------------------------------------
 
-@pytest.mark.parametrize("prefix, threshold", [("ScalingLowDepthAlarm", 5), ("ScalingHighDepthAlarm", 50)])
-def test_depth_alarms_watch_visible_messages_every_minute(default: Synth, prefix: str, threshold: int) -> None:
-    queue_id, _ = default.one("AWS::SQS::Queue", "TaskQueue1")
-    alarm = _alarm(default, prefix)
+@pytest.mark.parametrize("name, threshold", [("LowDepthAlarm", 5), ("HighDepthAlarm", 50)])
+def test_depth_alarms_watch_visible_messages_every_minute(default: Synth, name: str, threshold: int) -> None:
+    queue_id, _ = default.pool("default", "TaskQueue", "AWS::SQS::Queue")
+    alarm = _alarm(default, "default", name)
     assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible"
     assert alarm["Namespace"] == "AWS/SQS"
     assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue_id, "QueueName"]}}]
@@ -59,8 +71,8 @@ def test_depth_alarms_watch_visible_messages_every_minute(default: Synth, prefix
 
 def test_sla_alarm_fires_when_a_message_stays_visible_for_the_sla(default: Synth) -> None:
     # Visible (waiting) messages only: a task that merely runs longer than the SLA is in flight.
-    queue_id, _ = default.one("AWS::SQS::Queue", "TaskQueue1")
-    alarm = _alarm(default, "ScalingSlaAlarm")
+    queue_id, _ = default.pool("default", "TaskQueue", "AWS::SQS::Queue")
+    alarm = _alarm(default, "default", "SlaAlarm")
     assert (alarm["Namespace"], alarm["MetricName"], alarm["Statistic"]) == (
         "AWS/SQS", "ApproximateNumberOfMessagesVisible", "Minimum")
     assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue_id, "QueueName"]}}]
@@ -78,30 +90,33 @@ def test_no_alarm_watches_the_age_of_the_oldest_message(request, synth_name: str
     assert "ApproximateAgeOfOldestMessage" not in metrics
 
 
-def test_sla_periods_round_the_sla_up_to_whole_minutes(make_synth) -> None:
-    custom = make_synth(age_alarm_seconds=150, scaling_mode="alarms", low_threshold=2, high_threshold=200,
-                        high_array_size=40)
-    alarm = _alarm(custom, "ScalingSlaAlarm")
-    assert (alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"], alarm["Threshold"]) == (3, 3, 1)
-    assert _alarm(custom, "ScalingLowDepthAlarm")["Threshold"] == 2
-    assert _alarm(custom, "ScalingHighDepthAlarm")["Threshold"] == 200
-    assert _batch_target(_rule(custom, "ScalingHighDepthRule"))["BatchParameters"]["ArrayProperties"] == {"Size": 40}
+def test_each_pools_scaling_settings_reach_only_its_own_alarms(alarms_mode: Synth) -> None:
+    # The arm pool's SLA of 150 s rounds up to three whole minutes; the other pools keep the defaults.
+    assert ARM_ALARMS == {"age_alarm_seconds": 150, "low_threshold": 2, "high_threshold": 200, "high_array_size": 40}
+    for pool, (periods, low, high, array_size) in {"arm": (3, 2, 200, 40), "default": (5, 5, 50, 10),
+                                                     "gpu": (5, 5, 50, 10)}.items():
+        sla = _alarm(alarms_mode, pool, "SlaAlarm")
+        assert (sla["EvaluationPeriods"], sla["DatapointsToAlarm"], sla["Threshold"]) == (periods, periods, 1), pool
+        assert _alarm(alarms_mode, pool, "LowDepthAlarm")["Threshold"] == low, pool
+        assert _alarm(alarms_mode, pool, "HighDepthAlarm")["Threshold"] == high, pool
+        (target,) = _rule(alarms_mode, pool, "HighDepthRule")["Targets"]
+        assert target["BatchParameters"]["ArrayProperties"] == {"Size": array_size}, pool
 
 
 def test_dead_letter_queues_have_alarms(default: Synth) -> None:
-    dlq_id, _ = default.one("AWS::SQS::Queue", "TaskQueueDeadLetterQueue")
-    events_dlq_id, _ = default.one("AWS::SQS::Queue", "ScalingEventsDeadLetterQueue")
-    for prefix, queue_id in (("MonitoringTaskDeadLetterAlarm", dlq_id), ("MonitoringEventsDeadLetterAlarm", events_dlq_id)):
-        alarm = _alarm(default, prefix)
-        assert alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": [queue_id, "QueueName"]}
-        assert alarm["Threshold"] == 1
+    dlq_id, _ = default.pool("default", "TaskQueueDeadLetterQueue", "AWS::SQS::Queue")
+    events_dlq_id, _ = default.one("AWS::SQS::Queue", EVENTS_DLQ)
+    for name, queue_id in (("WorkersMonitoringDefaultTaskDeadLetterAlarm", dlq_id),
+                           ("WorkersMonitoringEventsDeadLetterAlarm", events_dlq_id)):
+        alarm = default.one("AWS::CloudWatch::Alarm", name)[1]["Properties"]
+        assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue_id, "QueueName"]}}]
+        assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
 
 
-@pytest.mark.parametrize("rule_prefix, alarm_prefix", list(zip(
-    ALARM_RULES, ("ScalingLowDepthAlarm", "ScalingHighDepthAlarm", "ScalingSlaAlarm"))))
-def test_alarm_rules_fire_on_entering_alarm(default: Synth, rule_prefix: str, alarm_prefix: str) -> None:
-    alarm_id, _ = default.one("AWS::CloudWatch::Alarm", alarm_prefix)
-    assert _rule(default, rule_prefix)["EventPattern"] == {
+@pytest.mark.parametrize("rule, alarm", list(zip(RULES, ALARMS)))
+def test_alarm_rules_fire_on_entering_alarm(default: Synth, rule: str, alarm: str) -> None:
+    alarm_id, _ = default.one("AWS::CloudWatch::Alarm", f"WorkersDefaultAlarms{alarm}")
+    assert _rule(default, "default", rule)["EventPattern"] == {
         "source": ["aws.cloudwatch"],
         "detail-type": ["CloudWatch Alarm State Change"],
         "resources": [{"Fn::GetAtt": [alarm_id, "Arn"]}],
@@ -112,7 +127,7 @@ def test_alarm_rules_fire_on_entering_alarm(default: Synth, rule_prefix: str, al
 @pytest.mark.parametrize("synth_name", ["default", "alarms_mode"])
 def test_events_dead_letter_queue_accepts_only_this_stacks_rules(request, synth_name: str) -> None:
     synth = request.getfixturevalue(synth_name)
-    events_dlq_id, _ = synth.one("AWS::SQS::Queue", "ScalingEventsDeadLetterQueue")
+    events_dlq_id, _ = synth.one("AWS::SQS::Queue", EVENTS_DLQ)
     rule_ids = set(synth.of_type("AWS::Events::Rule"))
     (policy,) = [p for p in synth.of_type("AWS::SQS::QueuePolicy").values()
                  if p["Properties"]["Queues"] == [{"Ref": events_dlq_id}]]
@@ -126,27 +141,30 @@ def test_events_dead_letter_queue_accepts_only_this_stacks_rules(request, synth_
 
 # --- scaler mode (the default): one brain ------------------------------------------------------
 
-def test_in_scaler_mode_every_rule_only_runs_the_scaler(default: Synth) -> None:
-    function_id, _ = _scaler(default)
-    events_dlq_id, _ = default.one("AWS::SQS::Queue", "ScalingEventsDeadLetterQueue")
-    for prefix in (*ALARM_RULES, "ScalingScalerSchedule"):
-        (target,) = _rule(default, prefix)["Targets"]
-        assert target["Arn"] == {"Fn::GetAtt": [function_id, "Arn"]}, prefix
-        assert "BatchParameters" not in target, prefix
+def test_in_scaler_mode_every_rule_only_runs_the_scaler(three_pools: Synth) -> None:
+    function_id, _ = _scaler(three_pools)
+    events_dlq_id, _ = three_pools.one("AWS::SQS::Queue", EVENTS_DLQ)
+    rules = [_rule(three_pools, pool, rule) for pool in POOLS for rule in RULES]
+    rules.append(three_pools.one("AWS::Events::Rule", "WorkersScalingScalerSchedule")[1]["Properties"])
+    assert len(rules) == len(three_pools.of_type("AWS::Events::Rule")) == 10
+    for rule in rules:
+        (target,) = rule["Targets"]
+        assert target["Arn"] == {"Fn::GetAtt": [function_id, "Arn"]}, rule["Description"]
+        assert "BatchParameters" not in target
         assert target["RetryPolicy"] == {"MaximumEventAgeInSeconds": 60, "MaximumRetryAttempts": 2}
         assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": [events_dlq_id, "Arn"]}}
 
 
-def test_in_scaler_mode_only_the_scaler_may_submit_jobs(default: Synth) -> None:
+def test_in_scaler_mode_only_the_scaler_may_submit_jobs(three_pools: Synth) -> None:
     # No EventBridge role for Batch, no other role with SubmitJob: nothing outside the scaler's
-    # count (which never exceeds max_workers) can add a worker.
-    assert _submitters(default) == {"ScalingScalerRole"}
-    assert not [k for k in default.of_type("AWS::IAM::Role") if "EventsRole" in k]
+    # count (which never exceeds a pool's max_workers) can add a worker.
+    assert _submitters(three_pools) == {"WorkersScalingScalerRole"}
+    assert not [k for k in three_pools.of_type("AWS::IAM::Role") if "EventsRole" in k]
 
 
 def test_failed_scaler_runs_raise_an_alarm(default: Synth) -> None:
     function_id, _ = _scaler(default)
-    alarm = _alarm(default, "MonitoringScalerFailingAlarm")
+    alarm = default.one("AWS::CloudWatch::Alarm", "WorkersMonitoringScalerFailingAlarm")[1]["Properties"]
     assert (alarm["Namespace"], alarm["MetricName"], alarm["Statistic"]) == ("AWS/Lambda", "Errors", "Sum")
     assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": function_id}}]
     assert (alarm["Period"], alarm["Threshold"]) == (300, 3)
@@ -155,7 +173,7 @@ def test_failed_scaler_runs_raise_an_alarm(default: Synth) -> None:
 def test_scaler_function_loops_one_run_at_a_time(default: Synth) -> None:
     function_id, function = _scaler(default)
     props = function["Properties"]
-    group_id, group = default.one("AWS::Logs::LogGroup", "ScalingScalerLogs")
+    group_id, group = default.one("AWS::Logs::LogGroup", "WorkersScalingScalerLogs")
     assert (props["Runtime"], props["Architectures"], props["MemorySize"]) == ("python3.12", ["arm64"], 256)
     assert props["ReservedConcurrentExecutions"] == 1
     # The loop stops starting decisions 5 s before the next minute's run; the timeout leaves the
@@ -171,59 +189,60 @@ def test_scaler_function_loops_one_run_at_a_time(default: Synth) -> None:
 
 
 def test_scaler_environment_is_the_scaler_contract(default: Synth) -> None:
-    queue_id, _ = default.one("AWS::SQS::Queue", "TaskQueue1")
-    worker_id, _ = default.one("AWS::Batch::JobDefinition", "WorkersWorkerJobDefinition")
-    job_queue_id, _ = default.one("AWS::Batch::JobQueue", "WorkersJobQueue")
+    queue_id, _ = default.pool("default", "TaskQueue", "AWS::SQS::Queue")
+    worker_id, _ = default.pool("default", "WorkerJobDefinition", "AWS::Batch::JobDefinition")
+    job_queue_id, _ = default.pool("default", "JobQueue", "AWS::Batch::JobQueue")
     _, function = _scaler(default)
     variables = function["Properties"]["Environment"]["Variables"]
-    assert variables == {
-        "QUEUE_URL": {"Ref": queue_id},
-        "JOB_QUEUE": {"Fn::GetAtt": [job_queue_id, "JobQueueArn"]},
-        "JOB_DEFINITION": {"Ref": worker_id},
-        "JOB_NAME": "celery-worker",
-        "MESSAGES_PER_WORKER": "10",
-        "MAX_WORKERS": "48",
-        "TASKS_PER_WORKER": "1",
-        "POLL_SECONDS": "10",
-        "LOOP_SECONDS": "55",
-    }
     # What the handler requires, no more and no less.
     assert set(variables) == set(scaler_handler.ENV_NAMES)
+    assert (variables["POLL_SECONDS"], variables["LOOP_SECONDS"]) == ("10", "55")
+    assert _pools_variable(default) == [{
+        "pool": "default",
+        "queue_url": f"{{'Ref': '{queue_id}'}}",
+        "job_queue": f"{{'Fn::GetAtt': ['{job_queue_id}', 'JobQueueArn']}}",
+        "job_definition": f"{{'Ref': '{worker_id}'}}",
+        "job_name": "celery-worker-default",
+        "messages_per_worker": 10,
+        "max_workers": 48,
+        "tasks_per_worker": 1,
+    }]
+    assert set(_pools_variable(default)[0]) == set(scaler_handler.POOL_FIELDS)
 
 
-def test_scaler_settings_reach_its_environment(make_synth) -> None:
-    small = make_synth(worker_vcpus=0.25, worker_memory_mib=512, max_vcpus=16, messages_per_worker=4,
-                       scaler_poll_seconds=20, worker_concurrency=3)
-    variables = _scaler(small)[1]["Properties"]["Environment"]["Variables"]
-    # max_workers defaults to what the compute environment runs at once: 16 / 0.25.
-    assert (variables["MAX_WORKERS"], variables["MESSAGES_PER_WORKER"], variables["POLL_SECONDS"]) == ("64", "4", "20")
+def test_scaler_settings_reach_its_environment(custom: Synth) -> None:
+    _, function = _scaler(custom)
+    assert function["Properties"]["Environment"]["Variables"]["POLL_SECONDS"] == "20"
+    (pool,) = _pools_variable(custom)
     # A worker of concurrency 3 holds up to 3 in-flight messages and is one busy worker.
-    assert variables["TASKS_PER_WORKER"] == "3"
+    assert (pool["max_workers"], pool["messages_per_worker"], pool["tasks_per_worker"]) == (64, 4, 3)
 
 
-def test_scaler_runs_every_minute_and_on_every_alarm(default: Synth) -> None:
-    function_id, _ = _scaler(default)
+def test_scaler_runs_every_minute_and_on_every_alarm(three_pools: Synth) -> None:
+    function_id, _ = _scaler(three_pools)
     target = {"Fn::GetAtt": [function_id, "Arn"]}
-    assert _rule(default, "ScalingScalerSchedule")["ScheduleExpression"] == "rate(1 minute)"
-    permissions = [p["Properties"] for p in default.of_type("AWS::Lambda::Permission").values()
+    assert three_pools.one("AWS::Events::Rule", "WorkersScalingScalerSchedule")[1]["Properties"][
+        "ScheduleExpression"] == "rate(1 minute)"
+    permissions = [p["Properties"] for p in three_pools.of_type("AWS::Lambda::Permission").values()
                    if p["Properties"]["FunctionName"] == target]
-    assert len(permissions) == 4
+    # The schedule and three alarm rules per pool.
+    assert len(permissions) == 1 + 3 * len(POOLS)
     assert all(p["Principal"] == "events.amazonaws.com" and p["Action"] == "lambda:InvokeFunction"
                for p in permissions)
 
 
 def test_scaler_role_is_scoped_to_the_queue_job_queue_and_worker_definition(default: Synth) -> None:
-    assert grants(default.statements_of_role("ScalingScalerRole")) == {
-        ("Allow", "logs:CreateLogStream", "ScalingScalerLogs.Arn"),
-        ("Allow", "logs:PutLogEvents", "ScalingScalerLogs.Arn"),
-        ("Allow", "sqs:GetQueueAttributes", "TaskQueue.Arn"),
-        ("Allow", "batch:SubmitJob", "WorkersJobQueue.JobQueueArn"),
-        ("Allow", "batch:SubmitJob", "WorkersWorkerJobDefinition"),
+    assert grants(default.statements_of_role("WorkersScalingScalerRole")) == {
+        ("Allow", "logs:CreateLogStream", "WorkersScalingScalerLogs.Arn"),
+        ("Allow", "logs:PutLogEvents", "WorkersScalingScalerLogs.Arn"),
+        ("Allow", "sqs:GetQueueAttributes", "WorkersDefaultPoolTaskQueue.Arn"),
+        ("Allow", "batch:SubmitJob", "WorkersDefaultPoolJobQueue.JobQueueArn"),
+        ("Allow", "batch:SubmitJob", "WorkersDefaultPoolWorkerJobDefinition"),
         # Neither action supports resource-level permissions (acknowledged in cdk-nag).
         ("Allow", "batch:ListJobs", "*"),
         ("Allow", "batch:DescribeJobs", "*"),
     }
-    _, role = default.one("AWS::IAM::Role", "ScalingScalerRole")
+    _, role = default.one("AWS::IAM::Role", "WorkersScalingScalerRole")
     assert "ManagedPolicyArns" not in role["Properties"]
 
 
@@ -238,19 +257,19 @@ def test_scaler_asset_holds_only_the_scaler_package(default: Synth) -> None:
 
 # --- alarms mode: the original sample's design, no Lambda --------------------------------------
 
-@pytest.mark.parametrize("rule_prefix, array_size", [
-    ("ScalingLowDepthRule", None), ("ScalingHighDepthRule", 10), ("ScalingSlaRule", None)])
-def test_in_alarms_mode_each_rule_submits_worker_jobs_exactly_once(
-    alarms_mode: Synth, rule_prefix: str, array_size: int | None
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("rule, array_size", [("LowDepthRule", None), ("HighDepthRule", 10), ("SlaRule", None)])
+def test_in_alarms_mode_each_rule_submits_its_pools_worker_jobs_exactly_once(
+    alarms_mode: Synth, pool: str, rule: str, array_size: int | None
 ) -> None:
-    worker_id, _ = alarms_mode.one("AWS::Batch::JobDefinition", "WorkersWorkerJobDefinition")
-    job_queue_id, _ = alarms_mode.one("AWS::Batch::JobQueue", "WorkersJobQueue")
-    events_dlq_id, _ = alarms_mode.one("AWS::SQS::Queue", "ScalingEventsDeadLetterQueue")
-    (target,) = _rule(alarms_mode, rule_prefix)["Targets"]
+    worker_id, _ = alarms_mode.pool(pool, "WorkerJobDefinition", "AWS::Batch::JobDefinition")
+    job_queue_id, _ = alarms_mode.pool(pool, "JobQueue", "AWS::Batch::JobQueue")
+    events_dlq_id, _ = alarms_mode.one("AWS::SQS::Queue", EVENTS_DLQ)
+    (target,) = _rule(alarms_mode, pool, rule)["Targets"]
     assert target["Arn"] == {"Fn::GetAtt": [job_queue_id, "JobQueueArn"]}
-    expected = {"JobDefinition": {"Ref": worker_id}, "JobName": "celery-worker"}
+    expected = {"JobDefinition": {"Ref": worker_id}, "JobName": f"celery-worker-{pool}"}
     if array_size:
-        expected["ArrayProperties"] = {"Size": array_size}
+        expected["ArrayProperties"] = {"Size": ARM_ALARMS["high_array_size"] if pool == "arm" else array_size}
     assert target["BatchParameters"] == expected
     # SubmitJob has no idempotency token: a retried delivery whose answer was lost submits twice.
     assert target["RetryPolicy"] == {"MaximumRetryAttempts": 0}
@@ -260,17 +279,20 @@ def test_in_alarms_mode_each_rule_submits_worker_jobs_exactly_once(
 def test_alarms_mode_deploys_no_lambda_and_no_schedule(alarms_mode: Synth) -> None:
     assert _scaler(alarms_mode) == (None, None)
     assert not [r for r in alarms_mode.of_type("AWS::Events::Rule").values() if "ScheduleExpression" in r["Properties"]]
-    assert not [k for k in alarms_mode.resources if k.startswith(("ScalingScaler", "MonitoringScaler"))]
+    assert not [k for k in alarms_mode.resources if k.startswith(("WorkersScaling", "WorkersMonitoringScaler"))]
     assert not alarms_mode.of_type("AWS::Lambda::Permission")
-    assert "ScalerFunctionName" not in alarms_mode.template.to_json()["Outputs"]
-    assert sorted(k[:-8] for k in alarms_mode.of_type("AWS::Events::Rule")) == sorted(ALARM_RULES)
-    # Three scaling alarms and the two dead-letter alarms.
-    assert len(alarms_mode.of_type("AWS::CloudWatch::Alarm")) == 5
+    assert "ScalerFunctionName" not in alarms_mode.outputs
+    assert sorted(strip_hash(k) for k in alarms_mode.of_type("AWS::Events::Rule")) == sorted(
+        f"Workers{pascal(pool)}Alarms{rule}" for pool in POOLS for rule in RULES)
+    # Three scaling alarms per pool, one per task DLQ and the events DLQ's.
+    assert len(alarms_mode.of_type("AWS::CloudWatch::Alarm")) == 3 * 3 + 3 + 1
 
 
-def test_in_alarms_mode_eventbridge_may_only_submit_the_worker_job_to_this_job_queue(alarms_mode: Synth) -> None:
-    assert _submitters(alarms_mode) == {"WorkersWorkerJobDefinitionEventsRole"}
-    assert grants(alarms_mode.statements_of_role("WorkersWorkerJobDefinitionEventsRole")) == {
-        ("Allow", "batch:SubmitJob", "WorkersWorkerJobDefinition"),
-        ("Allow", "batch:SubmitJob", "WorkersJobQueue.JobQueueArn"),
-    }
+def test_in_alarms_mode_eventbridge_may_only_submit_each_pools_worker_job_to_its_job_queue(alarms_mode: Synth) -> None:
+    roles = {f"Workers{pascal(pool)}PoolWorkerJobDefinitionEventsRole": pool for pool in POOLS}
+    assert _submitters(alarms_mode) == set(roles)
+    for role, pool in roles.items():
+        assert grants(alarms_mode.statements_of_role(role)) == {
+            ("Allow", "batch:SubmitJob", f"Workers{pascal(pool)}PoolWorkerJobDefinition"),
+            ("Allow", "batch:SubmitJob", f"Workers{pascal(pool)}PoolJobQueue.JobQueueArn"),
+        }, pool

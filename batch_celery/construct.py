@@ -1,0 +1,214 @@
+"""``CeleryBatchWorkers``: Celery worker pools on AWS Batch, as one construct to embed in a CDK app.
+
+    from batch_celery.construct import CeleryBatchWorkers
+    from batch_celery.props import CeleryBatchWorkersProps, PoolProps
+
+    workers = CeleryBatchWorkers(self, "Workers", CeleryBatchWorkersProps(
+        vpc=my_vpc,
+        pools={"default": PoolProps(), "gpu": PoolProps(compute="ec2_spot", gpus=1, vcpus=4,
+                                                          memory_mib=15000, tasks=("gpu.*",))},
+    ))
+    workers.pools["gpu"].queue        # and .dead_letter_queue, .job_queue, .job_definition, .worker_role
+
+Per pool: an SQS task queue and DLQ, a compute environment, a job queue, a worker job definition,
+depth and SLA alarms. Shared: the VPC (given, or a new one), the job log group, one scaler Lambda
+(scaler mode), the filler job, the events DLQ and the alarms on every DLQ. ``routes_json`` is the
+routing of task names to pool queues (batch_celery_container/routing.py reads it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aws_cdk import Duration, FileSystem, RemovalPolicy, Stack, Validations
+from aws_cdk import aws_batch as batch
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from batch_celery_container import contract
+
+from . import CONTAINER_DIR
+from .monitoring import Monitoring
+from .network import Network
+from .pool import EXECUTION_ROLE_ACK, WorkerPool, container_definition
+from .props import LOG_RETENTION_DAYS, CeleryBatchWorkersProps, PoolProps, SettingsError, pascal
+from .scaling import PoolAlarms, Scaler, events_dead_letter_queue
+
+# The name of the build context a pool's own Dockerfile takes the lifecycle script and its helpers
+# from (`COPY --from=batch-celery ...`, examples/gpu-pool/Dockerfile).
+BUILD_CONTEXT = "batch-celery"
+# What docker build never needs: keeps the asset hash stable across local runs and tests.
+IMAGE_EXCLUDES = ["**/__pycache__", "**/*.pyc", "**/.pytest_cache", "**/*.log", "**/*.pid"]
+
+FILLER_JOB_NAME = "celery-filler"
+FILLER_COMMAND = ["python", "fill-batch-queue.py", "--num-messages", "Ref::numMessages"]
+FILLER_DEFAULT_MESSAGES = "100"
+FILLER_TIMEOUT = Duration.minutes(30)
+
+# RetentionDays members carry names, not numbers, in Python.
+_RETENTION = dict(zip(
+    LOG_RETENTION_DAYS,
+    ("ONE_DAY", "THREE_DAYS", "FIVE_DAYS", "ONE_WEEK", "TWO_WEEKS", "ONE_MONTH", "TWO_MONTHS",
+     "THREE_MONTHS", "FOUR_MONTHS", "FIVE_MONTHS", "SIX_MONTHS", "ONE_YEAR", "THIRTEEN_MONTHS",
+     "EIGHTEEN_MONTHS", "TWO_YEARS", "THREE_YEARS", "FIVE_YEARS", "SIX_YEARS", "SEVEN_YEARS",
+     "EIGHT_YEARS", "NINE_YEARS", "TEN_YEARS"),
+    strict=True,
+))
+
+
+def log_retention(days: int) -> logs.RetentionDays:
+    return logs.RetentionDays[_RETENTION[days]]
+
+
+class CeleryBatchWorkers(Construct):
+    """Celery worker pools on AWS Batch that start when tasks arrive and stop when their work is done."""
+
+    def __init__(self, scope: Construct, construct_id: str, props: CeleryBatchWorkersProps | None = None) -> None:
+        super().__init__(scope, construct_id)
+        self.props = props = props or CeleryBatchWorkersProps()
+        retention = log_retention(props.log_retention_days)
+
+        if props.vpc is None:
+            self.network: Network | None = Network(
+                self, "Network", max_azs=props.max_azs, nat_gateways=props.nat_gateways, log_retention=retention
+            )
+            self.vpc: ec2.IVpc = self.network.vpc
+        else:
+            self.network, self.vpc = None, props.vpc
+            if not self.vpc.private_subnets:
+                raise SettingsError(
+                    "vpc", self.vpc.node.path,
+                    "has no private subnets with egress; the workers need them to reach SQS, ECR and CloudWatch",
+                )
+        subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
+
+        self.log_group = logs.LogGroup(self, "JobLogs", retention=retention, removal_policy=RemovalPolicy.DESTROY)
+        self._images: dict[tuple[str, str], ecs.ContainerImage] = {}
+
+        self.pools: dict[str, WorkerPool] = {
+            name: WorkerPool(
+                self,
+                f"{pascal(name)}Pool",
+                name=name,
+                props=pool,
+                image=self.image(pool.image, pool.platform),
+                vpc=self.vpc,
+                subnets=subnets,
+                log_group=self.log_group,
+            )
+            for name, pool in props.pools.items()
+        }
+        self.default_pool = self.pools[props.default_pool]
+
+        self.events_dead_letter_queue = events_dead_letter_queue(self, "EventsDeadLetterQueue")
+        self.scaler: Scaler | None = None
+        if props.scaling_mode == "scaler":
+            self.scaler = Scaler(
+                self,
+                "Scaling",
+                pools=list(self.pools.values()),
+                poll_seconds=props.scaler_poll_seconds,
+                events_dead_letter_queue=self.events_dead_letter_queue,
+                log_retention=retention,
+            )
+        self.alarms = {
+            name: PoolAlarms(
+                self, f"{pascal(name)}Alarms", pool=pool, scaler=self.scaler,
+                events_dead_letter_queue=self.events_dead_letter_queue,
+            )
+            for name, pool in self.pools.items()
+        }
+
+        stack = Stack.of(self)
+        self.routes_json: str = stack.to_json_string({
+            "default_pool": props.default_pool,
+            "region": stack.region,
+            "pools": {
+                name: {"queue_name": pool.queue.queue_name, "queue_url": pool.queue.queue_url,
+                       "tasks": list(pool.props.tasks)}
+                for name, pool in self.pools.items()
+            },
+        })
+        self._filler(retention)
+
+        self.monitoring = Monitoring(
+            self,
+            "Monitoring",
+            task_dead_letter_queues={name: pool.dead_letter_queue for name, pool in self.pools.items()},
+            events_dead_letter_queue=self.events_dead_letter_queue,
+            scaler=self.scaler.function if self.scaler else None,
+        )
+
+    def image(self, directory: str | None, platform: str) -> ecs.ContainerImage:
+        """One image asset per (directory, platform): pools that share an image build it once."""
+        key = (str(Path(directory).resolve()) if directory else "", platform)
+        if key not in self._images:
+            arm64 = platform == "linux/arm64"
+            own = {}
+            if directory:
+                own = dict(
+                    # A pool's own Dockerfile takes the lifecycle script and its helpers from here;
+                    # the asset hash (the image tag) must change with them, or a deploy would keep
+                    # running the old script in that pool.
+                    build_contexts={BUILD_CONTEXT: str(CONTAINER_DIR)},
+                    extra_hash=FileSystem.fingerprint(str(CONTAINER_DIR), exclude=IMAGE_EXCLUDES),
+                )
+            asset = ecr_assets.DockerImageAsset(
+                self,
+                # Bundled, Bundled-arm64, Image1, Image2, ...: unique whatever the directories are called.
+                ("Bundled" if not directory else f"Image{len(self._images) + 1}") + ("Arm64" if arm64 else ""),
+                directory=key[0] or str(CONTAINER_DIR),
+                platform=ecr_assets.Platform.LINUX_ARM64 if arm64 else ecr_assets.Platform.LINUX_AMD64,
+                exclude=IMAGE_EXCLUDES,
+                **own,
+            )
+            self._images[key] = ecs.ContainerImage.from_docker_image_asset(asset)
+        return self._images[key]
+
+    def _filler(self, retention: logs.RetentionDays) -> None:
+        """The filler job: sends example tasks, routed to every pool, from the default pool's compute."""
+        default = self.default_pool
+        self.filler_role = iam.Role(
+            self,
+            "FillerRole",
+            assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
+            description="Queue filler job: publish Celery tasks to the pools' task queues",
+        )
+        for pool in self.pools.values():
+            pool.queue.grant_send_messages(self.filler_role)
+        # The filler is the bundled image for the default pool's platform and compute (its own
+        # image may lack the filler); the smallest job that compute runs.
+        filler_pool: PoolProps = default.props
+        self.filler_container = container_definition(
+            self,
+            "FillerContainer",
+            pool=filler_pool,
+            image=self.image(None, filler_pool.platform),
+            command=FILLER_COMMAND,
+            vcpus=1 if filler_pool.ec2 else 0.25,
+            memory_mib=512,
+            job_role=self.filler_role,
+            environment=contract.filler_environment(
+                queue_name=default.queue.queue_name,
+                queue_url=default.queue.queue_url,
+                region=Stack.of(self).region,
+                routes_json=self.routes_json,
+            ),
+            log_group=self.log_group,
+            stream_prefix="filler",
+        )
+        self.filler_job_definition = batch.EcsJobDefinition(
+            self,
+            "FillerJobDefinition",
+            container=self.filler_container,
+            parameters={"numMessages": FILLER_DEFAULT_MESSAGES},
+            timeout=FILLER_TIMEOUT,
+            retry_attempts=1,
+            propagate_tags=True,
+        )
+        self.filler_job_queue = default.job_queue
+        Validations.of(self.filler_container.execution_role).acknowledge(EXECUTION_ROLE_ACK)

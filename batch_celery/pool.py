@@ -1,0 +1,235 @@
+"""One worker pool: its task queue and DLQ, its compute environment, job queue and worker job.
+
+A pool is one kind of compute (Fargate, Fargate Spot, EC2 or EC2 Spot, amd64 or arm64, with or
+without GPUs) with its own SQS queue. Its workers may consume only that queue; the scaler (or, in
+alarms mode, the pool's alarm rules) submits only this pool's job definition to this pool's job
+queue. Scaling and alarms are wired by the construct (construct.py), which sees every pool.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Acknowledgment, Duration, Size, Stack, Validations
+from aws_cdk import aws_batch as batch
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from batch_celery_container import contract
+
+from .props import PoolProps
+from .task_queue import TaskQueue
+
+WORKER_COMMAND = ["./run_celery_worker.sh"]
+
+# Retry what the platform broke, stop on what the application decided. Batch retries a failed job
+# when no rule matches, so the last rule is a catch-all EXIT; Batch takes at most 5 rules and
+# matches them in order, with glob patterns.
+WORKER_RETRY_STRATEGIES = (
+    # Fargate Spot reclaimed the task (two-minute warning, then SIGTERM): the work is still queued.
+    batch.RetryStrategy.of(
+        batch.Action.RETRY, batch.Reason.custom(on_status_reason="Your Spot Task was interrupted*")
+    ),
+    # EC2 (a Spot reclaim, or a failed instance) took the host away under the job.
+    batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.custom(on_status_reason="Host EC2*")),
+    # Fargate could not start the task (image pull, ENI, log set-up: ResourceInitializationError
+    # and CannotPullContainerError both come with this status reason there).
+    batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.custom(on_status_reason="Task failed to start*")),
+    # On EC2 an image pull that failed says so in the reason.
+    batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.CANNOT_PULL_CONTAINER),
+    batch.RetryStrategy.of(batch.Action.EXIT, batch.Reason.custom(on_reason="*")),
+)
+
+EXECUTION_ROLE_ACK = Acknowledgment(
+    id="AwsSolutions-IAM5[Resource::*]",
+    reason=(
+        "The only wildcard is ecr:GetAuthorizationToken, which IAM does not allow to be scoped to a "
+        "resource; the ECR pull actions are scoped to the CDK assets repository and log writes to "
+        "this deployment's job log group."
+    ),
+)
+
+
+def worker_job_name(pool: str) -> str:
+    """Job name of a pool's workers (the scaler counts workers by job definition, not by name)."""
+    return f"celery-worker-{pool}"
+
+
+def container_definition(
+    scope: Construct,
+    construct_id: str,
+    *,
+    pool: PoolProps,
+    image: ecs.ContainerImage,
+    command: list[str],
+    vcpus: float,
+    memory_mib: int,
+    job_role: iam.IRole,
+    environment: dict[str, str],
+    log_group: logs.ILogGroup,
+    stream_prefix: str,
+    gpus: int = 0,
+) -> batch.IEcsContainerDefinition:
+    """A Fargate or EC2 container for the pool's compute, with an init process as PID 1.
+
+    The init process forwards Batch's SIGTERM to the lifecycle script and reaps the detached
+    Celery worker once it exits (it is reparented to PID 1, not the script).
+    """
+    common = dict(
+        image=image,
+        command=command,
+        memory=Size.mebibytes(memory_mib),
+        job_role=job_role,
+        environment=environment,
+        logging=ecs.LogDriver.aws_logs(stream_prefix=stream_prefix, log_group=log_group),
+        linux_parameters=batch.LinuxParameters(scope, f"{construct_id}LinuxParameters", init_process_enabled=True),
+    )
+    if pool.ec2:
+        return batch.EcsEc2ContainerDefinition(
+            scope, construct_id, cpu=int(vcpus), gpu=gpus or None, **common
+        )
+    return batch.EcsFargateContainerDefinition(
+        scope,
+        construct_id,
+        cpu=vcpus,
+        assign_public_ip=False,
+        fargate_cpu_architecture=ecs.CpuArchitecture.ARM64 if pool.arm64 else ecs.CpuArchitecture.X86_64,
+        fargate_operating_system_family=ecs.OperatingSystemFamily.LINUX,
+        **common,
+    )
+
+
+class WorkerPool(Construct):
+    """A pool's queue pair, compute environment, FIFO job queue, worker role and job definition."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        name: str,
+        props: PoolProps,
+        image: ecs.ContainerImage,
+        vpc: ec2.IVpc,
+        subnets: ec2.SubnetSelection,
+        log_group: logs.ILogGroup,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.name, self.props = name, props
+        self.job_name = worker_job_name(name)
+
+        tasks = TaskQueue(
+            self,
+            "TaskQueue",
+            visibility_timeout=Duration.seconds(props.visibility_timeout_seconds),
+            retention=Duration.days(props.message_retention_days),
+            max_receive_count=props.max_receive_count,
+        )
+        self.queue, self.dead_letter_queue = tasks.queue, tasks.dead_letter_queue
+
+        self.compute_environment = self._compute_environment(vpc, subnets)
+        self.job_queue = batch.JobQueue(
+            self,
+            "JobQueue",
+            # No scheduling policy: the queue is FIFO, so workers start in submission order.
+            compute_environments=[
+                batch.OrderedComputeEnvironment(compute_environment=self.compute_environment, order=1)
+            ],
+        )
+
+        self.worker_role = iam.Role(
+            self,
+            "WorkerRole",
+            assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
+            description=f"Celery workers of pool {name}: consume its task queue, dead-letter poison messages",
+        )
+        # Its own queue only: Celery retries re-publish to it; poison messages go to its DLQ.
+        self.queue.grant_consume_messages(self.worker_role)
+        self.queue.grant_send_messages(self.worker_role)
+        self.dead_letter_queue.grant_send_messages(self.worker_role)
+
+        self.worker_container = container_definition(
+            self,
+            "WorkerContainer",
+            pool=props,
+            image=image,
+            command=WORKER_COMMAND,
+            vcpus=props.vcpus,
+            memory_mib=props.memory_mib,
+            gpus=props.gpus,
+            job_role=self.worker_role,
+            environment=contract.worker_environment(
+                pool=name,
+                queue_name=self.queue.queue_name,
+                queue_url=self.queue.queue_url,
+                region=Stack.of(self).region,
+                idle_seconds=props.idle_seconds,
+                poll_seconds=props.poll_seconds,
+                concurrency=props.concurrency,
+                task_time_limit_seconds=props.task_time_limit_seconds,
+                visibility_timeout_seconds=props.visibility_timeout_seconds,
+                stop_grace_seconds=props.stop_grace_seconds,
+            ),
+            log_group=log_group,
+            stream_prefix=f"worker-{name}",
+        )
+        self.job_definition = batch.EcsJobDefinition(
+            self,
+            "WorkerJobDefinition",
+            container=self.worker_container,
+            timeout=Duration.seconds(props.job_timeout_seconds),
+            retry_attempts=props.job_attempts,
+            retry_strategies=list(WORKER_RETRY_STRATEGIES),
+            propagate_tags=True,
+        )
+        Validations.of(self.worker_container.execution_role).acknowledge(EXECUTION_ROLE_ACK)
+
+    def _compute_environment(self, vpc: ec2.IVpc, subnets: ec2.SubnetSelection) -> batch.IComputeEnvironment:
+        props = self.props
+        if not props.ec2:
+            return batch.FargateComputeEnvironment(
+                self,
+                "ComputeEnvironment",
+                vpc=vpc,
+                vpc_subnets=subnets,
+                spot=props.spot,
+                maxv_cpus=props.max_vcpus,
+                # No service_role: Batch then uses its service-linked role, which AWS maintains.
+            )
+        types = props.effective_instance_types
+        environment = batch.ManagedEc2EcsComputeEnvironment(
+            self,
+            "ComputeEnvironment",
+            vpc=vpc,
+            vpc_subnets=subnets,
+            spot=props.spot,
+            minv_cpus=0,
+            maxv_cpus=props.max_vcpus,
+            # Spot: the pools Spot is least likely to reclaim, at the lowest price among them.
+            # On-demand: the cheapest type that fits, then larger ones as needed.
+            allocation_strategy=(
+                batch.AllocationStrategy.SPOT_PRICE_CAPACITY_OPTIMIZED if props.spot
+                else batch.AllocationStrategy.BEST_FIT_PROGRESSIVE
+            ),
+            images=[batch.EcsMachineImage(
+                image_type=batch.EcsMachineImageType.ECS_AL2023_NVIDIA if props.gpus
+                else batch.EcsMachineImageType.ECS_AL2023
+            )],
+            update_to_latest_image_version=True,
+        )
+        # Batch takes families ("c7g") and "optimal" next to sizes; CDK's InstanceType takes only
+        # sizes, so the list goes to CloudFormation as written (props.py checked it).
+        cfn = environment.node.default_child
+        cfn.add_property_override("ComputeResources.InstanceTypes", list(types))
+        Validations.of(environment).acknowledge(
+            Acknowledgment(
+                id="AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role]",
+                reason=(
+                    "The instance role of a Batch EC2 compute environment needs the ECS agent's "
+                    "permissions (register the instance, pull images, write logs); AWS maintains this "
+                    "managed policy for exactly that, and the jobs run with their own job roles."
+                ),
+            )
+        )
+        return environment

@@ -1,0 +1,435 @@
+"""The construct's props: one frozen object per pool and one for the whole deployment.
+
+Every default is written here, once. Building a props object validates it: an invalid value raises
+``SettingsError`` whose one line names the key, the value and what is allowed, so a mistake fails at
+synth (or as soon as a CDK user builds the props), never at deploy. ``settings.py`` builds these
+objects from cdk.json; a CDK app that embeds ``CeleryBatchWorkers`` builds them itself.
+
+Rules the worker checks too (visibility timeout, task time limit, grace, concurrency, pool names,
+task patterns) come from the container's own modules (``limits``, ``routing``), so synth and the
+worker can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Mapping
+
+from batch_celery_container import limits, routing
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from aws_cdk import aws_ec2 as ec2
+
+COMPUTE_KINDS = ("fargate", "fargate_spot", "ec2", "ec2_spot")
+EC2_KINDS = ("ec2", "ec2_spot")
+PLATFORMS = ("linux/amd64", "linux/arm64")
+DEFAULT_POOL = "default"
+
+# Fargate vCPU -> allowed memory in MiB (AWS Batch job definition resourceRequirements for Fargate).
+FARGATE_MEMORY_MIB: dict[float, tuple[int, ...]] = {
+    0.25: (512, 1024, 2048),
+    0.5: tuple(range(1024, 4096 + 1, 1024)),
+    1: tuple(range(2048, 8192 + 1, 1024)),
+    2: tuple(range(4096, 16384 + 1, 1024)),
+    4: tuple(range(8192, 30720 + 1, 1024)),
+    8: tuple(range(16384, 61440 + 1, 4096)),
+    16: tuple(range(32768, 122880 + 1, 8192)),
+}
+# EC2 jobs reserve whole vCPUs. The largest instances Batch launches have 192 vCPUs, 8 GPUs
+# (p5, g6e.48xlarge) and a few TiB of memory; an instance keeps some memory for the ECS agent, so a
+# job that asks for all of an instance's nominal memory waits RUNNABLE forever (see the README).
+EC2_VCPUS_RANGE = (1, 192)
+EC2_MEMORY_RANGE = (512, 2_097_152)
+GPUS_RANGE = (0, 8)
+# Instance types (or families) EC2 pools use when `instance_types` is not set.
+DEFAULT_INSTANCE_TYPES = {
+    ("linux/amd64", False): ("optimal",),
+    ("linux/arm64", False): ("c7g", "m7g", "r7g"),
+    ("linux/amd64", True): ("g5", "g6"),
+    ("linux/arm64", True): ("g5g",),
+}
+# NVIDIA GPU instance families start with these letters (g4dn, g5, g5g, g6e, gr6, p3, p4d, p5).
+GPU_FAMILY_LETTERS = ("g", "p")
+# "c7g.large", "m7gd", "g5", "optimal": family letters, generation, attribute letters, optional size.
+INSTANCE_TYPE = re.compile(r"^(?P<family>[a-z]+(?P<generation>\d+)(?P<attributes>[a-z-]*))(\.[a-z0-9]+)?$")
+
+# Values CloudWatch Logs accepts for a log group's retention (aws_logs.RetentionDays).
+LOG_RETENTION_DAYS = (
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731,
+    1096, 1827, 2192, 2557, 2922, 3288, 3653,
+)
+# Batch's smallest job timeout; a worker must also fit one full task and its idle window
+# (plus start-up) before Batch stops it, or every long task would be cut off and redelivered.
+BATCH_MIN_TIMEOUT_SECONDS = 60
+WORKER_STARTUP_HEADROOM_SECONDS = 60
+# The dead-letter queue keeps messages for the SQS maximum. SQS counts retention from the
+# original enqueue time, so the task queue must keep messages for less than the DLQ does.
+DLQ_RETENTION_DAYS = 14
+ARRAY_SIZE_RANGE = (2, 10_000)
+MAX_WORKERS_RANGE = (1, 10_000)
+# "scaler": the Lambda alone submits workers (the alarms only run it). "alarms": the original
+# sample's design, alarm rules submit jobs themselves and no Lambda is deployed.
+SCALING_MODES = ("scaler", "alarms")
+# Below 5 s a decision (per pool: one GetQueueAttributes, five ListJobs, DescribeJobs) may not be
+# done before the next one starts; 60 s is one decision per invocation.
+SCALER_POLL_RANGE = (5, 60)
+# One scaler decides for every pool within its poll interval (each pool costs about a second), and
+# its POOLS variable must fit Lambda's 4 KB of environment (about 500 bytes a pool once resolved).
+MAX_POOLS = 6
+# CloudWatch evaluates at most one day of periods (EvaluationPeriods x Period <= 86,400 s).
+MAX_ALARM_WINDOW_SECONDS = 86_400
+# CloudFormation stack names: a letter, then letters, digits and hyphens, at most 128 characters.
+STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
+
+
+class SettingsError(ValueError):
+    """One configuration value is invalid; str() is the single line shown to the user."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key} = {describe(value)}: {allowed}")
+
+    def under(self, prefix: str) -> "SettingsError":
+        """The same error with its key inside ``prefix`` (e.g. ``batch-celery.pools.gpu.``)."""
+        return SettingsError(prefix + self.key, self.value, self.allowed)
+
+
+def describe(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return json.dumps(list(value))
+    return json.dumps(value) if isinstance(value, (str, bool, int, float, type(None))) else repr(value)
+
+
+def instance_architecture(instance_type: str) -> str | None:
+    """``linux/arm64`` for Graviton types (``a1``, or a ``g`` among the attribute letters after the
+    generation: ``c7g``, ``m7gd``, ``c6gn``, ``g5g``), ``linux/amd64`` for the rest, None if the
+    text is not an instance type or family."""
+    if instance_type == "optimal":
+        return "linux/amd64"
+    match = INSTANCE_TYPE.match(instance_type)
+    if match is None:
+        return None
+    if match["family"] == "a1" or "g" in match["attributes"]:
+        return "linux/arm64"
+    return "linux/amd64"
+
+
+@dataclass(frozen=True)
+class PoolProps:
+    """One pool of workers: its compute, its worker jobs, its task queue and its scaling."""
+
+    # --- compute ---------------------------------------------------------------------------
+    compute: str = "fargate"
+    """Where the workers run: "fargate", "fargate_spot", "ec2" or "ec2_spot" (EC2 for GPUs)."""
+    platform: str = "linux/amd64"
+    """CPU architecture of the image and the compute: "linux/amd64", or "linux/arm64" (Graviton)."""
+    vcpus: float = 1
+    """vCPUs of one worker job (Fargate: 0.25, 0.5, 1, 2, 4, 8, 16; EC2: 1..192)."""
+    memory_mib: int = 2048
+    """Memory of one worker job in MiB (Fargate: a size its vCPU allows; EC2: 512..2097152)."""
+    gpus: int = 0
+    """GPUs of one worker job (EC2 only, 0..8); > 0 uses the ECS GPU AMI."""
+    instance_types: tuple[str, ...] = ()
+    """EC2 only: instance types or families (their architecture must match platform); default
+    "optimal" (amd64), c7g/m7g/r7g (arm64), g5/g6 (GPU amd64) or g5g (GPU arm64)."""
+    max_workers: int = 48
+    """Cap on worker jobs running at once; the compute environment gets max_workers x vcpus."""
+    image: str | None = None
+    """None: the bundled container; or a directory with a Dockerfile that takes in the lifecycle
+    script from the build context named "batch-celery" (see examples/gpu-pool)."""
+
+    # --- worker ------------------------------------------------------------------------------
+    concurrency: int = 1
+    """Celery worker processes inside one job (1..64)."""
+    task_time_limit_seconds: int = 900
+    """Hard time limit of one Celery task (up to 12 h minus the visibility timeout)."""
+    visibility_timeout_seconds: int = limits.DEFAULT_VISIBILITY_TIMEOUT_SECONDS
+    """SQS visibility timeout = the crash-recovery window: the worker extends what it holds by a
+    heartbeat; a dead worker's messages return within this long."""
+    idle_seconds: int = 60
+    """A worker job ends after it held no message, with nothing visible or delayed in its queue,
+    for this long."""
+    poll_seconds: int = 10
+    """How often the worker job checks whether its worker is idle (<= idle_seconds)."""
+    job_timeout_seconds: int = 4 * 3600
+    """Batch stops a worker job after this long (>= task limit + idle window + 60 s)."""
+    job_attempts: int = 3
+    """Attempts of a worker job on infrastructure failures (1-10); app errors exit at once."""
+    stop_grace_seconds: int = limits.DEFAULT_STOP_GRACE_SECONDS
+    """After Batch's SIGTERM, seconds the running task gets before its message is released."""
+
+    # --- task queue ----------------------------------------------------------------------------
+    tasks: tuple[str, ...] = ()
+    """Task names or globs ("gpu.*") routed to this pool; the first pool also takes every task no
+    pool names."""
+    message_retention_days: int = 4
+    """How long the task queue keeps an unprocessed message (1-13 days; the DLQ keeps 14)."""
+    max_receive_count: int = 3
+    """Receives before a message moves to the dead-letter queue (1-1000)."""
+
+    # --- scaling -----------------------------------------------------------------------------
+    messages_per_worker: int = 10
+    """Backlog one worker is expected to clear in time = acceptable latency / time per message."""
+    low_threshold: int = 5
+    """Visible messages that put the low alarm into ALARM (alarms mode: one worker is submitted)."""
+    high_threshold: int = 50
+    """Visible messages that put the high alarm into ALARM (alarms mode: an array job)."""
+    high_array_size: int = 10
+    """Workers in the array job the high alarm submits in alarms mode (2-10000)."""
+    age_alarm_seconds: int = 300
+    """Latency SLA: the SLA alarm fires once a task has waited (visible) this long (60..86400)."""
+
+    def __post_init__(self) -> None:
+        # Lists from JSON become tuples: the props stay immutable and hashable.
+        for name in ("instance_types", "tasks"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        _validate_pool(self)
+
+    @property
+    def ec2(self) -> bool:
+        return self.compute in EC2_KINDS
+
+    @property
+    def spot(self) -> bool:
+        return self.compute.endswith("_spot")
+
+    @property
+    def arm64(self) -> bool:
+        return self.platform == "linux/arm64"
+
+    @property
+    def effective_instance_types(self) -> tuple[str, ...]:
+        """The instance types an EC2 pool launches (its own, or the default for its kind)."""
+        return self.instance_types or DEFAULT_INSTANCE_TYPES[(self.platform, self.gpus > 0)]
+
+    @property
+    def max_vcpus(self) -> int:
+        """vCPUs the compute environment may run at once: max_workers whole workers."""
+        return math.ceil(self.max_workers * self.vcpus)
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+@dataclass(frozen=True)
+class CeleryBatchWorkersProps:
+    """The whole deployment: the pools, the network and what the pools share."""
+
+    pools: Mapping[str, PoolProps] = field(default_factory=lambda: {DEFAULT_POOL: PoolProps()})
+    """Pool name -> pool. The first pool is the default one: tasks no pool names go to it."""
+    vpc: "ec2.IVpc | None" = None
+    """An existing VPC (workers run in its private subnets with egress); None: a new VPC."""
+    max_azs: int = 2
+    """Availability Zones of a new VPC (1-2: an environment-agnostic stack can address two)."""
+    nat_gateways: int = 1
+    """NAT gateways of a new VPC (1..max_azs); one keeps cost low."""
+    log_retention_days: int = 30
+    """Retention of every log group (a CloudWatch Logs value)."""
+    scaling_mode: str = "scaler"
+    """Who submits workers: "scaler", the Lambda alone (alarms only run it early); "alarms", no
+    Lambda, each pool's alarm rules submit its workers (the original sample's design)."""
+    scaler_poll_seconds: int = 10
+    """How often the scaler decides, for every pool, within its one invocation a minute (5-60)."""
+
+    def __post_init__(self) -> None:
+        pools = self.pools
+        if not isinstance(pools, Mapping) or not pools:
+            raise SettingsError("pools", pools, "must be an object of pool name -> pool settings, at least one")
+        if len(pools) > MAX_POOLS:
+            raise SettingsError(
+                "pools", sorted(pools),
+                f"at most {MAX_POOLS} pools (one scaler decides for every pool, and its environment holds them all)",
+            )
+        for name, pool in pools.items():
+            problem = routing.pool_name_problem(name) if isinstance(name, str) else "must be a string"
+            if problem:
+                raise SettingsError(f"pools.{name}", name, f"not a pool name: {problem}")
+            if not isinstance(pool, PoolProps):
+                raise SettingsError(f"pools.{name}", pool, "must be a PoolProps")
+        ids = {}
+        for name in pools:
+            ids.setdefault(pascal(name), []).append(name)
+        for names in ids.values():
+            if len(names) > 1:
+                raise SettingsError(
+                    f"pools.{names[1]}", names[1],
+                    f"reads the same as pool {names[0]!r} in output names ({pascal(names[0])}); rename one",
+                )
+        clash = routing.duplicate_pattern({name: pool.tasks for name, pool in pools.items()})
+        if clash:
+            pattern, first, second = clash
+            where = "listed twice in this pool" if first == second else f"already routed to pool {first!r}"
+            raise SettingsError(f"pools.{second}.tasks", pattern, f"{where}; a task goes to one pool")
+        object.__setattr__(self, "pools", MappingProxyType(dict(pools)))
+        _validate_deployment(self)
+
+    @property
+    def default_pool(self) -> str:
+        return next(iter(self.pools))
+
+
+def pascal(name: str) -> str:
+    """``gpu-large`` -> ``GpuLarge``: a pool's part of output and metric names."""
+    return "".join(part.capitalize() for part in name.split("-"))
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+def _fail(key: str, value: Any, allowed: str) -> SettingsError:
+    return SettingsError(key, value, allowed)
+
+
+def _is_int(value: Any) -> bool:
+    # bool is an int subclass; `true` for a count is a mistake, not 1.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int(props: Any, key: str, low: int | None = None, high: int | None = None) -> int:
+    value = getattr(props, key)
+    if not _is_int(value):
+        raise _fail(key, value, "must be a whole number" + _range_text(low, high))
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise _fail(key, value, "must be" + _range_text(low, high).removeprefix(","))
+    return value
+
+
+def _range_text(low: int | None, high: int | None) -> str:
+    if low is not None and high is not None:
+        return f", {low}..{high}"
+    if low is not None:
+        return f", >= {low}"
+    if high is not None:
+        return f", <= {high}"
+    return ""
+
+
+def _check(props: Any, key: str, problem: str | None) -> None:
+    """Raise the one line for a shared rule (limits.py, routing.py): None or what is allowed."""
+    if problem is not None:
+        raise _fail(key, getattr(props, key), problem)
+
+
+def _one_of(props: Any, key: str, allowed: tuple[str, ...]) -> str:
+    value = getattr(props, key)
+    if value not in allowed:
+        raise _fail(key, value, "must be one of " + ", ".join(json.dumps(a) for a in allowed))
+    return value
+
+
+def _fmt(vcpus: float) -> str:
+    return f"{vcpus:g}"
+
+
+def _validate_pool(p: PoolProps) -> None:
+    # Compute.
+    compute = _one_of(p, "compute", COMPUTE_KINDS)
+    platform = _one_of(p, "platform", PLATFORMS)
+    if compute == "fargate_spot" and platform == "linux/arm64":
+        raise _fail("compute", compute, 'Fargate Spot runs no linux/arm64 tasks; use "fargate" or "ec2_spot"')
+    ec2 = compute in EC2_KINDS
+    vcpus = p.vcpus
+    if ec2:
+        _int(p, "vcpus", *EC2_VCPUS_RANGE)
+        _int(p, "memory_mib", *EC2_MEMORY_RANGE)
+    else:
+        if isinstance(vcpus, bool) or not isinstance(vcpus, (int, float)) or vcpus not in FARGATE_MEMORY_MIB:
+            raise _fail("vcpus", vcpus, "must be a Fargate vCPU value: " + ", ".join(_fmt(v) for v in FARGATE_MEMORY_MIB))
+        memory = _int(p, "memory_mib", 1)
+        allowed = FARGATE_MEMORY_MIB[vcpus]
+        if memory not in allowed:
+            shape = (", ".join(str(m) for m in allowed) if vcpus == 0.25
+                     else f"{allowed[0]}-{allowed[-1]} in steps of {allowed[1] - allowed[0]}")
+            raise _fail("memory_mib", memory, f"not a Fargate memory size for {_fmt(vcpus)} vCPU; allowed: {shape}")
+    gpus = _int(p, "gpus", *GPUS_RANGE)
+    if gpus and not ec2:
+        raise _fail("gpus", gpus, 'Fargate has no GPUs; set compute to "ec2" or "ec2_spot"')
+    types = p.instance_types
+    if not isinstance(types, tuple) or not all(isinstance(t, str) for t in types):
+        raise _fail("instance_types", types, 'must be a list of instance types or families, e.g. ["c7g.xlarge", "m7g"]')
+    if types and not ec2:
+        raise _fail("instance_types", types, 'only EC2 pools choose instance types; set compute to "ec2" or "ec2_spot"')
+    for instance_type in types:
+        architecture = instance_architecture(instance_type)
+        if architecture is None:
+            raise _fail("instance_types", types, f"{instance_type!r} is not an instance type or family (e.g. g5.xlarge, c7g)")
+        if architecture != platform:
+            raise _fail("instance_types", types, f"{instance_type!r} is {architecture}, the pool's platform is {platform}")
+    if gpus:
+        cpu_only = [t for t in p.effective_instance_types if not t.startswith(GPU_FAMILY_LETTERS)]
+        if cpu_only:
+            raise _fail("instance_types", types, f"{cpu_only[0]!r} has no GPU and the pool asks for {gpus}; "
+                        "use GPU types (g4dn, g5, g5g, g6, p4d, p5, ...)")
+    _int(p, "max_workers", *MAX_WORKERS_RANGE)
+    if p.image is not None:
+        if not isinstance(p.image, str) or not p.image:
+            raise _fail("image", p.image, "must be null (the bundled container) or a directory holding a Dockerfile")
+        if not (Path(p.image) / "Dockerfile").is_file():
+            raise _fail("image", p.image, f"no Dockerfile in {Path(p.image).resolve()}; give a directory holding one")
+
+    # Worker: the same rules the worker checks on its environment (limits.py).
+    _int(p, "concurrency", 1, limits.MAX_CONCURRENCY)
+    visibility = _int(p, "visibility_timeout_seconds")
+    _check(p, "visibility_timeout_seconds", limits.visibility_timeout_problem(visibility))
+    limit = _int(p, "task_time_limit_seconds")
+    _check(p, "task_time_limit_seconds", limits.task_time_limit_problem(limit, visibility))
+    idle = _int(p, "idle_seconds", 1)
+    _int(p, "poll_seconds", 1, idle)
+    timeout = _int(p, "job_timeout_seconds", BATCH_MIN_TIMEOUT_SECONDS)
+    needed = limit + idle + WORKER_STARTUP_HEADROOM_SECONDS
+    if timeout < needed:
+        raise _fail(
+            "job_timeout_seconds", timeout,
+            f"must be >= task_time_limit_seconds ({limit}) + idle_seconds ({idle})"
+            f" + {WORKER_STARTUP_HEADROOM_SECONDS} s start-up = {needed}",
+        )
+    _int(p, "job_attempts", 1, 10)
+    grace = _int(p, "stop_grace_seconds")
+    _check(p, "stop_grace_seconds", limits.stop_grace_problem(grace))
+
+    # Task queue.
+    tasks = p.tasks
+    if not isinstance(tasks, tuple) or not all(isinstance(t, str) for t in tasks):
+        raise _fail("tasks", tasks, 'must be a list of task names or globs, e.g. ["gpu.*", "video.encode"]')
+    for pattern in tasks:
+        problem = routing.task_pattern_problem(pattern)
+        if problem:
+            raise _fail("tasks", tasks, f"{pattern!r}: {problem}")
+    _int(p, "message_retention_days", 1, DLQ_RETENTION_DAYS - 1)
+    _int(p, "max_receive_count", 1, 1000)
+
+    # Scaling.
+    _int(p, "messages_per_worker", 1)
+    low = _int(p, "low_threshold", 1)
+    high = _int(p, "high_threshold", 1)
+    if low >= high:
+        raise _fail("low_threshold", low, f"must be below high_threshold ({high})")
+    _int(p, "high_array_size", *ARRAY_SIZE_RANGE)
+    # The SLA alarm counts one-minute periods: an SLA below one period cannot be observed, and
+    # CloudWatch evaluates at most a day of periods.
+    _int(p, "age_alarm_seconds", 60, MAX_ALARM_WINDOW_SECONDS)
+
+
+def _validate_deployment(d: CeleryBatchWorkersProps) -> None:
+    _int(d, "max_azs", 1, 2)
+    _int(d, "nat_gateways", 1, d.max_azs)
+    if _int(d, "log_retention_days", 1) not in LOG_RETENTION_DAYS:
+        raise _fail(
+            "log_retention_days", d.log_retention_days,
+            "must be one of " + ", ".join(str(days) for days in LOG_RETENTION_DAYS),
+        )
+    if d.scaling_mode not in SCALING_MODES:
+        raise _fail(
+            "scaling_mode", d.scaling_mode,
+            'must be "scaler" (the Lambda decides; alarms only run it) or "alarms" (no Lambda; the'
+            " alarm rules submit workers themselves)",
+        )
+    _int(d, "scaler_poll_seconds", *SCALER_POLL_RANGE)
