@@ -323,3 +323,23 @@ def test_app_prints_one_error_line_and_exits_2(tmp_path: Path, block: dict, line
     assert result.returncode == 2
     lines = [text for text in result.stderr.splitlines() if text.strip() and "!!" not in text]
     assert lines == [line]
+
+
+def test_the_readme_tables_list_every_key_with_its_default() -> None:
+    # The README is where users look keys up: a key missing there does not exist for them.
+    from dataclasses import fields
+
+    from batch_celery.props import CeleryBatchWorkersProps, PoolProps
+    from batch_celery.settings import DEPLOYMENT_KEYS, STACK_KEYS
+
+    readme = (REPO / "README.md").read_text()
+    pools_table = readme[readme.index("### Pools"):readme.index("### Deployment settings")]
+    deployment_table = readme[readme.index("### Deployment settings"):readme.index("## Use it in your own CDK app")]
+    rows = {line.split("|")[1].strip(" `"): line for line in pools_table.splitlines() if line.startswith("| `")}
+    assert set(rows) == set(PoolProps.keys())
+    for f in fields(PoolProps):
+        if isinstance(f.default, int) and not isinstance(f.default, bool):
+            assert f"| {f.default} |" in rows[f.name], f"{f.name}: the README's default is not {f.default}"
+    listed = {line.split("|")[1].strip(" `") for line in deployment_table.splitlines() if line.startswith("| `")}
+    assert listed == {"pools", *STACK_KEYS, *DEPLOYMENT_KEYS}
+    assert {f.name for f in fields(CeleryBatchWorkersProps)} - {"vpc"} <= listed
