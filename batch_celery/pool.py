@@ -56,6 +56,22 @@ def worker_job_name(pool: str) -> str:
     return f"celery-worker-{pool}"
 
 
+def worker_environment(name: str, props: PoolProps, *, queue_name: str, queue_url: str, region: str) -> dict[str, str]:
+    """The job environment of a pool's workers: its queue and the props the worker reads."""
+    return contract.worker_environment(
+        pool=name,
+        queue_name=queue_name,
+        queue_url=queue_url,
+        region=region,
+        idle_seconds=props.idle_seconds,
+        poll_seconds=props.poll_seconds,
+        concurrency=props.concurrency,
+        task_time_limit_seconds=props.task_time_limit_seconds,
+        visibility_timeout_seconds=props.visibility_timeout_seconds,
+        stop_grace_seconds=props.stop_grace_seconds,
+    )
+
+
 def container_definition(
     scope: Construct,
     construct_id: str,
@@ -159,17 +175,9 @@ class WorkerPool(Construct):
             memory_mib=props.memory_mib,
             gpus=props.gpus,
             job_role=self.worker_role,
-            environment=contract.worker_environment(
-                pool=name,
-                queue_name=self.queue.queue_name,
-                queue_url=self.queue.queue_url,
+            environment=worker_environment(
+                name, props, queue_name=self.queue.queue_name, queue_url=self.queue.queue_url,
                 region=Stack.of(self).region,
-                idle_seconds=props.idle_seconds,
-                poll_seconds=props.poll_seconds,
-                concurrency=props.concurrency,
-                task_time_limit_seconds=props.task_time_limit_seconds,
-                visibility_timeout_seconds=props.visibility_timeout_seconds,
-                stop_grace_seconds=props.stop_grace_seconds,
             ),
             log_group=log_group,
             stream_prefix=f"worker-{name}",

@@ -16,6 +16,7 @@ from dataclasses import replace
 import pytest
 
 from batch_celery import CONTAINER_DIR
+from batch_celery.pool import worker_environment
 from batch_celery.props import PoolProps, SettingsError
 from batch_celery_container import contract, limits
 from harness.lifecycle import running_script, worker_env
@@ -40,18 +41,9 @@ EDGE_POOLS = {
 
 
 def _environment(name: str, pool: PoolProps) -> dict[str, str]:
-    return contract.worker_environment(
-        pool=name,
-        queue_name="pool-queue",
-        queue_url="https://sqs.eu-west-1.amazonaws.com/123456789012/pool-queue",
-        region="eu-west-1",
-        idle_seconds=pool.idle_seconds,
-        poll_seconds=pool.poll_seconds,
-        concurrency=pool.concurrency,
-        task_time_limit_seconds=pool.task_time_limit_seconds,
-        visibility_timeout_seconds=pool.visibility_timeout_seconds,
-        stop_grace_seconds=pool.stop_grace_seconds,
-    )
+    # The very function the stack builds each pool's job environment with.
+    return worker_environment(name, pool, queue_name="pool-queue", region="eu-west-1",
+                              queue_url="https://sqs.eu-west-1.amazonaws.com/123456789012/pool-queue")
 
 
 def test_every_contract_variable_is_read_by_the_worker_or_its_script() -> None:
