@@ -1,10 +1,14 @@
-"""The whole loop on this machine: tasks in, workers up in proportion, queue drained, workers gone.
+"""The whole loop on this machine: tasks in, routed to two pools, workers up in proportion, queues
+drained, workers gone.
 
-moto server on 127.0.0.1 stands in for SQS; the queue and its DLQ get the attributes of the
-synthesized stack; the real ``fill-batch-queue.py`` submits the tasks; the scaler's real policy
-decides how many workers to start, and each worker is a local process of the real
-``run_celery_worker.sh`` (with a shortened idle window). Batch itself is played by this module:
-it launches the workers the policy asks for, up to the local cap.
+moto server on 127.0.0.1 stands in for SQS; each pool's queue and DLQ get the attributes of the
+synthesized stack; the real ``fill-batch-queue.py`` submits the tasks and the real routing
+(routing.py, from the pools' ``tasks``) decides each task's queue; the scaler's real policy decides,
+per pool, how many workers to start, and each worker is a local process of the real
+``run_celery_worker.sh`` with its pool's job environment (and a shortened idle window). Batch
+itself is played by this module: it launches the workers the policy asks for, up to a local cap.
+With one pool configured, the demo adds a second one, the GPU pool of examples/gpu-pool, whose
+``gpu.matmul`` runs on NumPy here.
 
 Run it with ``make demo`` or ``python -m batch_celery.local --help``.
 """
@@ -26,21 +30,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import boto3
+import psutil
 from botocore.config import Config
 
-from batch_celery.local import motoserver
-from batch_celery.local.queues import QueuePair, message_counts
-from batch_celery.local.template import StackSpec, TemplateError, create_queues, read_spec, synthesize
+from batch_celery import CONTAINER_DIR
+from batch_celery.local import REPO_ROOT, motoserver
+from batch_celery.local.queues import QueuePair, message_counts, total_messages
+from batch_celery.local.template import (
+    PoolSpec, StackSpec, TemplateError, create_queues, project_context, read_spec, synthesize,
+)
 from batch_celery.scaler.policy import workers_to_submit
+from batch_celery.settings import CONTEXT_KEY, Settings, SettingsError
+from batch_celery_container import contract, routing
 
-CONTAINER_DIR = Path(__file__).resolve().parents[2] / "batch_celery_container"
 WORKER_SCRIPT = CONTAINER_DIR / "run_celery_worker.sh"
 FILLER = CONTAINER_DIR / "fill-batch-queue.py"
 # Marks every process the demo starts, so none can outlive it unnoticed (see reap_marked).
 MARKER_VARIABLE = "BATCH_CELERY_LOCAL_RUN"
 # Celery's own line for a finished task: "Task NAME[ID] succeeded in 0.25s: VALUE".
 SUCCEEDED = re.compile(r"Task (?P<name>[\w.]+)\[(?P<id>[0-9a-f-]+)\] succeeded in")
+# The second pool the demo adds when the project configures one pool: the worked GPU example.
+SECOND_POOL = "gpu"
+SECOND_POOL_SETTINGS = {
+    "compute": "ec2_spot", "gpus": 1, "vcpus": 4, "memory_mib": 15000, "max_workers": 2,
+    "image": "examples/gpu-pool", "tasks": ["gpu.*"],
+}
+# ~0.1 s of NumPy per task here (CUDA in the deployed pool).
+SECOND_POOL_TASK = ("gpu.matmul", {"n": 300})
+IMAGE_TASK_MODULES = re.compile(rf"^\s*ENV\s+{contract.TASK_MODULES}=(\S+)", re.MULTILINE)
 TASK_CHOICES = {
     # ~1.3 s of pure-Python arithmetic per task on this machine's cores.
     "calculate_pi": ("batch.calculate_pi", {"terms": 10_000_000}),
@@ -58,6 +75,7 @@ class LocalWorker:
     """One lifecycle script playing one Batch worker job."""
 
     index: int
+    pool: str
     process: subprocess.Popen
     run_dir: Path
     log_path: Path
@@ -73,7 +91,7 @@ class LocalWorker:
                     if match := SUCCEEDED.search(line):
                         self.done_ids.add(match["id"])
 
-        self._reader = threading.Thread(target=read, name=f"worker-{self.index}-log", daemon=True)
+        self._reader = threading.Thread(target=read, name=f"worker-{self.pool}-{self.index}-log", daemon=True)
         self._reader.start()
 
     @property
@@ -93,6 +111,9 @@ class LocalWorker:
 
 @dataclass
 class Snapshot:
+    pool: str
+    sent: int
+    cap: int
     elapsed: float
     visible: int
     in_flight: int
@@ -113,6 +134,8 @@ class Outcome:
     worker_exit_codes: list[int]
     seconds: float
     interrupted: bool = False
+    # (pool, sent, done, workers) for the per-pool lines above the summary.
+    pools: list[tuple[str, int, int, int]] = field(default_factory=list)
 
     @property
     def lost(self) -> int:
@@ -127,11 +150,50 @@ class Outcome:
             and all(code == 0 for code in self.worker_exit_codes)
         )
 
+    def pool_lines(self) -> list[str]:
+        return [
+            f"pool {pool}: {done}/{sent} done by {workers} worker{'s' if workers != 1 else ''}"
+            for pool, sent, done, workers in self.pools
+        ]
+
     def summary_line(self) -> str:
         return (
             f"demo: {self.done}/{self.tasks} tasks done by {self.workers} workers "
             f"in {self.seconds:.0f} s, {self.lost} lost"
         )
+
+
+@dataclass
+class LocalPool:
+    """One pool of the local run: its queues, its workers and its scaler numbers."""
+
+    spec: PoolSpec
+    queues: QueuePair
+    max_workers: int
+    messages_per_worker: int
+    sent: int = 0
+    workers: list[LocalWorker] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def running_workers(self) -> list[LocalWorker]:
+        return [worker for worker in self.workers if worker.running]
+
+    def done_ids(self) -> set[str]:
+        return set().union(*(worker.done_ids for worker in self.workers)) if self.workers else set()
+
+    def image_environment(self) -> dict[str, str]:
+        """What the pool's own image sets: its directory on the path and its task modules."""
+        if not self.spec.image:
+            return {}
+        directory = (REPO_ROOT / self.spec.image).resolve()
+        env = {"PYTHONPATH": str(directory)}
+        dockerfile = (directory / "Dockerfile").read_text()
+        if match := IMAGE_TASK_MODULES.search(dockerfile):
+            env[contract.TASK_MODULES] = match[1]
+        return env
 
 
 class LocalRun:
@@ -143,47 +205,60 @@ class LocalRun:
         server: motoserver.MotoServer,
         spec: StackSpec,
         work_dir: Path,
-        max_workers: int,
+        max_workers: dict[str, int],
         idle_seconds: int,
         poll_seconds: int,
-        messages_per_worker: int,
+        messages_per_worker: int | None = None,
         scale_interval: float = 1.0,
     ) -> None:
         self.server = server
         self.spec = spec
         self.work_dir = work_dir
-        self.max_workers = max_workers
         self.idle_seconds = idle_seconds
         self.poll_seconds = poll_seconds
-        self.messages_per_worker = messages_per_worker
         self.scale_interval = scale_interval
         self.marker = uuid.uuid4().hex
-        self.workers: list[LocalWorker] = []
-        self.sqs = boto3.client(
-            "sqs",
-            endpoint_url=server.endpoint,
-            region_name=server.region,
-            aws_access_key_id=motoserver.ACCESS_KEY,
-            aws_secret_access_key=motoserver.SECRET_KEY,
-            config=Config(retries={"mode": "standard", "max_attempts": 3}),
-        )
-        self.queues: QueuePair = create_queues(self.sqs, f"batch-celery-demo-{self.marker[:8]}", spec.queue)
+        self.sqs = server.client("sqs", config=Config(retries={"mode": "standard", "max_attempts": 3}))
+        self.pools: dict[str, LocalPool] = {
+            name: LocalPool(
+                spec=pool,
+                queues=create_queues(self.sqs, f"batch-celery-demo-{self.marker[:8]}-{name}", pool.queue),
+                max_workers=max_workers.get(name, 1),
+                messages_per_worker=messages_per_worker or pool.messages_per_worker or 10,
+            )
+            for name, pool in spec.pools.items()
+        }
         self.started = time.monotonic()
+
+    @property
+    def workers(self) -> list[LocalWorker]:
+        return [worker for pool in self.pools.values() for worker in pool.workers]
+
+    def routes_json(self) -> str:
+        """The stack's routing (the pools' task patterns) with this run's local queues."""
+        return json.dumps(routing.routes_document(
+            default_pool=next(iter(self.pools)),
+            region=self.server.region,
+            pools={name: routing.PoolRoute(pool.queues.name, pool.queues.url, tuple(pool.spec.tasks))
+                   for name, pool in self.pools.items()},
+        ))
 
     # -- environment -------------------------------------------------------------------------
 
-    def env(self) -> dict[str, str]:
+    def env(self, pool: LocalPool) -> dict[str, str]:
         env = dict(os.environ)
         # Credentials or endpoints of a real account must never leak into the local run.
         for name in [n for n in env if n.startswith("AWS_")]:
             del env[name]
         env.update(self.server.client_env())
-        env.update(self.spec.worker_environment)
-        env.update(self.queues.worker_env())
+        env.update(pool.spec.worker_environment)
+        env.update(pool.queues.worker_env())
+        env.update(pool.image_environment())
         env.update(
             {
-                "IDLE_SECONDS": str(self.idle_seconds),
-                "POLL_SECONDS": str(self.poll_seconds),
+                contract.IDLE_SECONDS: str(self.idle_seconds),
+                contract.POLL_SECONDS: str(self.poll_seconds),
+                contract.ROUTES: self.routes_json(),
                 "PYTHON": sys.executable,
                 MARKER_VARIABLE: self.marker,
             }
@@ -192,12 +267,15 @@ class LocalRun:
 
     # -- filling -----------------------------------------------------------------------------
 
-    def fill(self, count: int, task: str, kwargs: dict) -> None:
+    def fill(self, count: int, task: str, kwargs: dict) -> str:
+        """Send ``count`` tasks with the real filler; the routes choose the queue. Returns the pool."""
+        pool_name = routing.pool_for(routing.parse_routes(self.routes_json()), task)
+        default = next(iter(self.pools.values()))
         result = subprocess.run(
             [sys.executable, str(FILLER), "--num-messages", str(count), "--task", task,
              "--kwargs", json.dumps(kwargs), "--quiet"],
             cwd=CONTAINER_DIR,
-            env=self.env(),
+            env=self.env(default),
             capture_output=True,
             text=True,
             timeout=300,
@@ -205,15 +283,17 @@ class LocalRun:
         if result.returncode != 0:
             lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
             raise DemoError(f"fill-batch-queue.py failed: {lines[-1] if lines else result.returncode}")
+        self.pools[pool_name].sent += count
+        return pool_name
 
     # -- the scaler and Batch, played locally ------------------------------------------------
 
-    def launch_worker(self) -> LocalWorker:
-        index = len(self.workers) + 1
-        run_dir = self.work_dir / f"worker-{index}"
+    def launch_worker(self, pool: LocalPool) -> LocalWorker:
+        index = len(pool.workers) + 1
+        run_dir = self.work_dir / f"{pool.name}-worker-{index}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        env = self.env()
-        env["WORKER_RUN_DIR"] = str(run_dir)
+        env = self.env(pool)
+        env[contract.RUN_DIR] = str(run_dir)
         process = subprocess.Popen(
             ["bash", str(WORKER_SCRIPT)],
             cwd=CONTAINER_DIR,
@@ -226,54 +306,66 @@ class LocalRun:
             # which then stops each worker the way Batch does (TERM, then wait).
             start_new_session=True,
         )
-        worker = LocalWorker(index, process, run_dir, self.work_dir / f"worker-{index}.log")
+        worker = LocalWorker(index, pool.name, process, run_dir, self.work_dir / f"{pool.name}-worker-{index}.log")
         worker.start_reading()
-        self.workers.append(worker)
+        pool.workers.append(worker)
         return worker
 
     def running_workers(self) -> list[LocalWorker]:
         return [worker for worker in self.workers if worker.running]
 
-    def scale_once(self) -> tuple[int, int, int]:
-        visible, in_flight, delayed = message_counts(self.sqs, self.queues.url)
-        wanted = workers_to_submit(
-            visible=visible,
-            in_flight=in_flight,
-            delayed=delayed,
-            active_workers=len(self.running_workers()),
-            messages_per_worker=self.messages_per_worker,
-            max_workers=self.max_workers,
-        )
-        for _ in range(wanted):
-            self.launch_worker()
-        return visible, in_flight, delayed
+    def scale_once(self) -> dict[str, tuple[int, int, int]]:
+        """One decision per pool, with the scaler's policy and the pool's own numbers."""
+        counts = {}
+        for pool in self.pools.values():
+            visible, in_flight, delayed = message_counts(self.sqs, pool.queues.url)
+            wanted = workers_to_submit(
+                visible=visible,
+                in_flight=in_flight,
+                delayed=delayed,
+                active_workers=len(pool.running_workers()),
+                messages_per_worker=pool.messages_per_worker,
+                max_workers=pool.max_workers,
+                tasks_per_worker=pool.spec.tasks_per_worker,
+            )
+            for _ in range(wanted):
+                self.launch_worker(pool)
+            counts[pool.name] = (visible, in_flight, delayed)
+        return counts
 
     def done_ids(self) -> set[str]:
-        return set().union(*(worker.done_ids for worker in self.workers)) if self.workers else set()
+        return set().union(*(pool.done_ids() for pool in self.pools.values()))
 
-    def dead_lettered(self) -> int:
-        return sum(message_counts(self.sqs, self.queues.dlq_url))
+    def dead_lettered(self, pool: LocalPool | None = None) -> int:
+        pools = [pool] if pool else list(self.pools.values())
+        return sum(total_messages(self.sqs, p.queues.dlq_url) for p in pools)
 
-    def snapshot(self, counts: tuple[int, int, int]) -> Snapshot:
-        visible, in_flight, delayed = counts
-        return Snapshot(
-            elapsed=time.monotonic() - self.started,
-            visible=visible,
-            in_flight=in_flight,
-            delayed=delayed,
-            done=len(self.done_ids()),
-            dead_lettered=self.dead_lettered(),
-            running=len(self.running_workers()),
-            launched=len(self.workers),
-        )
+    def snapshots(self, counts: dict[str, tuple[int, int, int]]) -> list[Snapshot]:
+        elapsed = time.monotonic() - self.started
+        return [
+            Snapshot(
+                pool=name,
+                sent=pool.sent,
+                cap=pool.max_workers,
+                elapsed=elapsed,
+                visible=counts[name][0],
+                in_flight=counts[name][1],
+                delayed=counts[name][2],
+                done=len(pool.done_ids()),
+                dead_lettered=self.dead_lettered(pool),
+                running=len(pool.running_workers()),
+                launched=len(pool.workers),
+            )
+            for name, pool in self.pools.items()
+        ]
 
-    def run(self, *, timeout: float, on_tick: Callable[[Snapshot], None]) -> None:
-        """Scale until the queue is empty and every worker has exited by itself."""
+    def run(self, *, timeout: float, on_tick: Callable[[list[Snapshot]], None]) -> None:
+        """Scale until every queue is empty and every worker has exited by itself."""
         deadline = time.monotonic() + timeout
         while True:
             counts = self.scale_once()
-            on_tick(self.snapshot(counts))
-            if sum(counts) == 0 and not self.running_workers():
+            on_tick(self.snapshots(counts))
+            if sum(map(sum, counts.values())) == 0 and not self.running_workers():
                 return
             if time.monotonic() > deadline:
                 raise DemoError(f"the run did not finish within {timeout:.0f} s (see the worker logs in {self.work_dir})")
@@ -312,17 +404,13 @@ def _signal_group(pid: int, signum: int) -> None:
 
 def marked_pids(marker: str) -> list[int]:
     """Processes whose environment carries ``marker`` (those this run started, and their children)."""
-    needle = f"{MARKER_VARIABLE}={marker}".encode()
     pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
+    for process in psutil.process_iter():
         try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                stat = (entry / "stat").read_text()
-                if stat.rsplit(")", 1)[1].split()[0] != "Z":
-                    pids.append(int(entry.name))
-        except OSError:
+            if (process.pid != os.getpid() and process.status() != psutil.STATUS_ZOMBIE
+                    and process.environ().get(MARKER_VARIABLE) == marker):
+                pids.append(process.pid)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             continue
     return pids
 
@@ -343,14 +431,12 @@ def reap_marked(marker: str, timeout: float = 5.0) -> None:
 
 
 class Progress:
-    """Live view on a terminal (rich), one line every few seconds elsewhere (CI, pipes)."""
+    """Live view on a terminal (rich), one line per pool every few seconds elsewhere (CI, pipes)."""
 
-    def __init__(self, tasks: int, max_workers: int, live: bool | None = None) -> None:
+    def __init__(self, live: bool | None = None) -> None:
         from rich.console import Console
 
         self.console = Console(stderr=False, highlight=False)
-        self.tasks = tasks
-        self.max_workers = max_workers
         self.live_mode = self.console.is_terminal if live is None else live
         self._live = None
         self._last_plain = -1e9
@@ -360,7 +446,7 @@ class Progress:
         if self.live_mode:
             from rich.live import Live
 
-            self._live = Live(self._render(None), console=self.console, refresh_per_second=4, transient=False)
+            self._live = Live(self._render([]), console=self.console, refresh_per_second=4, transient=False)
             self._live.__enter__()
         return self
 
@@ -368,39 +454,45 @@ class Progress:
         if self._live:
             self._live.__exit__(*exc)
 
-    def _render(self, snap: Snapshot | None):
+    def _render(self, snaps: list[Snapshot]):
         from rich.progress_bar import ProgressBar
         from rich.table import Table
 
-        table = Table(title="batch-celery, local run on moto server", show_header=True, expand=False)
-        for column in ("elapsed", "visible", "in flight", "delayed", "done", "DLQ", "workers"):
-            table.add_column(column, justify="right")
-        if snap:
+        elapsed = f", {snaps[0].elapsed:.0f} s" if snaps else ""
+        table = Table(title=f"batch-celery, local run on moto server{elapsed}", show_header=True, expand=False)
+        for column in ("pool", "visible", "in flight", "delayed", "done", "DLQ", "workers"):
+            table.add_column(column, justify="left" if column == "pool" else "right")
+        for snap in snaps:
             table.add_row(
-                f"{snap.elapsed:.0f} s",
+                snap.pool,
                 str(snap.visible),
                 str(snap.in_flight),
                 str(snap.delayed),
-                f"{snap.done}/{self.tasks}",
+                f"{snap.done}/{snap.sent}",
                 str(snap.dead_lettered),
-                f"{snap.running} running ({snap.launched} started, cap {self.max_workers})",
+                f"{snap.running} running ({snap.launched} started, cap {snap.cap})",
             )
         grid = Table.grid()
         grid.add_row(table)
-        grid.add_row(ProgressBar(total=self.tasks, completed=snap.done if snap else 0, width=60))
+        total = sum(snap.sent for snap in snaps)
+        grid.add_row(ProgressBar(total=max(1, total), completed=sum(snap.done for snap in snaps), width=60))
         return grid
 
-    def tick(self, snap: Snapshot) -> None:
+    def tick(self, snaps: list[Snapshot]) -> None:
         if self._live:
-            self._live.update(self._render(snap))
-        elif snap.elapsed - self._last_plain >= 5 or (snap.done == self.tasks != self._last_done):
-            self._last_plain, self._last_done = snap.elapsed, snap.done
-            self.console.print(
-                f"[{snap.elapsed:5.0f} s] visible {snap.visible}, in flight {snap.in_flight}, "
-                f"delayed {snap.delayed}, done {snap.done}/{self.tasks}, DLQ {snap.dead_lettered}, "
-                f"workers running {snap.running} (started {snap.launched})",
-                soft_wrap=True,
-            )
+            self._live.update(self._render(snaps))
+            return
+        elapsed, done = snaps[0].elapsed, sum(snap.done for snap in snaps)
+        finished = done == sum(snap.sent for snap in snaps) != self._last_done
+        if elapsed - self._last_plain >= 5 or finished:
+            self._last_plain, self._last_done = elapsed, done
+            for snap in snaps:
+                self.console.print(
+                    f"[{snap.elapsed:5.0f} s] pool {snap.pool}: visible {snap.visible}, in flight "
+                    f"{snap.in_flight}, delayed {snap.delayed}, done {snap.done}/{snap.sent}, DLQ "
+                    f"{snap.dead_lettered}, workers running {snap.running} (started {snap.launched}, cap {snap.cap})",
+                    soft_wrap=True,
+                )
 
     def say(self, text: str) -> None:
         self.console.print(text, soft_wrap=True)
@@ -431,16 +523,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = _Parser(
         prog="python -m batch_celery.local",
         description=(
-            "Run the whole batch-celery loop locally: moto server as SQS, the real filler, the "
-            "scaler's real policy, and the real lifecycle script as workers."
+            "Run the whole batch-celery loop locally with two pools: moto server as SQS, the real "
+            "filler and routing, the scaler's real policy, and the real lifecycle script as workers."
         ),
     )
-    parser.add_argument("--tasks", type=_bounded(1, 10_000), default=60, help="how many tasks to submit [60]")
+    parser.add_argument("--tasks", type=_bounded(1, 10_000), default=40,
+                        help="how many tasks to submit to the default pool [40]")
+    parser.add_argument("--second-pool-tasks", type=_bounded(0, 10_000), default=12,
+                        help=f"how many {SECOND_POOL_TASK[0]} tasks the added {SECOND_POOL} pool gets [12; 0: one pool only]")
     parser.add_argument(
         "--task", choices=sorted(TASK_CHOICES), default="calculate_pi",
         help="calculate_pi (about a second of CPU each) or trivial [calculate_pi]",
     )
-    parser.add_argument("--max-workers", type=_bounded(1, 16), default=2, help="local cap on workers at once [2]")
+    parser.add_argument("--max-workers", type=_bounded(1, 16), default=2,
+                        help="local cap on the default pool's workers at once [2; other pools: 1]")
     parser.add_argument(
         "--idle-seconds", type=_bounded(1, 600), default=5,
         help="a worker exits after the queue was empty this long [5; 60 in AWS]",
@@ -448,7 +544,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--poll-seconds", type=_bounded(1, 60), default=1, help="queue check interval of a worker [1]")
     parser.add_argument(
         "--messages-per-worker", type=_bounded(1, 10_000), default=None,
-        help="scaler target backlog per worker [the stack's setting]",
+        help="scaler target backlog per worker, every pool [each pool's setting]",
     )
     parser.add_argument("--timeout", type=_bounded(10, 3600), default=600, help="give up after this many seconds [600]")
     parser.add_argument("--live", dest="live", action="store_true", default=None, help="force the live view")
@@ -461,6 +557,26 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def demo_overrides(context: dict, second_pool: bool) -> tuple[dict, str]:
+    """The context overrides the demo synthesizes with, and where its pools come from.
+
+    With one pool configured (or none: the default pool), the demo adds the worked GPU pool on
+    top of the project's own settings; with two or more it runs the project's pools as they are.
+    """
+    block = context.get(CONTEXT_KEY) or {}
+    if isinstance(block, str):
+        block = json.loads(block)
+    pools = dict(block.get("pools") or {"default": {}})
+    if len(pools) > 1 or not second_pool:
+        return {}, "the pools of cdk.json"
+    first = next(iter(pools))
+    if first == SECOND_POOL:
+        raise DemoError(f"the project's one pool is called {SECOND_POOL!r}, the name of the pool the demo adds")
+    pools[SECOND_POOL] = SECOND_POOL_SETTINGS
+    return ({CONTEXT_KEY: {**block, "pools": pools}},
+            f"pool {first} from cdk.json, pool {SECOND_POOL} added by the demo (examples/gpu-pool)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     task_name, task_kwargs = TASK_CHOICES[args.task]
@@ -469,55 +585,68 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     work_dir = args.keep_logs or Path(tempfile.mkdtemp(prefix="batch-celery-demo-"))
     work_dir.mkdir(parents=True, exist_ok=True)
-    progress = Progress(args.tasks, args.max_workers, args.live)
+    progress = Progress(args.live)
     started = time.monotonic()
     server: motoserver.MotoServer | None = None
     run: LocalRun | None = None
     interrupted = False
+    tasks = args.tasks
     try:
-        progress.say("synthesizing the stack to read the queue and worker settings ...")
-        spec = read_spec(synthesize(work_dir / "cdk.out"))
-        messages_per_worker = args.messages_per_worker or int(spec.scaler_environment.get("MESSAGES_PER_WORKER", 10))
+        context = project_context()
+        overrides, origin = demo_overrides(context, second_pool=args.second_pool_tasks > 0)
+        settings = Settings.from_context({**context, **overrides}.get(CONTEXT_KEY))
+        progress.say(f"synthesizing the stack to read each pool's queue and worker settings ({origin}) ...")
+        spec = read_spec(synthesize(work_dir / "cdk.out", overrides), settings)
         server = motoserver.start()
         progress.say(f"moto server on {server.endpoint}")
+        names = list(spec.pools)
         run = LocalRun(
             server=server,
             spec=spec,
             work_dir=work_dir,
-            max_workers=args.max_workers,
+            max_workers={name: args.max_workers if name == names[0] else 1 for name in names},
             idle_seconds=args.idle_seconds,
             poll_seconds=args.poll_seconds,
-            messages_per_worker=messages_per_worker,
+            messages_per_worker=args.messages_per_worker,
         )
-        progress.say(
-            f"queue {run.queues.name}: visibility {spec.queue.visibility_timeout} s, DLQ after "
-            f"{spec.queue.max_receive_count} receives; submitting {args.tasks} x {task_name} "
-            f"(scaler: {messages_per_worker} messages per worker, at most {args.max_workers} workers)"
-        )
-        run.fill(args.tasks, task_name, task_kwargs)
+        for pool in run.pools.values():
+            progress.say(
+                f"pool {pool.name}: queue {pool.queues.name}, visibility {pool.spec.queue.visibility_timeout} s, "
+                f"DLQ after {pool.spec.queue.max_receive_count} receives, tasks {list(pool.spec.tasks) or 'the rest'}; "
+                f"scaler: {pool.messages_per_worker} messages per worker, at most {pool.max_workers} here"
+            )
+        sends = [(args.tasks, task_name, task_kwargs)]
+        if args.second_pool_tasks and SECOND_POOL in run.pools:
+            sends.append((args.second_pool_tasks, *SECOND_POOL_TASK))
+        tasks = sum(count for count, _, _ in sends)
+        for count, name, kwargs in sends:
+            pool = run.fill(count, name, kwargs)
+            progress.say(f"sent {count} x {name}: routed to pool {pool}")
         with progress:
             run.run(timeout=args.timeout, on_tick=progress.tick)
     except KeyboardInterrupt:
         interrupted = True
         progress.say("interrupted: stopping every worker (TERM, as Batch does) and the server")
-    except (DemoError, TemplateError, RuntimeError) as error:
+    except (DemoError, TemplateError, SettingsError, RuntimeError) as error:
         interrupted = True
         progress.say(f"error: {error}")
     finally:
         # Workers first (a warm shutdown still needs the queue), then what they leave, then the server.
         if run:
             run.stop(grace=15)
-        outcome = _outcome(run, args.tasks, started, interrupted)
+        outcome = _outcome(run, tasks, started, interrupted)
         if server:
             server.stop()
 
     for worker in run.workers if run else []:
         if worker.process.returncode != 0:
-            progress.say(f"worker {worker.index} exited with {worker.process.returncode}; log: {worker.log_path}")
+            progress.say(f"worker {worker.pool}-{worker.index} exited with {worker.process.returncode}; log: {worker.log_path}")
     if outcome.dead_lettered:
-        progress.say(f"{outcome.dead_lettered} task(s) failed and wait in the dead-letter queue")
+        progress.say(f"{outcome.dead_lettered} task(s) failed and wait in the dead-letter queues")
     if args.keep_logs:
         progress.say(f"worker logs in {work_dir}")
+    for line in outcome.pool_lines():
+        progress.say(line)
     progress.say(outcome.summary_line())
     return 0 if outcome.ok else 1
 
@@ -526,7 +655,7 @@ def _outcome(run: LocalRun | None, tasks: int, started: float, interrupted: bool
     if run is None:
         return Outcome(tasks, 0, 0, tasks, 0, [], time.monotonic() - started, interrupted)
     try:
-        remaining = sum(message_counts(run.sqs, run.queues.url))
+        remaining = sum(total_messages(run.sqs, pool.queues.url) for pool in run.pools.values())
         dead_lettered = run.dead_lettered()
     except Exception as error:  # the server itself failed: count nothing as safe
         print(f"could not read the queues at the end: {error}", file=sys.stderr)
@@ -540,6 +669,7 @@ def _outcome(run: LocalRun | None, tasks: int, started: float, interrupted: bool
         worker_exit_codes=[worker.process.returncode for worker in run.workers],
         seconds=time.monotonic() - started,
         interrupted=interrupted,
+        pools=[(name, pool.sent, len(pool.done_ids()), len(pool.workers)) for name, pool in run.pools.items()],
     )
 
 

@@ -1,9 +1,10 @@
 """What the local run takes from the synthesized stack, so local and AWS cannot drift.
 
 The demo synthesizes the real CDK app (no AWS credentials, no Docker needed) and reads from its
-template the task queue's and DLQ's attributes, the worker job's environment and the scaler's
-settings. Values that CloudFormation resolves only at deploy time (queue URL, region) are skipped:
-locally they come from moto.
+template, per pool, the task queue's and DLQ's attributes, the worker job's environment and the
+scaler's settings. Values that CloudFormation resolves only at deploy time (queue URL, region) are
+skipped: locally they come from moto. What the template holds only inside joined strings (a pool's
+task patterns and image) comes from the same settings the synth was given.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from batch_celery.local.queues import QueuePair
+from batch_celery.local import REPO_ROOT
+from batch_celery.local.queues import QueuePair, create_queue_pair
+from batch_celery.settings import Settings
+from batch_celery_container import contract
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER_COMMAND = "./run_celery_worker.sh"
 
 
@@ -36,23 +39,31 @@ class QueueSpec:
     dlq_retention_seconds: int
     managed_sse: bool
 
-    def queue_attributes(self) -> dict[str, str]:
-        attributes = {
-            "VisibilityTimeout": str(self.visibility_timeout),
-            "MessageRetentionPeriod": str(self.retention_seconds),
-        }
-        if self.managed_sse:
-            attributes["SqsManagedSseEnabled"] = "true"
-        return attributes
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """One pool as the stack declares it."""
+
+    name: str
+    queue: QueueSpec
+    # The worker job's environment, literal values only (no CloudFormation references).
+    worker_environment: Mapping[str, str]
+    # The scaler's numbers for this pool (its POOLS entry); None in alarms mode.
+    messages_per_worker: int | None = None
+    max_workers: int | None = None
+    tasks_per_worker: int = 1
+    tasks: tuple[str, ...] = ()
+    image: str | None = None
 
 
 @dataclass(frozen=True)
 class StackSpec:
-    queue: QueueSpec
-    # The worker job's environment, literal values only (no CloudFormation references).
-    worker_environment: Mapping[str, str] = field(default_factory=dict)
-    # The scaler Lambda's environment (literal values), empty when the scaler is switched off.
-    scaler_environment: Mapping[str, str] = field(default_factory=dict)
+    # Pool name -> pool, in the stack's order: the first is the default pool.
+    pools: Mapping[str, PoolSpec] = field(default_factory=dict)
+
+    @property
+    def default_pool(self) -> PoolSpec:
+        return next(iter(self.pools.values()))
 
 
 def project_context() -> dict[str, Any]:
@@ -109,20 +120,52 @@ def _literal_env(pairs: Any) -> dict[str, str]:
     return {name: value for name, value in items if isinstance(value, str)}
 
 
-def read_spec(template: Mapping[str, Any]) -> StackSpec:
-    """The queue, worker and scaler settings the local run mirrors."""
+def read_spec(template: Mapping[str, Any], settings: Settings | None = None) -> StackSpec:
+    """Every pool's queue, worker and scaler settings the local run mirrors.
+
+    ``settings`` (what the template was synthesized from) gives each pool's task patterns and image.
+    """
     queues = _resources(template, "AWS::SQS::Queue")
-    task_queues = [r for r in queues.values() if "RedrivePolicy" in r.get("Properties", {})]
-    if len(task_queues) != 1:
-        raise TemplateError(f"expected one queue with a redrive policy in the template, found {len(task_queues)}")
-    properties = task_queues[0]["Properties"]
-    redrive = properties["RedrivePolicy"]
+    scaler_pools = _scaler_pools(template)
+    pools: dict[str, PoolSpec] = {}
+    for resource in _resources(template, "AWS::Batch::JobDefinition").values():
+        container = resource.get("Properties", {}).get("ContainerProperties", {})
+        if container.get("Command") != [WORKER_COMMAND]:
+            continue
+        pairs = container.get("Environment") or []
+        name = _literal_env(pairs).get(contract.POOL)
+        queue_ref = next((p.get("Value") for p in pairs if p.get("Name") == contract.QUEUE_URL), None)
+        queue_id = queue_ref.get("Ref") if isinstance(queue_ref, Mapping) else None
+        if not name or queue_id not in queues:
+            raise TemplateError(f"a worker job definition lacks {contract.POOL} or a {contract.QUEUE_URL} of this stack")
+        scaler = scaler_pools.get(name, {})
+        props = settings.props.pools.get(name) if settings else None
+        pools[name] = PoolSpec(
+            name=name,
+            queue=_queue_spec(queues, queue_id),
+            worker_environment=_literal_env(pairs),
+            messages_per_worker=scaler.get("messages_per_worker"),
+            max_workers=scaler.get("max_workers"),
+            tasks_per_worker=scaler.get("tasks_per_worker", 1),
+            tasks=props.tasks if props else (),
+            image=props.image if props else None,
+        )
+    if not pools:
+        raise TemplateError(f"no worker job definition running {WORKER_COMMAND} in the template")
+    if settings:  # the stack's order, so the first pool is the default one
+        pools = {name: pools[name] for name in settings.props.pools if name in pools}
+    return StackSpec(pools=pools)
+
+
+def _queue_spec(queues: Mapping[str, Any], queue_id: str) -> QueueSpec:
+    properties = queues[queue_id].get("Properties", {})
+    redrive = properties.get("RedrivePolicy") or {}
     target = redrive.get("deadLetterTargetArn", {})
     dlq_id = target.get("Fn::GetAtt", [None])[0] if isinstance(target, Mapping) else None
     if dlq_id not in queues:
-        raise TemplateError("the task queue's redrive policy does not name a queue of this stack")
-    dlq = queues[dlq_id]["Properties"]
-    spec = QueueSpec(
+        raise TemplateError(f"the redrive policy of queue {queue_id} does not name a queue of this stack")
+    dlq = queues[dlq_id].get("Properties", {})
+    return QueueSpec(
         visibility_timeout=int(properties.get("VisibilityTimeout", 30)),
         retention_seconds=int(properties.get("MessageRetentionPeriod", 345600)),
         max_receive_count=int(redrive["maxReceiveCount"]),
@@ -130,33 +173,37 @@ def read_spec(template: Mapping[str, Any]) -> StackSpec:
         managed_sse=bool(properties.get("SqsManagedSseEnabled", False)),
     )
 
-    worker_env: dict[str, str] = {}
-    for resource in _resources(template, "AWS::Batch::JobDefinition").values():
-        container = resource.get("Properties", {}).get("ContainerProperties", {})
-        if container.get("Command") == [WORKER_COMMAND]:
-            worker_env = _literal_env(container.get("Environment"))
-    if not worker_env:
-        raise TemplateError(f"no worker job definition running {WORKER_COMMAND} in the template")
 
-    scaler_env: dict[str, str] = {}
+def _scaler_pools(template: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The scaler's POOLS entries by pool name ({} in alarms mode).
+
+    POOLS is a JSON string joined with deploy-time references (queue URLs, ARNs); each reference
+    becomes a distinct placeholder so the JSON parses and the numbers can be read.
+    """
     for resource in _resources(template, "AWS::Lambda::Function").values():
-        variables = resource.get("Properties", {}).get("Environment", {}).get("Variables", {})
-        if "MESSAGES_PER_WORKER" in variables:
-            scaler_env = _literal_env(variables)
-    return StackSpec(queue=spec, worker_environment=worker_env, scaler_environment=scaler_env)
+        value = resource.get("Properties", {}).get("Environment", {}).get("Variables", {}).get("POOLS")
+        if value is None:
+            continue
+        if isinstance(value, Mapping) and "Fn::Join" in value:
+            separator, parts = value["Fn::Join"]
+            value = separator.join(
+                part if isinstance(part, str) else f"deploy-time-{index}" for index, part in enumerate(parts)
+            )
+        try:
+            return {entry["pool"]: entry for entry in json.loads(value)}
+        except (TypeError, ValueError, KeyError) as error:
+            raise TemplateError(f"the scaler's POOLS variable could not be read: {error}") from None
+    return {}
 
 
 def create_queues(sqs, name: str, spec: QueueSpec) -> QueuePair:
     """Create ``name`` and ``name-dlq`` on a local endpoint with the stack's attributes."""
-    dlq_name = f"{name}-dlq"
-    dlq_attributes = {"MessageRetentionPeriod": str(spec.dlq_retention_seconds)}
-    if spec.managed_sse:
-        dlq_attributes["SqsManagedSseEnabled"] = "true"
-    dlq_url = sqs.create_queue(QueueName=dlq_name, Attributes=dlq_attributes)["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    attributes = spec.queue_attributes()
-    attributes["RedrivePolicy"] = json.dumps(
-        {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(spec.max_receive_count)}
+    return create_queue_pair(
+        sqs,
+        name,
+        visibility_timeout=spec.visibility_timeout,
+        max_receive_count=spec.max_receive_count,
+        retention_seconds=spec.retention_seconds,
+        dlq_retention_seconds=spec.dlq_retention_seconds,
+        managed_sse=spec.managed_sse,
     )
-    url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
-    return QueuePair(name, url, dlq_name, dlq_url, spec.visibility_timeout, spec.max_receive_count)

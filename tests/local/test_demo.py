@@ -1,7 +1,8 @@
-"""The local run's machinery: a short run ends clean; an interrupted one leaves nothing behind.
+"""The local run's machinery: a short two-pool run ends clean, each pool's tasks on its own
+workers; an interrupted one leaves nothing behind.
 
-These run the real demo as a subprocess (synth, moto server, filler, lifecycle scripts, workers),
-exactly as `make demo` does, with a few trivial tasks.
+These run the real demo as a subprocess (synth, moto server, filler, routing, lifecycle scripts,
+workers), exactly as `make demo` does, with a few small tasks.
 """
 
 from __future__ import annotations
@@ -12,55 +13,28 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from batch_celery.local import template
-from batch_celery.local.demo import MARKER_VARIABLE, parse_args
+from batch_celery.local import REPO_ROOT, template
+from batch_celery.local.demo import MARKER_VARIABLE, SECOND_POOL, SECOND_POOL_SETTINGS, demo_overrides, parse_args
+from batch_celery.settings import Settings
+from harness.processes import alive, live_pids
 
-REPO = Path(__file__).resolve().parents[2]
 SUMMARY = re.compile(r"^demo: (\d+)/(\d+) tasks done by (\d+) workers in (\d+) s, (\d+) lost$")
+POOL_LINE = re.compile(r"^pool ([a-z0-9-]+): (\d+)/(\d+) done by (\d+) workers?$", re.MULTILINE)
 
 
 def demo_processes() -> list[int]:
     """Every live process started by any local run (they all carry the marker variable)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if f"{MARKER_VARIABLE}=".encode() in environ and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
-def moto_servers_of(pid: int) -> list[int]:
-    """moto server processes whose parent is ``pid``."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and b"moto.server" in cmdline and fields[0] != "Z":
-            children.append(int(entry.name))
-    return children
+    return live_pids(environ_has=MARKER_VARIABLE)
 
 
 def run_demo(*args: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     return subprocess.Popen(
         [sys.executable, "-m", "batch_celery.local", "--plain", *args],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -73,18 +47,30 @@ def no_leftovers_before():
     assert demo_processes() == [], "a previous local run left processes behind"
 
 
-def test_short_run_does_every_task_and_leaves_no_process():
-    demo = run_demo("--tasks", "8", "--task", "trivial", "--max-workers", "2", "--idle-seconds", "2",
-                    "--messages-per-worker", "4")
+def test_short_two_pool_run_does_every_task_on_its_own_pools_workers(tmp_path):
+    demo = run_demo("--tasks", "8", "--task", "trivial", "--second-pool-tasks", "3", "--max-workers", "2",
+                    "--idle-seconds", "2", "--messages-per-worker", "4", "--keep-logs", str(tmp_path))
     output, _ = demo.communicate(timeout=240)
     last = output.strip().splitlines()[-1]
     match = SUMMARY.match(last)
     assert match, output
     done, total, workers, _, lost = map(int, match.groups())
-    assert (done, total, lost) == (8, 8, 0), output
-    assert 1 <= workers <= 2, output
+    assert (done, total, lost) == (11, 11, 0), output
+    assert 2 <= workers <= 3, output
+    pools = {name: (int(done), int(sent)) for name, done, sent, _ in POOL_LINE.findall(output)}
+    assert pools == {"default": (8, 8), SECOND_POOL: (3, 3)}, output
+    assert "sent 3 x gpu.matmul: routed to pool gpu" in output
     assert demo.returncode == 0, output
     assert demo_processes() == []
+    # The routing is real: each pool's tasks ran only on that pool's workers.
+    logs = {path.name: path.read_text() for path in tmp_path.glob("*-worker-*.log")}
+    default_logs = [text for name, text in logs.items() if name.startswith("default-")]
+    gpu_logs = [text for name, text in logs.items() if name.startswith(f"{SECOND_POOL}-")]
+    assert default_logs and gpu_logs, sorted(logs)
+    assert sum(text.count("Task batch.calculate_pi[") for text in default_logs) >= 8
+    assert not any("gpu.matmul" in text for text in default_logs)
+    assert sum(len(re.findall(r"Task gpu\.matmul\[\S+\] succeeded", text)) for text in gpu_logs) == 3
+    assert not any("batch.calculate_pi" in text for text in gpu_logs)
 
 
 def test_interrupted_run_stops_every_process_and_the_server():
@@ -100,7 +86,7 @@ def test_interrupted_run_stops_every_process_and_the_server():
             started_workers = True
             break
     assert started_workers, "".join(lines)
-    servers = moto_servers_of(demo.pid)
+    servers = live_pids(parent=demo.pid, cmdline_has="moto.server")
     assert servers, "the demo should be running its moto server"
     demo.send_signal(signal.SIGINT)
     output, _ = demo.communicate(timeout=120)
@@ -111,45 +97,62 @@ def test_interrupted_run_stops_every_process_and_the_server():
     # Unfinished tasks are still in the queue (or were done): the summary counts none as lost.
     assert int(summary.group(5)) == 0, output
     assert demo_processes() == []
-    for pid in servers:
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    assert not any(alive(pid) for pid in servers)
 
 
 def test_queue_attributes_come_from_the_synthesized_stack(tmp_path):
     spec = template.read_spec(template.synthesize(tmp_path))
-    # The stack's defaults (batch_celery/settings.py); the local queue is created with exactly these.
+    (pool,) = spec.pools.values()
+    # The stack's defaults (batch_celery/props.py); the local queue is created with exactly these.
     # The visibility timeout is the crash window (300 s), shorter than a task may run (900 s): the
     # worker's heartbeat keeps what it holds invisible.
-    assert (spec.queue.visibility_timeout, spec.worker_environment["TASK_TIME_LIMIT_SECONDS"]) == (300, "900")
-    assert spec.worker_environment["STOP_GRACE_SECONDS"] == "20"
-    assert spec.queue.max_receive_count >= 1
-    assert spec.queue.dlq_retention_seconds > spec.queue.retention_seconds
-    assert spec.worker_environment["VISIBILITY_TIMEOUT_SECONDS"] == str(spec.queue.visibility_timeout)
-    assert {"IDLE_SECONDS", "POLL_SECONDS", "WORKER_CONCURRENCY"} <= set(spec.worker_environment)
-    assert int(spec.scaler_environment["MESSAGES_PER_WORKER"]) >= 1
+    assert pool.name == "default"
+    assert (pool.queue.visibility_timeout, pool.worker_environment["TASK_TIME_LIMIT_SECONDS"]) == (300, "900")
+    assert pool.worker_environment["STOP_GRACE_SECONDS"] == "20"
+    assert pool.worker_environment["WORKER_POOL"] == "default"
+    assert pool.queue.max_receive_count >= 1
+    assert pool.queue.dlq_retention_seconds > pool.queue.retention_seconds
+    assert pool.worker_environment["VISIBILITY_TIMEOUT_SECONDS"] == str(pool.queue.visibility_timeout)
+    assert {"IDLE_SECONDS", "POLL_SECONDS", "WORKER_CONCURRENCY"} <= set(pool.worker_environment)
+    assert (pool.messages_per_worker, pool.max_workers, pool.tasks_per_worker) == (10, 48, 1)
 
 
-def test_the_local_run_uses_the_projects_cdk_context(tmp_path):
-    # What a user sets in cdk.json reaches the local queue and workers as it reaches AWS.
+def test_each_pool_of_a_two_pool_stack_is_read_with_its_own_settings(tmp_path):
+    # What a user sets in cdk.json reaches each pool's local queue and workers as it reaches AWS.
     assert "@aws-cdk/aws-ec2:restrictDefaultSecurityGroup" in template.project_context()
-    spec = template.read_spec(template.synthesize(
-        tmp_path, {"batch-celery": {"max_receive_count": 7, "idle_seconds": 90, "messages_per_worker": 4}}))
-    assert spec.queue.max_receive_count == 7
-    assert spec.worker_environment["IDLE_SECONDS"] == "90"
-    assert spec.scaler_environment["MESSAGES_PER_WORKER"] == "4"
+    block = {"pools": {
+        "main": {"max_receive_count": 7, "idle_seconds": 90, "messages_per_worker": 4},
+        "gpu": {**SECOND_POOL_SETTINGS, "visibility_timeout_seconds": 600, "concurrency": 2, "max_workers": 3},
+    }}
+    spec = template.read_spec(template.synthesize(tmp_path, {"batch-celery": block}), Settings.from_context(block))
+    assert list(spec.pools) == ["main", "gpu"]
+    main, gpu = spec.pools["main"], spec.pools["gpu"]
+    assert (main.queue.max_receive_count, main.worker_environment["IDLE_SECONDS"], main.messages_per_worker) == (7, "90", 4)
+    assert (main.tasks, main.image) == ((), None)
+    assert (gpu.queue.visibility_timeout, gpu.queue.max_receive_count) == (600, 3)
+    assert (gpu.max_workers, gpu.tasks_per_worker, gpu.messages_per_worker) == (3, 2, 10)
+    assert (gpu.tasks, gpu.image) == (("gpu.*",), "examples/gpu-pool")
+    assert gpu.worker_environment["WORKER_POOL"] == "gpu"
 
 
-def test_queues_created_locally_match_the_spec(moto_server, tmp_path):
-    import boto3
+def test_the_demo_adds_a_second_pool_only_to_a_one_pool_project():
+    overrides, origin = demo_overrides({"batch-celery": {"max_azs": 1}}, second_pool=True)
+    assert overrides == {"batch-celery": {"max_azs": 1, "pools": {"default": {}, SECOND_POOL: SECOND_POOL_SETTINGS}}}
+    assert "added by the demo" in origin
+    two = {"batch-celery": {"pools": {"a": {}, "b": {"tasks": ["b.*"]}}}}
+    assert demo_overrides(two, second_pool=True) == ({}, "the pools of cdk.json")
+    assert demo_overrides({}, second_pool=False) == ({}, "the pools of cdk.json")
 
+
+def test_queues_created_locally_match_the_spec(moto_server):
     spec = template.QueueSpec(visibility_timeout=123, retention_seconds=3600, max_receive_count=4,
                               dlq_retention_seconds=7200, managed_sse=True)
-    sqs = boto3.client("sqs", endpoint_url=moto_server.endpoint, region_name=moto_server.region,
-                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    sqs = moto_server.client("sqs")
     pair = template.create_queues(sqs, "spec-check", spec)
     attributes = sqs.get_queue_attributes(QueueUrl=pair.url, AttributeNames=["All"])["Attributes"]
     assert attributes["VisibilityTimeout"] == "123"
     assert attributes["MessageRetentionPeriod"] == "3600"
+    assert attributes["SqsManagedSseEnabled"] == "true"
     assert '"maxReceiveCount": "4"' in attributes["RedrivePolicy"] or '"maxReceiveCount": 4' in attributes["RedrivePolicy"]
     dlq = sqs.get_queue_attributes(QueueUrl=pair.dlq_url, AttributeNames=["MessageRetentionPeriod"])["Attributes"]
     assert dlq["MessageRetentionPeriod"] == "7200"
