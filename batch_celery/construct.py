@@ -29,7 +29,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from batch_celery_container import contract
+from batch_celery_container import contract, routing
 
 from . import CONTAINER_DIR
 from .monitoring import Monitoring
@@ -124,15 +124,13 @@ class CeleryBatchWorkers(Construct):
         }
 
         stack = Stack.of(self)
-        self.routes_json: str = stack.to_json_string({
-            "default_pool": props.default_pool,
-            "region": stack.region,
-            "pools": {
-                name: {"queue_name": pool.queue.queue_name, "queue_url": pool.queue.queue_url,
-                       "tasks": list(pool.props.tasks)}
-                for name, pool in self.pools.items()
-            },
-        })
+        # The routing's format is routing.py's (which producers parse); the values are tokens here.
+        self.routes_json: str = stack.to_json_string(routing.routes_document(
+            default_pool=props.default_pool,
+            region=stack.region,
+            pools={name: routing.PoolRoute(pool.queue.queue_name, pool.queue.queue_url, pool.props.tasks)
+                   for name, pool in self.pools.items()},
+        ))
         self._filler(retention)
 
         self.monitoring = Monitoring(
