@@ -138,7 +138,10 @@ class CeleryBatchWorkers(Construct):
             "Monitoring",
             task_dead_letter_queues={name: pool.dead_letter_queue for name, pool in self.pools.items()},
             events_dead_letter_queue=self.events_dead_letter_queue,
+            sla_alarms={name: alarms.sla_alarm for name, alarms in self.alarms.items()},
+            job_queues={name: pool.job_queue for name, pool in self.pools.items()},
             scaler=self.scaler.function if self.scaler else None,
+            alarm_email=props.alarm_email,
         )
 
     def image(self, directory: str | None, platform: str) -> ecs.ContainerImage:

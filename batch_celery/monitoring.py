@@ -1,12 +1,21 @@
-"""Alarms for what should never accumulate: dead-lettered tasks, undelivered events, failed scaler runs."""
+"""Alarms that reach someone: dead-lettered tasks, undelivered events, failed scaler runs, tasks
+waiting past the SLA, failed worker jobs, all published to one encrypted SNS topic."""
 
 from __future__ import annotations
 
 from typing import Mapping
 
 from aws_cdk import Duration
+from aws_cdk import aws_batch as batch
 from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
@@ -22,9 +31,10 @@ SCALER_FAILED_RUNS = 3
 
 
 class Monitoring(Construct):
-    """One alarm per dead-letter queue (any message there needs a human), one on the scaler.
-
-    The alarms have no actions, so users attach their own notification (SNS, chat) to them.
+    """The alarm topic, and what notifies it: one alarm per dead-letter queue (any message there
+    needs a human), one on the scaler, each pool's SLA alarm, and every worker job that ends FAILED
+    (a crash, or a job Batch cancelled after waiting RUNNABLE too long). The depth alarms, which
+    only start workers, stay quiet.
     """
 
     def __init__(
@@ -34,9 +44,28 @@ class Monitoring(Construct):
         *,
         task_dead_letter_queues: Mapping[str, sqs.IQueue],
         events_dead_letter_queue: sqs.IQueue,
+        sla_alarms: Mapping[str, cloudwatch.IAlarm],
+        job_queues: Mapping[str, batch.IJobQueue],
         scaler: lambda_.IFunction | None = None,
+        alarm_email: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
+        # A key of our own: CloudWatch and EventBridge publish to an encrypted topic only when the
+        # key's policy lets them use it, which an AWS managed key's policy never does.
+        self.key = kms.Key(
+            self, "AlarmTopicKey", enable_key_rotation=True,
+            description="Encrypts the batch-celery alarm topic",
+        )
+        for service in ("cloudwatch.amazonaws.com", "events.amazonaws.com"):
+            self.key.grant(iam.ServicePrincipal(service), "kms:Decrypt", "kms:GenerateDataKey*")
+        self.topic = sns.Topic(
+            self, "AlarmTopic", display_name="batch-celery alarms", master_key=self.key, enforce_ssl=True,
+        )
+        if alarm_email:
+            self.topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
+        notify = cloudwatch_actions.SnsAction(self.topic)
+        for alarm in sla_alarms.values():
+            alarm.add_alarm_action(notify)
         # Pool name -> the alarm on its dead-letter queue.
         self.task_dead_letter_alarms = {
             pool: self._not_empty(
@@ -67,6 +96,32 @@ class Monitoring(Construct):
                     "log group names the failing call. Nothing else starts workers in scaler mode"
                 ),
             )
+            self.scaler_failing_alarm.add_alarm_action(notify)
+        for alarm in (*self.task_dead_letter_alarms.values(), self.events_dead_letter_alarm):
+            alarm.add_alarm_action(notify)
+
+        # A worker job that ended FAILED: its worker crashed or could not start (exit status and
+        # reason in the event), or Batch cancelled it after it waited RUNNABLE too long.
+        self.failed_jobs_rule = events.Rule(
+            self,
+            "WorkerJobFailedRule",
+            description="A batch-celery worker job ended FAILED: tell the alarm topic",
+            event_pattern=events.EventPattern(
+                source=["aws.batch"],
+                detail_type=["Batch Job State Change"],
+                detail={"status": ["FAILED"], "jobQueue": [q.job_queue_arn for q in job_queues.values()]},
+            ),
+            targets=[targets.SnsTopic(
+                self.topic,
+                message=events.RuleTargetInput.from_text(
+                    f"batch-celery worker job {events.EventField.from_path('$.detail.jobName')} "
+                    f"({events.EventField.from_path('$.detail.jobId')}) FAILED: "
+                    f"{events.EventField.from_path('$.detail.statusReason')}"
+                ),
+                # A notification EventBridge could not deliver lands there, with its alarm.
+                dead_letter_queue=events_dead_letter_queue,
+            )],
+        )
 
     def _not_empty(self, construct_id: str, queue: sqs.IQueue, description: str) -> cloudwatch.Alarm:
         return cloudwatch.Alarm(

@@ -152,6 +152,22 @@ class WorkerPool(Construct):
             compute_environments=[
                 batch.OrderedComputeEnvironment(compute_environment=self.compute_environment, order=1)
             ],
+            # A job that waits RUNNABLE for a reason that will not go away by itself (no capacity of
+            # its instance types, the compute environment at its maximum, a job bigger than any
+            # instance) is cancelled after runnable_timeout_seconds; it then ends FAILED with that
+            # reason, which the alarm topic hears of (monitoring.py). The scaler submits anew.
+            job_state_time_limit_actions=[
+                batch.JobStateTimeLimitAction(
+                    max_time=Duration.seconds(props.runnable_timeout_seconds),
+                    reason=reason,
+                    action=batch.JobStateTimeLimitActionsAction.CANCEL,
+                )
+                for reason in (
+                    batch.JobStateTimeLimitActionsReason.INSUFFICIENT_INSTANCE_CAPACITY,
+                    batch.JobStateTimeLimitActionsReason.COMPUTE_ENVIRONMENT_MAX_RESOURCE,
+                    batch.JobStateTimeLimitActionsReason.JOB_RESOURCE_REQUIREMENT,
+                )
+            ],
         )
 
         self.worker_role = iam.Role(

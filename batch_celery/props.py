@@ -83,6 +83,10 @@ SCALER_POLL_RANGE = (5, 60)
 MAX_POOLS = 6
 # CloudWatch evaluates at most one day of periods (EvaluationPeriods x Period <= 86,400 s).
 MAX_ALARM_WINDOW_SECONDS = 86_400
+# Batch's job-state time limit (maxTimeSeconds) for a job stuck RUNNABLE.
+RUNNABLE_TIMEOUT_RANGE = (600, 86_400)
+# One address, as SNS e-mail subscriptions take it; SNS itself sends the confirmation.
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 # CloudFormation stack names: a letter, then letters, digits and hyphens, at most 128 characters.
 STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
 
@@ -183,6 +187,9 @@ class PoolProps:
     """Workers in the array job the high alarm submits in alarms mode (2-10000)."""
     age_alarm_seconds: int = 300
     """Latency SLA: the SLA alarm fires once a task has waited (visible) this long (60..86400)."""
+    runnable_timeout_seconds: int = 3600
+    """A worker job stuck RUNNABLE this long because capacity is short or it asks for more than the
+    compute offers is cancelled by Batch, and the alarm topic hears of it (600..86400)."""
 
     def __post_init__(self) -> None:
         # Lists from JSON become tuples: the props stay immutable and hashable.
@@ -238,6 +245,8 @@ class CeleryBatchWorkersProps:
     Lambda, each pool's alarm rules submit its workers (the original sample's design)."""
     scaler_poll_seconds: int = 10
     """How often the scaler decides, for every pool, within its one invocation a minute (5-60)."""
+    alarm_email: str | None = None
+    """An address subscribed to the alarm topic (it confirms by mail); None: subscribe your own."""
 
     def __post_init__(self) -> None:
         pools = self.pools
@@ -416,6 +425,7 @@ def _validate_pool(p: PoolProps) -> None:
     # The SLA alarm counts one-minute periods: an SLA below one period cannot be observed, and
     # CloudWatch evaluates at most a day of periods.
     _int(p, "age_alarm_seconds", 60, MAX_ALARM_WINDOW_SECONDS)
+    _int(p, "runnable_timeout_seconds", *RUNNABLE_TIMEOUT_RANGE)
 
 
 def _validate_deployment(d: CeleryBatchWorkersProps) -> None:
@@ -433,3 +443,5 @@ def _validate_deployment(d: CeleryBatchWorkersProps) -> None:
             " alarm rules submit workers themselves)",
         )
     _int(d, "scaler_poll_seconds", *SCALER_POLL_RANGE)
+    if d.alarm_email is not None and (not isinstance(d.alarm_email, str) or not EMAIL.match(d.alarm_email)):
+        raise _fail("alarm_email", d.alarm_email, "must be null or one e-mail address, e.g. ops@example.com")

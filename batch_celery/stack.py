@@ -61,6 +61,8 @@ class BatchCeleryStack(Stack):
                               "parameter numMessages); submit it to FillerJobQueueArn")
         CfnOutput(self, "FillerJobQueueArn", value=w.filler_job_queue.job_queue_arn,
                   description="Job queue the filler job runs in (the default pool's)")
+        CfnOutput(self, "AlarmTopicArn", value=w.monitoring.topic.topic_arn,
+                  description="SNS topic every alarm that needs a human notifies; subscribe to it")
         if w.scaler is not None:
             CfnOutput(self, "ScalerFunctionName", value=w.scaler.function.function_name,
                       description="Name of the Lambda function that sizes every pool's workers")

@@ -224,8 +224,8 @@ def test_each_pool_has_its_depth_sla_and_dead_letter_alarms_on_its_own_queues(th
 def test_alarm_count_is_three_per_pool_plus_one_per_dead_letter_queue(three_pools: Synth) -> None:
     # 3 x (low, high, SLA) + 3 task DLQs + the events DLQ + the failing scaler.
     three_pools.template.resource_count_is("AWS::CloudWatch::Alarm", 9 + 3 + 1 + 1)
-    # 3 x 3 alarm rules + the scaler's schedule.
-    three_pools.template.resource_count_is("AWS::Events::Rule", 10)
+    # 3 x 3 alarm rules + the scaler's schedule + failed worker jobs -> the alarm topic.
+    three_pools.template.resource_count_is("AWS::Events::Rule", 11)
 
 
 def test_outputs_name_each_pools_resources(three_pools: Synth) -> None:
@@ -243,7 +243,7 @@ def test_outputs_name_each_pools_resources(three_pools: Synth) -> None:
             f"{p}JobDefinitionArn": {"Ref": worker_id},
         }
     assert set(outputs) - {k for k in outputs if k.startswith("Pool")} == {
-        "Routes", "FillerJobDefinitionArn", "FillerJobQueueArn", "ScalerFunctionName"}
+        "Routes", "FillerJobDefinitionArn", "FillerJobQueueArn", "ScalerFunctionName", "AlarmTopicArn"}
     # The filler runs in the default (first) pool's job queue.
     assert outputs["FillerJobQueueArn"]["Value"] == outputs["PoolDefaultJobQueueArn"]["Value"]
 

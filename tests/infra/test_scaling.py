@@ -146,7 +146,8 @@ def test_in_scaler_mode_every_rule_only_runs_the_scaler(three_pools: Synth) -> N
     events_dlq_id, _ = three_pools.one("AWS::SQS::Queue", EVENTS_DLQ)
     rules = [_rule(three_pools, pool, rule) for pool in POOLS for rule in RULES]
     rules.append(three_pools.one("AWS::Events::Rule", "WorkersScalingScalerSchedule")[1]["Properties"])
-    assert len(rules) == len(three_pools.of_type("AWS::Events::Rule")) == 10
+    # Every rule but the one that tells the alarm topic of failed worker jobs (monitoring.py).
+    assert len(rules) == len(three_pools.of_type("AWS::Events::Rule")) - 1 == 10
     for rule in rules:
         (target,) = rule["Targets"]
         assert target["Arn"] == {"Fn::GetAtt": [function_id, "Arn"]}, rule["Description"]
@@ -283,7 +284,8 @@ def test_alarms_mode_deploys_no_lambda_and_no_schedule(alarms_mode: Synth) -> No
     assert not alarms_mode.of_type("AWS::Lambda::Permission")
     assert "ScalerFunctionName" not in alarms_mode.outputs
     assert sorted(strip_hash(k) for k in alarms_mode.of_type("AWS::Events::Rule")) == sorted(
-        f"Workers{pascal(pool)}Alarms{rule}" for pool in POOLS for rule in RULES)
+        [f"Workers{pascal(pool)}Alarms{rule}" for pool in POOLS for rule in RULES]
+        + ["WorkersMonitoringWorkerJobFailedRule"])
     # Three scaling alarms per pool, one per task DLQ and the events DLQ's.
     assert len(alarms_mode.of_type("AWS::CloudWatch::Alarm")) == 3 * 3 + 3 + 1
 

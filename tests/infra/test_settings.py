@@ -119,7 +119,11 @@ INVALID = [
      f"{P}.default.cpus = 2: unknown pool setting; allowed: age_alarm_seconds, compute, concurrency, gpus,"
      " high_array_size, high_threshold, idle_seconds, image, instance_types, job_attempts, job_timeout_seconds,"
      " low_threshold, max_receive_count, max_workers, memory_mib, message_retention_days, messages_per_worker,"
-     " platform, poll_seconds, stop_grace_seconds, task_time_limit_seconds, tasks, vcpus, visibility_timeout_seconds"),
+     " platform, poll_seconds, runnable_timeout_seconds, stop_grace_seconds, task_time_limit_seconds, tasks, vcpus,"
+     " visibility_timeout_seconds"),
+    ({"pools": {"default": {"runnable_timeout_seconds": 300}}},
+     f"{P}.default.runnable_timeout_seconds = 300: must be 600..86400"),
+    ({"alarm_email": "ops"}, 'batch-celery.alarm_email = "ops": must be null or one e-mail address, e.g. ops@example.com'),
     ({"pools": {"GPU": {}}}, f'{P}.GPU = "GPU": {POOL_NAME}'),
     ({"pools": {"gpu-": {}}}, f'{P}.gpu- = "gpu-": {POOL_NAME}'),
     ({"pools": {}}, f"{P} = {{}}: must be an object of pool name -> pool settings, at least one"),
@@ -281,7 +285,7 @@ def test_rejects_more_pools_than_one_scaler_serves() -> None:
 
 
 def test_rejects_unknown_keys() -> None:
-    with pytest.raises(SettingsError, match=r'^batch-celery\.max_cpus = 4: unknown setting; allowed: log_retention_days, '):
+    with pytest.raises(SettingsError, match=r'^batch-celery\.max_cpus = 4: unknown setting; allowed: alarm_email, log_retention_days, '):
         Settings.from_context({"max_cpus": 4})
 
 

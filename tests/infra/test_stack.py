@@ -312,6 +312,7 @@ def test_outputs_name_what_they_hold(default: Synth) -> None:
         "FillerJobDefinitionArn": {"Ref": filler_id},
         "FillerJobQueueArn": {"Fn::GetAtt": [job_queue_id, "JobQueueArn"]},
         "ScalerFunctionName": {"Ref": function_id},
+        "AlarmTopicArn": {"Ref": default.one("AWS::SNS::Topic", "WorkersMonitoringAlarmTopic")[0]},
     }
     assert all(output["Description"] for output in outputs.values())
 
