@@ -29,13 +29,14 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from batch_celery_container import contract, routing
+from batch_celery_container import contract, emf, routing
 
 from . import CONTAINER_DIR
 from .monitoring import Monitoring
 from .network import Network
 from .pool import EXECUTION_ROLE_ACK, WorkerPool, container_definition
 from .props import LOG_RETENTION_DAYS, CeleryBatchWorkersProps, PoolProps, SettingsError, pascal
+from .results import ResultTable
 from .scaling import PoolAlarms, Scaler, events_dead_letter_queue
 
 # The name of the build context a pool's own Dockerfile takes the lifecycle script and its helpers
@@ -88,6 +89,11 @@ class CeleryBatchWorkers(Construct):
 
         self.log_group = logs.LogGroup(self, "JobLogs", retention=retention, removal_policy=RemovalPolicy.DESTROY)
         self._images: dict[tuple[str, str], ecs.ContainerImage] = {}
+        # Where the workers' and the scaler's EMF lines put their metrics (emf.py).
+        self.metrics_namespace: str = emf.namespace_for(Stack.of(self).stack_name)
+        self.results: ResultTable | None = (
+            ResultTable(self, "Results", expires_days=props.result_expires_days) if props.results else None
+        )
 
         self.pools: dict[str, WorkerPool] = {
             name: WorkerPool(
@@ -99,6 +105,8 @@ class CeleryBatchWorkers(Construct):
                 vpc=self.vpc,
                 subnets=subnets,
                 log_group=self.log_group,
+                metrics_namespace=self.metrics_namespace,
+                results=self.results,
             )
             for name, pool in props.pools.items()
         }
@@ -114,6 +122,7 @@ class CeleryBatchWorkers(Construct):
                 poll_seconds=props.scaler_poll_seconds,
                 events_dead_letter_queue=self.events_dead_letter_queue,
                 log_retention=retention,
+                metrics_namespace=self.metrics_namespace,
             )
         self.alarms = {
             name: PoolAlarms(
@@ -181,6 +190,8 @@ class CeleryBatchWorkers(Construct):
         )
         for pool in self.pools.values():
             pool.queue.grant_send_messages(self.filler_role)
+        if self.results is not None:
+            self.results.grant_read(self.filler_role)  # --wait reads what the workers wrote
         # The filler is the bundled image for the default pool's platform and compute (its own
         # image may lack the filler); the smallest job that compute runs.
         filler_pool: PoolProps = default.props
@@ -198,6 +209,8 @@ class CeleryBatchWorkers(Construct):
                 queue_url=default.queue.queue_url,
                 region=Stack.of(self).region,
                 routes_json=self.routes_json,
+                result_table=self.results.table_name if self.results else None,
+                result_expires_days=self.results.expires_days if self.results else None,
             ),
             log_group=self.log_group,
             stream_prefix="filler",

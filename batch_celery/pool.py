@@ -19,6 +19,7 @@ from constructs import Construct
 from batch_celery_container import contract
 
 from .props import PoolProps
+from .results import ResultTable
 from .task_queue import TaskQueue
 
 WORKER_COMMAND = ["./run_celery_worker.sh"]
@@ -56,9 +57,16 @@ def worker_job_name(pool: str) -> str:
     return f"celery-worker-{pool}"
 
 
-def worker_environment(name: str, props: PoolProps, *, queue_name: str, queue_url: str, region: str) -> dict[str, str]:
-    """The job environment of a pool's workers: its queue and the props the worker reads."""
+def worker_environment(
+    name: str, props: PoolProps, *, queue_name: str, queue_url: str, region: str,
+    metrics_namespace: str | None = None, result_table: str | None = None, result_expires_days: int | None = None,
+) -> dict[str, str]:
+    """The job environment of a pool's workers: its queue, the props the worker reads, and where
+    its metrics and results go (when those are on)."""
     return contract.worker_environment(
+        metrics_namespace=metrics_namespace,
+        result_table=result_table,
+        result_expires_days=result_expires_days,
         pool=name,
         queue_name=queue_name,
         queue_url=queue_url,
@@ -130,6 +138,8 @@ class WorkerPool(Construct):
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         log_group: logs.ILogGroup,
+        metrics_namespace: str | None = None,
+        results: ResultTable | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.name, self.props = name, props
@@ -180,6 +190,8 @@ class WorkerPool(Construct):
         self.queue.grant_consume_messages(self.worker_role)
         self.queue.grant_send_messages(self.worker_role)
         self.dead_letter_queue.grant_send_messages(self.worker_role)
+        if results is not None:
+            results.grant_write(self.worker_role)
 
         self.worker_container = container_definition(
             self,
@@ -193,7 +205,9 @@ class WorkerPool(Construct):
             job_role=self.worker_role,
             environment=worker_environment(
                 name, props, queue_name=self.queue.queue_name, queue_url=self.queue.queue_url,
-                region=Stack.of(self).region,
+                region=Stack.of(self).region, metrics_namespace=metrics_namespace,
+                result_table=results.table_name if results else None,
+                result_expires_days=results.expires_days if results else None,
             ),
             log_group=log_group,
             stream_prefix=f"worker-{name}",

@@ -247,6 +247,10 @@ class CeleryBatchWorkersProps:
     """How often the scaler decides, for every pool, within its one invocation a minute (5-60)."""
     alarm_email: str | None = None
     """An address subscribed to the alarm topic (it confirms by mail); None: subscribe your own."""
+    results: bool = True
+    """Store every task's result (or error) in a DynamoDB table, for ``AsyncResult.get()``."""
+    result_expires_days: int = limits.DEFAULT_RESULT_EXPIRES_DAYS
+    """Days a result is kept before DynamoDB's TTL deletes it (1-365)."""
 
     def __post_init__(self) -> None:
         pools = self.pools
@@ -445,3 +449,6 @@ def _validate_deployment(d: CeleryBatchWorkersProps) -> None:
     _int(d, "scaler_poll_seconds", *SCALER_POLL_RANGE)
     if d.alarm_email is not None and (not isinstance(d.alarm_email, str) or not EMAIL.match(d.alarm_email)):
         raise _fail("alarm_email", d.alarm_email, "must be null or one e-mail address, e.g. ops@example.com")
+    if not isinstance(d.results, bool):
+        raise _fail("results", d.results, "must be true (store task results in DynamoDB) or false")
+    _check(d, "result_expires_days", limits.result_expires_days_problem(_int(d, "result_expires_days")))

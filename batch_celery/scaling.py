@@ -28,13 +28,22 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from batch_celery_container import contract
+
 from .pool import WorkerPool
 
 # The Lambda asset is the folder holding the `scaler` package, filtered down to that package, so
 # the handler imports as top-level `scaler` and the CDK code never ships with it.
-SCALER_PARENT_DIR = Path(__file__).resolve().parent
-SCALER_HANDLER = "scaler.handler.handler"
-SCALER_ASSET_EXCLUDES = ["*", "!scaler", "!scaler/**", "**/__pycache__", "**/*.pyc"]
+# The asset is the repository root with only the scaler package and the two dependency-free
+# container modules it shares with the workers (the contract's names, the EMF format).
+SCALER_ASSET_DIR = Path(__file__).resolve().parent.parent
+SCALER_HANDLER = "batch_celery.scaler.handler.handler"
+SCALER_ASSET_EXCLUDES = [
+    # "*" does not match names that start with a dot; ".*" and "**/.*" do.
+    "*", ".*", "**/.*", "!batch_celery", "!batch_celery/__init__.py", "!batch_celery/scaler", "!batch_celery/scaler/**",
+    "!batch_celery_container", "!batch_celery_container/contract.py", "!batch_celery_container/emf.py",
+    "**/__pycache__", "**/*.pyc",
+]
 
 METRIC_PERIOD = Duration.minutes(1)
 # SubmitJob has no idempotency token: when EventBridge retries a submission whose answer was lost,
@@ -110,9 +119,10 @@ class Scaler(Construct):
         poll_seconds: int,
         events_dead_letter_queue: sqs.IQueue,
         log_retention: logs.RetentionDays,
+        metrics_namespace: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
-        log_group = logs.LogGroup(
+        self.log_group = log_group = logs.LogGroup(
             self, "ScalerLogs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
         )
         # An explicit role instead of the default one, which carries the managed
@@ -159,7 +169,7 @@ class Scaler(Construct):
             runtime=lambda_.Runtime.PYTHON_3_12,
             architecture=lambda_.Architecture.ARM_64,
             handler=SCALER_HANDLER,
-            code=lambda_.Code.from_asset(str(SCALER_PARENT_DIR), exclude=SCALER_ASSET_EXCLUDES),
+            code=lambda_.Code.from_asset(str(SCALER_ASSET_DIR), exclude=SCALER_ASSET_EXCLUDES),
             role=self.role,
             log_group=log_group,
             timeout=SCALER_TIMEOUT,
@@ -175,6 +185,7 @@ class Scaler(Construct):
                 "POOLS": pools_json,
                 "POLL_SECONDS": str(poll_seconds),
                 "LOOP_SECONDS": str(SCALER_LOOP_SECONDS),
+                **({contract.METRICS_NAMESPACE: metrics_namespace} if metrics_namespace else {}),
             },
         )
         self.target = targets.LambdaFunction(

@@ -63,6 +63,14 @@ class BatchCeleryStack(Stack):
                   description="Job queue the filler job runs in (the default pool's)")
         CfnOutput(self, "AlarmTopicArn", value=w.monitoring.topic.topic_arn,
                   description="SNS topic every alarm that needs a human notifies; subscribe to it")
+        CfnOutput(self, "MetricsNamespace", value=w.metrics_namespace,
+                  description="CloudWatch namespace of the task and scaler metrics (EMF)")
+        if w.results is not None:
+            CfnOutput(self, "ResultTableName", value=w.results.table_name,
+                      description="DynamoDB table of task results (Celery result_backend "
+                                  "dynamodb://@REGION/TABLE); grant your application read access")
         if w.scaler is not None:
             CfnOutput(self, "ScalerFunctionName", value=w.scaler.function.function_name,
                       description="Name of the Lambda function that sizes every pool's workers")
+            CfnOutput(self, "ScalerLogGroupName", value=w.scaler.log_group.log_group_name,
+                      description="Log group of the scaler's decisions (one JSON line per pool per decision)")

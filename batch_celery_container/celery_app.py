@@ -21,6 +21,7 @@ from pathlib import Path
 
 from celery import Celery
 
+import task_metrics
 from worker_settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ settings = WorkerSettings.from_env()
 
 app = Celery("batch_celery_worker")
 app.conf.update(settings.celery_config())
+# One EMF line per task run into the worker's log (CloudWatch turns it into metrics).
+task_metrics.install(app, namespace=settings.metrics_namespace, pool=settings.pool)
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,6 +23,16 @@ TASK_TIME_LIMIT_SECONDS = "TASK_TIME_LIMIT_SECONDS"
 VISIBILITY_TIMEOUT_SECONDS = "VISIBILITY_TIMEOUT_SECONDS"
 STOP_GRACE_SECONDS = "STOP_GRACE_SECONDS"
 
+# --- set by the stack on worker jobs, the filler and the scaler when the feature is on ----------
+# Where task results go (a DynamoDB table name; unset: results off) and how long they are kept.
+RESULT_TABLE = "CELERY_RESULT_TABLE"
+RESULT_EXPIRES_DAYS = "CELERY_RESULT_EXPIRES_DAYS"
+# The result table's schema is Celery's DynamoDB backend's: these attribute names are its own.
+RESULT_KEY_ATTRIBUTE = "id"
+RESULT_TTL_ATTRIBUTE = "ttl"
+# CloudWatch namespace of the EMF lines (emf.py); unset: no metric lines.
+METRICS_NAMESPACE = "METRICS_NAMESPACE"
+
 # --- set by the stack on the filler job: where each task name goes (routing.py's JSON) --------
 ROUTES = "CELERY_ROUTES"
 
@@ -32,12 +42,16 @@ PREFETCH_MULTIPLIER = "WORKER_PREFETCH_MULTIPLIER"
 HEARTBEAT_SECONDS = "HEARTBEAT_SECONDS"
 RUN_DIR = "WORKER_RUN_DIR"
 ENDPOINT_URL_SQS = "AWS_ENDPOINT_URL_SQS"
+# boto3 reads it by itself; the local run points the result backend at moto with it.
+ENDPOINT_URL_DYNAMODB = "AWS_ENDPOINT_URL_DYNAMODB"
 
 WORKER_VARIABLES = (
     QUEUE_NAME, QUEUE_URL, REGION, POOL, IDLE_SECONDS, POLL_SECONDS, CONCURRENCY,
     TASK_TIME_LIMIT_SECONDS, VISIBILITY_TIMEOUT_SECONDS, STOP_GRACE_SECONDS,
 )
 FILLER_VARIABLES = (QUEUE_NAME, QUEUE_URL, REGION, ROUTES)
+# Set by the stack when metrics and results are on (they are by default).
+FEATURE_VARIABLES = (METRICS_NAMESPACE, RESULT_TABLE, RESULT_EXPIRES_DAYS)
 
 
 def worker_environment(
@@ -52,9 +66,14 @@ def worker_environment(
     task_time_limit_seconds: int,
     visibility_timeout_seconds: int,
     stop_grace_seconds: int,
+    metrics_namespace: str | None = None,
+    result_table: str | None = None,
+    result_expires_days: int | None = None,
 ) -> dict[str, str]:
     """The environment of one pool's worker job (values may be CloudFormation tokens)."""
     return {
+        **optional_environment(metrics_namespace=metrics_namespace, result_table=result_table,
+                               result_expires_days=result_expires_days),
         QUEUE_NAME: queue_name,
         QUEUE_URL: queue_url,
         REGION: region,
@@ -68,9 +87,31 @@ def worker_environment(
     }
 
 
-def filler_environment(*, queue_name: str, queue_url: str, region: str, routes_json: str) -> dict[str, str]:
-    """The filler job's environment: the default pool's queue, and the routes to every pool."""
-    return {QUEUE_NAME: queue_name, QUEUE_URL: queue_url, REGION: region, ROUTES: routes_json}
+def filler_environment(
+    *, queue_name: str, queue_url: str, region: str, routes_json: str,
+    result_table: str | None = None, result_expires_days: int | None = None,
+) -> dict[str, str]:
+    """The filler job's environment: the default pool's queue, the routes to every pool, and the
+    result table (``--wait`` reads the results there)."""
+    return {
+        QUEUE_NAME: queue_name, QUEUE_URL: queue_url, REGION: region, ROUTES: routes_json,
+        **optional_environment(result_table=result_table, result_expires_days=result_expires_days),
+    }
+
+
+def optional_environment(
+    *, metrics_namespace: str | None = None, result_table: str | None = None,
+    result_expires_days: int | None = None,
+) -> dict[str, str]:
+    """The variables of the features a stack may turn off: only those that are on."""
+    env = {}
+    if metrics_namespace:
+        env[METRICS_NAMESPACE] = metrics_namespace
+    if result_table:
+        env[RESULT_TABLE] = result_table
+        if result_expires_days is not None:
+            env[RESULT_EXPIRES_DAYS] = str(result_expires_days)
+    return env
 
 
 def missing(environ: Mapping[str, str], names: tuple[str, ...] = WORKER_VARIABLES) -> list[str]:

@@ -34,6 +34,17 @@ MAX_STOP_GRACE_SECONDS = BATCH_KILL_AFTER_TERM_SECONDS - STOP_RELEASE_SECONDS
 # Celery processes in one worker job: beyond this a job should be split into more jobs.
 MAX_CONCURRENCY = 64
 
+# How long a task's result stays in the result table (DynamoDB's TTL deletes it after that).
+DEFAULT_RESULT_EXPIRES_DAYS = 7
+MAX_RESULT_EXPIRES_DAYS = 365
+
+
+def result_expires_days_problem(days: int) -> str | None:
+    if not 1 <= days <= MAX_RESULT_EXPIRES_DAYS:
+        return (f"allowed: 1..{MAX_RESULT_EXPIRES_DAYS} days (results are deleted that long after the task "
+                f"ended; default {DEFAULT_RESULT_EXPIRES_DAYS})")
+    return None
+
 
 def default_heartbeat_seconds(visibility_timeout: int) -> int:
     """Extend held messages three times per window: two extensions may fail before one expires."""

@@ -46,6 +46,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from kombu.transport import SQS
 
 from held_messages import Held, Heartbeat
+import task_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -242,6 +243,15 @@ class Channel(SQS.Channel):
                     message.get("MessageId"), queue_name, delivery_info["routing_key"], queue_name,
                 )
             delivery_info["routing_key"] = queue_name
+        # When SQS took the message (asked for with each receive, no extra request): the task's
+        # wait is measured from it (task_metrics.py). Celery hands the headers to the task.
+        sent_ms = (message.get("Attributes") or {}).get("SentTimestamp")
+        headers = payload.get("headers")
+        if sent_ms and isinstance(headers, dict):
+            try:
+                headers[task_metrics.SENT_AT_HEADER] = int(sent_ms) / 1000
+            except ValueError:
+                pass
         return payload
 
     # -- fix 5: straight to the dead-letter queue, with the reason ---------------------------------

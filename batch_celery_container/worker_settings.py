@@ -9,6 +9,7 @@ wrong and exits 2.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Mapping
@@ -48,6 +49,20 @@ class WorkerSettings:
     run_dir: str | None = None
     # Extra modules with tasks the worker imports (comma-separated in CELERY_TASK_MODULES).
     task_modules: tuple[str, ...] = ()
+    # The DynamoDB table results go to (Celery's DynamoDB backend); None: results off.
+    result_table: str | None = None
+    result_expires_days: int = limits.DEFAULT_RESULT_EXPIRES_DAYS
+    # CloudWatch namespace of the per-task EMF lines (task_metrics.py); None: none written.
+    metrics_namespace: str | None = None
+
+    @property
+    def result_backend(self) -> str | None:
+        """Celery's DynamoDB backend URL: region and table, and ``ttl_seconds`` so each result
+        carries the expiry time DynamoDB's TTL deletes it by. No credentials in it (boto3's chain,
+        the job role), no endpoint (boto3 reads AWS_ENDPOINT_URL_DYNAMODB itself)."""
+        if not self.result_table:
+            return None
+        return f"dynamodb://@{self.region}/{self.result_table}?ttl_seconds={self.result_expires_days * 86400}"
 
     @property
     def task_soft_time_limit_seconds(self) -> int:
@@ -98,6 +113,9 @@ class WorkerSettings:
                 # costs no requests; kombu's 1 s default would cap one worker at 1 task/s.
                 "polling_interval": 0.05,
                 "failed_task_retry_seconds": min(FAILED_TASK_RETRY_SECONDS, self.visibility_timeout_seconds),
+                # Comes with every received message at no extra request: when it was sent, so
+                # the task's wait can be measured (task_metrics.py).
+                "fetch_message_attributes": ["SentTimestamp"],
             },
             broker_connection_retry_on_startup=True,
             # A worker outlives an SQS outage instead of giving up after kombu's default 100
@@ -110,9 +128,10 @@ class WorkerSettings:
             task_serializer="json",
             accept_content=["json"],
             result_serializer="json",
-            # No result backend: a task's return value is logged by the worker (CloudWatch).
-            result_backend=None,
-            task_ignore_result=True,
+            # Results (and errors) go to the stack's DynamoDB table for AsyncResult.get(); without
+            # a table a task's return value is only logged by the worker (CloudWatch).
+            result_backend=self.result_backend,
+            task_ignore_result=self.result_backend is None,
             # Ack after the task finished; a worker that dies mid-task leaves its message in SQS.
             task_acks_late=True,
             task_reject_on_worker_lost=True,
@@ -190,6 +209,11 @@ class WorkerSettings:
         grace = _int(env, contract.STOP_GRACE_SECONDS, limits.DEFAULT_STOP_GRACE_SECONDS)
         _check(contract.STOP_GRACE_SECONDS, grace, limits.stop_grace_problem(grace))
         modules = tuple(m.strip() for m in env.get(contract.TASK_MODULES, "").split(",") if m.strip())
+        result_table = env.get(contract.RESULT_TABLE, "").strip() or None
+        if result_table is not None:
+            _check(contract.RESULT_TABLE, result_table, _table_name_problem(result_table))
+        expires = _int(env, contract.RESULT_EXPIRES_DAYS, limits.DEFAULT_RESULT_EXPIRES_DAYS, low=None)
+        _check(contract.RESULT_EXPIRES_DAYS, expires, limits.result_expires_days_problem(expires))
         return cls(
             queue_name=queue_name,
             queue_url=queue_url,
@@ -203,7 +227,17 @@ class WorkerSettings:
             heartbeat_seconds=heartbeat,
             run_dir=env.get(contract.RUN_DIR) or None,
             task_modules=modules,
+            result_table=result_table,
+            result_expires_days=expires,
+            metrics_namespace=env.get(contract.METRICS_NAMESPACE, "").strip() or None,
         )
+
+
+def _table_name_problem(name: str) -> str | None:
+    """DynamoDB's rule for a table name (3-255 of letters, digits, '_', '-', '.')."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{3,255}", name):
+        return "allowed: a DynamoDB table name, 3-255 letters, digits, '_', '-' or '.'"
+    return None
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -213,16 +247,17 @@ def _required(env: Mapping[str, str], name: str) -> str:
     return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int = 1, high: int | None = None) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, low: int | None = 1, high: int | None = None) -> int:
+    """A whole number from ``env``; ``low`` None leaves the range to a shared rule (limits.py)."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    allowed = f"{low}..{high}" if high is not None else f"a whole number >= {low}"
+    allowed = f"{low}..{high}" if high is not None else f"a whole number >= {low}" if low is not None else "a whole number"
     try:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a whole number; allowed: {allowed}") from None
-    if value < low or (high is not None and value > high):
+    if (low is not None and value < low) or (high is not None and value > high):
         raise ConfigError(f"{name}={value} is out of range; allowed: {allowed}")
     return value
 
@@ -244,7 +279,10 @@ def main() -> int:
         f"{' via ' + settings.endpoint_url if settings.endpoint_url else ''}, "
         f"concurrency {settings.concurrency}, prefetch {settings.prefetch_multiplier}, task time limit {settings.task_time_limit_seconds} s "
         f"(soft {settings.task_soft_time_limit_seconds} s), visibility timeout {settings.visibility_timeout_seconds} s "
-        f"kept by a heartbeat every {settings.heartbeat_seconds} s"
+        f"kept by a heartbeat every {settings.heartbeat_seconds} s; "
+        + (f"results in DynamoDB table {settings.result_table} for {settings.result_expires_days} days"
+           if settings.result_table else "no result backend")
+        + (f"; metrics in {settings.metrics_namespace}" if settings.metrics_namespace else "")
     )
     return 0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import signal
@@ -35,7 +36,7 @@ from botocore.config import Config
 
 from batch_celery import CONTAINER_DIR
 from batch_celery.local import REPO_ROOT, motoserver
-from batch_celery.local.queues import QueuePair, message_counts, total_messages
+from batch_celery.local.queues import QueuePair, create_result_table, message_counts, total_messages
 from batch_celery.local.template import (
     PoolSpec, StackSpec, TemplateError, create_queues, project_context, read_spec, synthesize,
 )
@@ -80,6 +81,8 @@ class LocalWorker:
     run_dir: Path
     log_path: Path
     done_ids: set[str] = field(default_factory=set)
+    # The EMF lines the worker wrote, one per task run (what CloudWatch would make metrics of).
+    metrics: list[dict] = field(default_factory=list)
     _reader: threading.Thread | None = None
 
     def start_reading(self) -> None:
@@ -90,6 +93,11 @@ class LocalWorker:
                     log.flush()
                     if match := SUCCEEDED.search(line):
                         self.done_ids.add(match["id"])
+                    elif line.startswith("{") and '"_aws"' in line:
+                        try:
+                            self.metrics.append(json.loads(line))
+                        except ValueError:
+                            pass
 
         self._reader = threading.Thread(target=read, name=f"worker-{self.pool}-{self.index}-log", daemon=True)
         self._reader.start()
@@ -136,6 +144,11 @@ class Outcome:
     interrupted: bool = False
     # (pool, sent, done, workers) for the per-pool lines above the summary.
     pools: list[tuple[str, int, int, int]] = field(default_factory=list)
+    # pool -> the worker's EMF lines of that pool's task runs.
+    metrics: dict[str, list[dict]] = field(default_factory=dict)
+    # What the result table holds at the end: status -> count, and one result to show; None: no table.
+    results: dict[str, int] | None = None
+    sample_result: str | None = None
 
     @property
     def lost(self) -> int:
@@ -151,10 +164,24 @@ class Outcome:
         )
 
     def pool_lines(self) -> list[str]:
-        return [
-            f"pool {pool}: {done}/{sent} done by {workers} worker{'s' if workers != 1 else ''}"
-            for pool, sent, done, workers in self.pools
-        ]
+        lines = []
+        for pool, sent, done, workers in self.pools:
+            line = f"pool {pool}: {done}/{sent} done by {workers} worker{'s' if workers != 1 else ''}"
+            runs = self.metrics.get(pool, [])
+            waits = sorted(r["wait_seconds"] for r in runs if "wait_seconds" in r)
+            times = sorted(r["run_seconds"] for r in runs)
+            if runs and waits:
+                line += (f"; metrics: {len(runs)} task lines, wait p50 {_percentile(waits, 50):.1f} s "
+                         f"p95 {_percentile(waits, 95):.1f} s, run p50 {_percentile(times, 50):.1f} s "
+                         f"p95 {_percentile(times, 95):.1f} s")
+            lines.append(line)
+        if self.results is not None:
+            counts = ", ".join(f"{count} {status}" for status, count in sorted(self.results.items())) or "none"
+            line = f"results in DynamoDB (moto): {sum(self.results.values())} stored: {counts}"
+            if self.sample_result:
+                line += f"; e.g. {self.sample_result}"
+            lines.append(line)
+        return lines
 
     def summary_line(self) -> str:
         return (
@@ -228,6 +255,11 @@ class LocalRun:
             )
             for name, pool in spec.pools.items()
         }
+        # The stack's result table, on moto's DynamoDB: workers write, the demo reads at the end.
+        self.result_table: str | None = None
+        if spec.results:
+            self.dynamodb = server.client("dynamodb")
+            self.result_table = create_result_table(self.dynamodb, f"batch-celery-demo-{self.marker[:8]}-results")
         self.started = time.monotonic()
 
     @property
@@ -259,6 +291,7 @@ class LocalRun:
                 contract.IDLE_SECONDS: str(self.idle_seconds),
                 contract.POLL_SECONDS: str(self.poll_seconds),
                 contract.ROUTES: self.routes_json(),
+                **({contract.RESULT_TABLE: self.result_table} if self.result_table else {}),
                 "PYTHON": sys.executable,
                 MARKER_VARIABLE: self.marker,
             }
@@ -336,6 +369,20 @@ class LocalRun:
     def done_ids(self) -> set[str]:
         return set().union(*(pool.done_ids() for pool in self.pools.values()))
 
+    def stored_results(self) -> tuple[dict[str, int], str | None] | None:
+        """What the result table holds: Celery state -> count, and one successful result to show."""
+        if not self.result_table:
+            return None
+        counts: dict[str, int] = {}
+        sample = None
+        for page in self.dynamodb.get_paginator("scan").paginate(TableName=self.result_table):
+            for item in page["Items"]:
+                meta = json.loads(item["result"]["B"])  # the workers' result_serializer is json
+                counts[meta["status"]] = counts.get(meta["status"], 0) + 1
+                if sample is None and meta["status"] == "SUCCESS":
+                    sample = repr(meta["result"])
+        return counts, sample
+
     def dead_lettered(self, pool: LocalPool | None = None) -> int:
         pools = [pool] if pool else list(self.pools.values())
         return sum(total_messages(self.sqs, p.queues.dlq_url) for p in pools)
@@ -390,6 +437,11 @@ class LocalRun:
                 _signal_group(pid, signal.SIGKILL)
             worker.finish_reading()
         reap_marked(self.marker)
+
+
+def _percentile(ordered: list[float], percent: int) -> float:
+    """The nearest-rank percentile of sorted values (CloudWatch's pNN over one period is close)."""
+    return ordered[max(0, math.ceil(percent / 100 * len(ordered)) - 1)]
 
 
 def _signal_group(pid: int, signum: int) -> None:
@@ -654,9 +706,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _outcome(run: LocalRun | None, tasks: int, started: float, interrupted: bool) -> Outcome:
     if run is None:
         return Outcome(tasks, 0, 0, tasks, 0, [], time.monotonic() - started, interrupted)
+    results = None
     try:
         remaining = sum(total_messages(run.sqs, pool.queues.url) for pool in run.pools.values())
         dead_lettered = run.dead_lettered()
+        results = run.stored_results()
     except Exception as error:  # the server itself failed: count nothing as safe
         print(f"could not read the queues at the end: {error}", file=sys.stderr)
         remaining, dead_lettered = 0, 0
@@ -670,6 +724,9 @@ def _outcome(run: LocalRun | None, tasks: int, started: float, interrupted: bool
         seconds=time.monotonic() - started,
         interrupted=interrupted,
         pools=[(name, pool.sent, len(pool.done_ids()), len(pool.workers)) for name, pool in run.pools.items()],
+        metrics={name: [m for worker in pool.workers for m in worker.metrics] for name, pool in run.pools.items()},
+        results=results[0] if results else None,
+        sample_result=results[1] if results else None,
     )
 
 

@@ -85,3 +85,22 @@ def message_counts(sqs, queue_url: str) -> tuple[int, int, int]:
 
 def total_messages(sqs, queue_url: str) -> int:
     return sum(message_counts(sqs, queue_url))
+
+
+def create_result_table(dynamodb, name: str, *, ttl: bool = True) -> str:
+    """A result table as the stack declares it (results.py): Celery's key, TTL on Celery's
+    attribute, on-demand. Returns its name."""
+    from batch_celery_container import contract
+
+    dynamodb.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": contract.RESULT_KEY_ATTRIBUTE, "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": contract.RESULT_KEY_ATTRIBUTE, "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    if ttl:
+        dynamodb.update_time_to_live(
+            TableName=name,
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": contract.RESULT_TTL_ATTRIBUTE},
+        )
+    return name

@@ -60,6 +60,8 @@ class PoolSpec:
 class StackSpec:
     # Pool name -> pool, in the stack's order: the first is the default pool.
     pools: Mapping[str, PoolSpec] = field(default_factory=dict)
+    # Whether the stack has a result table (its setting results).
+    results: bool = False
 
     @property
     def default_pool(self) -> PoolSpec:
@@ -154,7 +156,7 @@ def read_spec(template: Mapping[str, Any], settings: Settings | None = None) -> 
         raise TemplateError(f"no worker job definition running {WORKER_COMMAND} in the template")
     if settings:  # the stack's order, so the first pool is the default one
         pools = {name: pools[name] for name in settings.props.pools if name in pools}
-    return StackSpec(pools=pools)
+    return StackSpec(pools=pools, results=bool(_resources(template, "AWS::DynamoDB::GlobalTable")))
 
 
 def _queue_spec(queues: Mapping[str, Any], queue_id: str) -> QueueSpec:

@@ -36,8 +36,9 @@ other pools' decisions go ahead. Each pool's decision prints exactly one JSON li
 loop, but the run raises ``ScalerRunFailed`` at its end, naming the failed pools, so it counts once
 in the function's Errors metric (and its alarm).
 
-Imports are relative so the same files work as ``batch_celery.scaler`` locally and as the
-top-level ``scaler`` package inside the Lambda asset.
+The Lambda asset holds ``batch_celery/scaler`` and the two dependency-free container modules it
+shares with the workers (``contract``, ``emf``), at the same paths as in the repository, so the
+same imports work locally and in Lambda (scaling.py, SCALER_ASSET_EXCLUDES).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from batch_celery_container import contract, emf
+
 from .policy import submission_plan, workers_needed, workers_to_submit
 
 # Listed in lifecycle order on purpose: a job that moves on while we page through the listings is
@@ -73,6 +76,8 @@ _BOTO_CONFIG = BotoConfig(retries={"mode": "standard", "max_attempts": 3}, conne
 SUBMIT_CONFIG = _BOTO_CONFIG.merge(BotoConfig(retries={"mode": "standard", "total_max_attempts": 1}))
 
 ENV_NAMES = ("POOLS", "POLL_SECONDS", "LOOP_SECONDS")
+# Set by the stack; without it the decision lines carry no metrics.
+OPTIONAL_ENV_NAMES = (contract.METRICS_NAMESPACE,)
 # Each pool's fields in POOLS: the strings, then the whole numbers with their minimum.
 POOL_TEXT_FIELDS = ("pool", "queue_url", "job_queue", "job_definition", "job_name")
 POOL_NUMBER_FIELDS = {"messages_per_worker": 1, "max_workers": 0, "tasks_per_worker": 1}
@@ -133,6 +138,8 @@ class ScalerConfig:
     # One decision per run unless told otherwise (callers that build the config themselves).
     poll_seconds: int = 10
     loop_seconds: int = 0
+    # CloudWatch namespace of the decision lines' metrics (emf.py); None: plain JSON lines.
+    metrics_namespace: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pools", tuple(self.pools))
@@ -180,6 +187,7 @@ class ScalerConfig:
             pools=tuple(PoolConfig.from_json(index, item) for index, item in enumerate(items)),
             poll_seconds=_int_env(environ, "POLL_SECONDS", minimum=1),
             loop_seconds=_int_env(environ, "LOOP_SECONDS", minimum=0),
+            metrics_namespace=environ.get(contract.METRICS_NAMESPACE, "").strip() or None,
         )
 
 
@@ -389,15 +397,22 @@ def _clients() -> tuple[Any, Any, Any]:
 
 
 def decide(config: PoolConfig, sqs: Any, batch: Any, *, submit_batch: Any,
-           submitted_ids: list[str] | None = None) -> dict[str, Any]:
+           submitted_ids: list[str] | None = None, metrics_namespace: str | None = None) -> dict[str, Any]:
     """One pool's decision, logged as one JSON line. An unexpected error becomes an ERROR record,
-    so one bad answer costs this pool this decision, not the other pools or the rest of the run."""
+    so one bad answer costs this pool this decision, not the other pools or the rest of the run.
+
+    With ``metrics_namespace`` the line is also an EMF document: its counts (visible, in_flight,
+    delayed, active, wanted, submitted) become metrics of the pool, at no API call (emf.py)."""
     try:
         record = scale(config, sqs, batch, submit_batch=submit_batch, submitted_ids=submitted_ids)
     except Exception as error:  # noqa: BLE001 - logged, and the run still fails at its end
         record = {"scaler": "batch-celery", "pool": config.pool, "outcome": "error", "level": "ERROR",
                   "submitted": 0, "error": f"{type(error).__name__}: {error}; the next decision re-evaluates"}
-    print(json.dumps(record, sort_keys=True), file=sys.stdout, flush=True)
+    if metrics_namespace:
+        line = emf.line(emf.scaler_document(metrics_namespace, record, int(time.time() * 1000)))
+    else:
+        line = json.dumps(record, sort_keys=True)
+    print(line, file=sys.stdout, flush=True)
     return record
 
 
@@ -417,7 +432,8 @@ def run(config: ScalerConfig, sqs: Any, batch: Any, *, submit_batch: Any,
     while True:
         for pool in config.pools:
             records.append(decide(pool, sqs, batch, submit_batch=submit_batch,
-                                  submitted_ids=submitted_ids[pool.pool]))
+                                  submitted_ids=submitted_ids[pool.pool],
+                                  metrics_namespace=config.metrics_namespace))
         elapsed = clock() - start
         slot = max(slot + 1, math.ceil(elapsed / config.poll_seconds))
         if slot * config.poll_seconds >= config.loop_seconds:
@@ -426,7 +442,7 @@ def run(config: ScalerConfig, sqs: Any, batch: Any, *, submit_batch: Any,
 
 
 def handler(event: Any, context: Any) -> list[dict[str, Any]]:
-    """Lambda entry point (``scaler.handler.handler``); the event's content does not matter.
+    """Lambda entry point (``batch_celery.scaler.handler.handler``); the event's content does not matter.
 
     Returns the run's records (one per pool per decision); raises ``ScalerRunFailed`` after the
     loop if any failed, naming the pools that failed.

@@ -48,12 +48,12 @@ def _environment(name: str, pool: PoolProps) -> dict[str, str]:
 
 def test_every_contract_variable_is_read_by_the_worker_or_its_script() -> None:
     constants = {value: name for name, value in vars(contract).items() if name.isupper() and isinstance(value, str)}
-    for variable in contract.WORKER_VARIABLES:
+    for variable in contract.WORKER_VARIABLES + contract.FEATURE_VARIABLES:
         in_script = re.search(rf"\$\{{?{variable}\b", SCRIPT_TEXT)
         in_settings = f"contract.{constants[variable]}" in SETTINGS_TEXT
         assert in_script or in_settings, f"{variable} is set by the stack but read by nobody"
     # worker_settings.py reads the contract's names through the constants, never as literals.
-    for variable in contract.WORKER_VARIABLES:
+    for variable in contract.WORKER_VARIABLES + contract.FEATURE_VARIABLES:
         assert f'"{variable}"' not in SETTINGS_TEXT, variable
 
 
@@ -62,6 +62,44 @@ def test_the_environment_holds_exactly_the_contract() -> None:
     assert tuple(env) == contract.WORKER_VARIABLES
     assert contract.missing(env) == []
     assert contract.missing({**env, contract.POOL: " "}) == [contract.POOL]
+    # Metrics and results add their variables only when they are on.
+    featured = worker_environment("default", PoolProps(), queue_name="q", region="eu-west-1",
+                                  queue_url="https://sqs.eu-west-1.amazonaws.com/123456789012/q",
+                                  metrics_namespace="BatchCelery/S", result_table="results-1", result_expires_days=3)
+    assert set(featured) == set(contract.WORKER_VARIABLES + contract.FEATURE_VARIABLES)
+    assert (featured[contract.RESULT_TABLE], featured[contract.RESULT_EXPIRES_DAYS]) == ("results-1", "3")
+
+
+@pytest.mark.parametrize("days", [1, limits.MAX_RESULT_EXPIRES_DAYS])
+def test_result_expiry_synth_accepts_the_worker_accepts(days: int) -> None:
+    from batch_celery.props import CeleryBatchWorkersProps
+
+    CeleryBatchWorkersProps(result_expires_days=days)
+    env = {"PATH": "/usr/bin:/bin", **_environment("p", PoolProps()), contract.RESULT_TABLE: "results-1",
+           contract.RESULT_EXPIRES_DAYS: str(days)}
+    result = subprocess.run([sys.executable, "worker_settings.py"], cwd=CONTAINER_DIR, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"results in DynamoDB table results-1 for {days} days" in result.stdout
+
+
+@pytest.mark.parametrize("variable, value, expected", [
+    (contract.RESULT_EXPIRES_DAYS, str(limits.MAX_RESULT_EXPIRES_DAYS + 1), "allowed: 1..365 days"),
+    (contract.RESULT_EXPIRES_DAYS, "0", "allowed: 1..365 days"),
+    (contract.RESULT_TABLE, "a b", "allowed: a DynamoDB table name"),
+])
+def test_bad_result_settings_are_one_line_in_the_worker_and_at_synth(variable: str, value: str, expected: str) -> None:
+    from batch_celery.props import CeleryBatchWorkersProps
+
+    env = {"PATH": "/usr/bin:/bin", **_environment("p", PoolProps()), contract.RESULT_TABLE: "results-1",
+           variable: value}
+    result = subprocess.run([sys.executable, "worker_settings.py"], cwd=CONTAINER_DIR, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert variable in result.stderr and expected in result.stderr
+    if variable == contract.RESULT_EXPIRES_DAYS:
+        with pytest.raises(SettingsError, match=expected):
+            CeleryBatchWorkersProps(result_expires_days=int(value))
 
 
 @pytest.mark.parametrize("name", sorted(EDGE_POOLS))

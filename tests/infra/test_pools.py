@@ -169,6 +169,9 @@ def test_worker_environment_is_the_contract_with_its_own_pool_and_queue(three_po
         queue_url={"Ref": queue_id},  # type: ignore[arg-type]
         region={"Ref": "AWS::Region"},  # type: ignore[arg-type]
         **defaults,
+        metrics_namespace="BatchCelery/BatchCelery",
+        result_table={"Ref": three_pools.one("AWS::DynamoDB::GlobalTable", "WorkersResultsTable")[0]},  # type: ignore[arg-type]
+        result_expires_days=7,
     )
     assert env_of(worker)["WORKER_POOL"] == pool
     container = worker["Properties"]["ContainerProperties"]
@@ -181,7 +184,7 @@ def test_worker_environment_is_the_contract_with_its_own_pool_and_queue(three_po
 
 def test_one_scaler_lists_every_pool_with_its_own_queue_job_queue_and_definition(three_pools: Synth) -> None:
     functions = [f for f in three_pools.of_type("AWS::Lambda::Function").values()
-                 if f["Properties"]["Handler"] == "scaler.handler.handler"]
+                 if f["Properties"]["Handler"] == "batch_celery.scaler.handler.handler"]
     assert len(functions) == 1
     variables = functions[0]["Properties"]["Environment"]["Variables"]
     template = three_pools.template.to_json()
@@ -243,7 +246,8 @@ def test_outputs_name_each_pools_resources(three_pools: Synth) -> None:
             f"{p}JobDefinitionArn": {"Ref": worker_id},
         }
     assert set(outputs) - {k for k in outputs if k.startswith("Pool")} == {
-        "Routes", "FillerJobDefinitionArn", "FillerJobQueueArn", "ScalerFunctionName", "AlarmTopicArn"}
+        "Routes", "FillerJobDefinitionArn", "FillerJobQueueArn", "ScalerFunctionName", "AlarmTopicArn",
+        "MetricsNamespace", "ResultTableName", "ScalerLogGroupName"}
     # The filler runs in the default (first) pool's job queue.
     assert outputs["FillerJobQueueArn"]["Value"] == outputs["PoolDefaultJobQueueArn"]["Value"]
 
@@ -267,7 +271,9 @@ def test_routes_output_is_what_routing_reads(three_pools: Synth) -> None:
 @pytest.mark.parametrize("pool", POOLS)
 def test_worker_role_consumes_only_its_own_queue_and_sends_only_to_its_own_dlq(three_pools: Synth, pool: str) -> None:
     queue, dlq = strip_hash(_queue(three_pools, pool)), strip_hash(_dlq(three_pools, pool))
-    allowed = grants(three_pools.statements_of_role(f"Workers{pascal(pool)}PoolWorkerRole"))
+    # Besides the shared result table (tests/infra/test_results.py).
+    allowed = {g for g in grants(three_pools.statements_of_role(f"Workers{pascal(pool)}PoolWorkerRole"))
+               if not g[2].startswith("WorkersResultsTable")}
     assert allowed == {("Allow", a, f"{queue}.Arn") for a in QUEUE_ACTIONS} | {
         ("Allow", a, f"{dlq}.Arn") for a in SEND_ACTIONS}
 
@@ -298,5 +304,6 @@ def test_scaler_may_submit_only_the_pools_worker_definitions_to_the_pools_job_qu
 
 
 def test_filler_may_only_send_to_the_pools_queues(three_pools: Synth) -> None:
-    assert grants(three_pools.statements_of_role("WorkersFillerRole")) == {
+    assert {g for g in grants(three_pools.statements_of_role("WorkersFillerRole"))
+            if not g[2].startswith("WorkersResultsTable")} == {
         ("Allow", a, f"{strip_hash(_queue(three_pools, p))}.Arn") for a in SEND_ACTIONS for p in POOLS}

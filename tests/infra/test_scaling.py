@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -12,7 +14,7 @@ from batch_celery.scaling import SCALER_LOOP_SECONDS
 
 from .conftest import ARM_ALARMS, THREE_POOLS, Synth, grants, strip_hash
 
-SCALER_HANDLER = "scaler.handler.handler"
+SCALER_HANDLER = "batch_celery.scaler.handler.handler"
 ALARMS = ("LowDepthAlarm", "HighDepthAlarm", "SlaAlarm")
 RULES = ("LowDepthRule", "HighDepthRule", "SlaRule")
 EVENTS_DLQ = "WorkersEventsDeadLetterQueue"
@@ -195,8 +197,9 @@ def test_scaler_environment_is_the_scaler_contract(default: Synth) -> None:
     job_queue_id, _ = default.pool("default", "JobQueue", "AWS::Batch::JobQueue")
     _, function = _scaler(default)
     variables = function["Properties"]["Environment"]["Variables"]
-    # What the handler requires, no more and no less.
-    assert set(variables) == set(scaler_handler.ENV_NAMES)
+    # What the handler reads, no more and no less.
+    assert set(variables) == set(scaler_handler.ENV_NAMES) | set(scaler_handler.OPTIONAL_ENV_NAMES)
+    assert variables["METRICS_NAMESPACE"] == "BatchCelery/BatchCelery"
     assert (variables["POLL_SECONDS"], variables["LOOP_SECONDS"]) == ("10", "55")
     assert _pools_variable(default) == [{
         "pool": "default",
@@ -247,13 +250,24 @@ def test_scaler_role_is_scoped_to_the_queue_job_queue_and_worker_definition(defa
     assert "ManagedPolicyArns" not in role["Properties"]
 
 
-def test_scaler_asset_holds_only_the_scaler_package(default: Synth) -> None:
+def test_scaler_asset_holds_the_scaler_and_the_two_shared_modules_and_imports_alone(default: Synth) -> None:
     _, function = _scaler(default)
     key = function["Properties"]["Code"]["S3Key"]
     asset_dir = default.outdir / f"asset.{key.removesuffix('.zip')}"
     files = {p.relative_to(asset_dir).as_posix() for p in asset_dir.rglob("*") if p.is_file()}
-    assert {"scaler/__init__.py", "scaler/policy.py", "scaler/handler.py"} <= files
-    assert all(f.startswith("scaler/") and f.endswith(".py") and "__pycache__" not in f for f in files), files
+    assert files == {
+        "batch_celery/__init__.py", "batch_celery/scaler/__init__.py", "batch_celery/scaler/policy.py",
+        "batch_celery/scaler/handler.py", "batch_celery_container/contract.py", "batch_celery_container/emf.py",
+    }
+    # As Lambda loads it: the asset folder alone on the path, nothing of the repository.
+    module, _, name = function["Properties"]["Handler"].rpartition(".")
+    probe = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path[:0] = [{str(asset_dir)!r}]; "
+                                     f"import {module} as m; print(m.__file__, callable(m.{name}))"],
+        capture_output=True, text=True, cwd=asset_dir,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.startswith(str(asset_dir)) and probe.stdout.strip().endswith("True")
 
 
 # --- alarms mode: the original sample's design, no Lambda --------------------------------------

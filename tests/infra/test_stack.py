@@ -221,8 +221,11 @@ def test_worker_environment_is_the_container_contract(default: Synth) -> None:
         "TASK_TIME_LIMIT_SECONDS": "900",
         "VISIBILITY_TIMEOUT_SECONDS": "300",
         "STOP_GRACE_SECONDS": "20",
+        "METRICS_NAMESPACE": "BatchCelery/BatchCelery",
+        "CELERY_RESULT_TABLE": {"Ref": default.one("AWS::DynamoDB::GlobalTable", "WorkersResultsTable")[0]},
+        "CELERY_RESULT_EXPIRES_DAYS": "7",
     }
-    assert set(env_of(worker)) == set(contract.WORKER_VARIABLES)
+    assert set(env_of(worker)) == set(contract.WORKER_VARIABLES + contract.FEATURE_VARIABLES)
 
 
 def test_filler_job_sends_num_messages_tasks(default: Synth) -> None:
@@ -234,7 +237,8 @@ def test_filler_job_sends_num_messages_tasks(default: Synth) -> None:
     assert props["Parameters"] == {"numMessages": "100"}
     assert props["ContainerProperties"]["NetworkConfiguration"] == {"AssignPublicIp": "DISABLED"}
     env = env_of(filler)
-    assert set(env) == set(contract.FILLER_VARIABLES)
+    # The filler reads results (--wait); it writes no metrics.
+    assert set(env) == set(contract.FILLER_VARIABLES) | {contract.RESULT_TABLE, contract.RESULT_EXPIRES_DAYS}
     assert (env["CELERY_QUEUE_NAME"], env["CELERY_QUEUE_URL"], env["AWS_DEFAULT_REGION"]) == (
         {"Fn::GetAtt": [queue_id, "QueueName"]}, {"Ref": queue_id}, {"Ref": "AWS::Region"})
     # The routes the filler sends by are the stack's Routes output.
@@ -250,13 +254,17 @@ def test_job_logs_have_retention(default: Synth) -> None:
 # --- IAM -----------------------------------------------------------------------------------
 
 def test_worker_role_consumes_and_sends_on_the_task_queue_and_only_sends_to_the_dlq(default: Synth) -> None:
-    allowed = grants(default.statements_of_role("WorkersDefaultPoolWorkerRole"))
+    # Besides writing results (tests/infra/test_results.py).
+    allowed = {g for g in grants(default.statements_of_role("WorkersDefaultPoolWorkerRole"))
+               if not g[2].startswith("WorkersResultsTable")}
     assert allowed == {("Allow", a, "WorkersDefaultPoolTaskQueue.Arn") for a in QUEUE_ACTIONS} | {
         ("Allow", a, "WorkersDefaultPoolTaskQueueDeadLetterQueue.Arn") for a in SEND_ACTIONS}
 
 
 def test_filler_role_only_sends_to_the_task_queue(default: Synth) -> None:
-    assert grants(default.statements_of_role("WorkersFillerRole")) == {
+    # Besides reading results (tests/infra/test_results.py).
+    assert {g for g in grants(default.statements_of_role("WorkersFillerRole"))
+            if not g[2].startswith("WorkersResultsTable")} == {
         ("Allow", a, "WorkersDefaultPoolTaskQueue.Arn") for a in SEND_ACTIONS}
 
 
@@ -313,6 +321,9 @@ def test_outputs_name_what_they_hold(default: Synth) -> None:
         "FillerJobQueueArn": {"Fn::GetAtt": [job_queue_id, "JobQueueArn"]},
         "ScalerFunctionName": {"Ref": function_id},
         "AlarmTopicArn": {"Ref": default.one("AWS::SNS::Topic", "WorkersMonitoringAlarmTopic")[0]},
+        "MetricsNamespace": "BatchCelery/BatchCelery",
+        "ResultTableName": {"Ref": default.one("AWS::DynamoDB::GlobalTable", "WorkersResultsTable")[0]},
+        "ScalerLogGroupName": {"Ref": default.one("AWS::Logs::LogGroup", "WorkersScalingScalerLogs")[0]},
     }
     assert all(output["Description"] for output in outputs.values())
 

@@ -22,7 +22,8 @@ from batch_celery.settings import Settings
 from harness.processes import alive, live_pids
 
 SUMMARY = re.compile(r"^demo: (\d+)/(\d+) tasks done by (\d+) workers in (\d+) s, (\d+) lost$")
-POOL_LINE = re.compile(r"^pool ([a-z0-9-]+): (\d+)/(\d+) done by (\d+) workers?$", re.MULTILINE)
+POOL_LINE = re.compile(r"^pool ([a-z0-9-]+): (\d+)/(\d+) done by (\d+) workers?(?:; |$)", re.MULTILINE)
+METRICS = re.compile(r"^pool ([a-z0-9-]+): .*; metrics: (\d+) task lines, wait p50 [\d.]+ s", re.MULTILINE)
 
 
 def demo_processes() -> list[int]:
@@ -60,6 +61,9 @@ def test_short_two_pool_run_does_every_task_on_its_own_pools_workers(tmp_path):
     pools = {name: (int(done), int(sent)) for name, done, sent, _ in POOL_LINE.findall(output)}
     assert pools == {"default": (8, 8), SECOND_POOL: (3, 3)}, output
     assert "sent 3 x gpu.matmul: routed to pool gpu" in output
+    # Every run wrote its metrics line, and every result is in the (moto) result table.
+    assert dict(METRICS.findall(output)) == {"default": "8", SECOND_POOL: "3"}, output
+    assert "results in DynamoDB (moto): 11 stored: 11 SUCCESS; e.g. " in output, output
     assert demo.returncode == 0, output
     assert demo_processes() == []
     # The routing is real: each pool's tasks ran only on that pool's workers.

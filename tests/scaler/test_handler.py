@@ -773,3 +773,21 @@ def test_jobs_this_run_submitted_count_even_before_listjobs_shows_them():
     assert scaler.active_workers(batch, "queue", "definition") == 0
     # The run's own submissions count while active, so the next decision does not submit them again.
     assert scaler.active_workers(batch, "queue", "definition", also=["fresh", "done"]) == 1
+
+
+def test_with_a_metrics_namespace_each_decision_line_is_also_an_emf_document(aws, pool, lambda_env, monkeypatch,
+                                                                             capsys):
+    from tests.emf_spec import dimension_sets, emf_lines, metric_units
+
+    monkeypatch.setenv("METRICS_NAMESPACE", "BatchCelery/Test")
+    _send(aws["sqs"], pool.queue_url, 25)
+
+    [record] = scaler.handler({}, None)
+
+    [line] = emf_lines(capsys.readouterr().out)  # checked against the EMF specification
+    assert {key: line[key] for key in record} == record  # the decision record, unchanged
+    assert metric_units(line) == dict.fromkeys(("visible", "in_flight", "delayed", "active", "wanted", "submitted"),
+                                               "Count")
+    assert dimension_sets(line, "wanted") == [["pool"]]
+    assert (line["pool"], line["visible"], line["wanted"], line["submitted"]) == ("default", 25, 3, 3)
+    assert line["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "BatchCelery/Test"
