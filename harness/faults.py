@@ -232,6 +232,9 @@ class ApiProxy:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as the SDKs and pycurl use it
+            # The reply goes out as headers, then body: with Nagle's algorithm on, the body waits
+            # for the client's delayed ACK (~40 ms), which added ~44 ms to every proxied call.
+            disable_nagle_algorithm = True
 
             def _relay(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
