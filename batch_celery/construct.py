@@ -32,6 +32,7 @@ from constructs import Construct
 from batch_celery_container import contract, emf, routing
 
 from . import CONTAINER_DIR
+from .dashboard import WorkersDashboard
 from .monitoring import Monitoring
 from .network import Network
 from .pool import EXECUTION_ROLE_ACK, WorkerPool, container_definition
@@ -151,6 +152,16 @@ class CeleryBatchWorkers(Construct):
             job_queues={name: pool.job_queue for name, pool in self.pools.items()},
             scaler=self.scaler.function if self.scaler else None,
             alarm_email=props.alarm_email,
+        )
+        self.dashboard = WorkersDashboard(
+            self,
+            "Dashboard",
+            pools=self.pools,
+            pool_alarms=self.alarms,
+            metrics_namespace=self.metrics_namespace,
+            monitoring=self.monitoring,
+            scaler=self.scaler,
+            events_dead_letter_queue=self.events_dead_letter_queue,
         )
 
     def image(self, directory: str | None, platform: str) -> ecs.ContainerImage:

@@ -63,6 +63,12 @@ class BatchCeleryStack(Stack):
                   description="Job queue the filler job runs in (the default pool's)")
         CfnOutput(self, "AlarmTopicArn", value=w.monitoring.topic.topic_arn,
                   description="SNS topic every alarm that needs a human notifies; subscribe to it")
+        CfnOutput(self, "DashboardName", value=w.dashboard.dashboard_name,
+                  description="CloudWatch dashboard: a row for the stack, a row per pool")
+        CfnOutput(self, "DashboardUrl",
+                  value=f"https://console.aws.amazon.com/cloudwatch/home?region={self.region}"
+                        f"#dashboards:name={w.dashboard.dashboard_name}",
+                  description="Opens the dashboard in the CloudWatch console")
         CfnOutput(self, "MetricsNamespace", value=w.metrics_namespace,
                   description="CloudWatch namespace of the task and scaler metrics (EMF)")
         if w.results is not None:

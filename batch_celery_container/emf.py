@@ -49,7 +49,9 @@ SUCCEEDED, FAILED, RETRIED = "succeeded", "failed", "retried"
 OUTCOMES = (SUCCEEDED, FAILED, RETRIED)
 
 # Scaler metrics: keys of the scaler's decision record (batch_celery/scaler/handler.py).
-SCALER_METRICS = ("visible", "in_flight", "delayed", "active", "wanted", "submitted")
+VISIBLE, IN_FLIGHT, DELAYED = "visible", "in_flight", "delayed"
+ACTIVE, WANTED, SUBMITTED = "active", "wanted", "submitted"
+SCALER_METRICS = (VISIBLE, IN_FLIGHT, DELAYED, ACTIVE, WANTED, SUBMITTED)
 
 COUNT = "Count"
 SECONDS = "Seconds"

@@ -35,12 +35,13 @@ import psutil
 from botocore.config import Config
 
 from batch_celery import CONTAINER_DIR
-from batch_celery.local import REPO_ROOT, motoserver
+from batch_celery.local import REPO_ROOT, motoserver, runfile
 from batch_celery.local.queues import QueuePair, create_result_table, message_counts, total_messages
 from batch_celery.local.template import (
     PoolSpec, StackSpec, TemplateError, create_queues, project_context, read_spec, synthesize,
 )
-from batch_celery.scaler.policy import workers_to_submit
+from batch_celery.props import pascal
+from batch_celery.scaler.policy import workers_needed, workers_to_submit
 from batch_celery.settings import CONTEXT_KEY, Settings, SettingsError
 from batch_celery_container import contract, routing
 
@@ -237,6 +238,7 @@ class LocalRun:
         poll_seconds: int,
         messages_per_worker: int | None = None,
         scale_interval: float = 1.0,
+        run_file: Path = runfile.DEFAULT_PATH,
     ) -> None:
         self.server = server
         self.spec = spec
@@ -260,6 +262,8 @@ class LocalRun:
         if spec.results:
             self.dynamodb = server.client("dynamodb")
             self.result_table = create_result_table(self.dynamodb, f"batch-celery-demo-{self.marker[:8]}-results")
+        self.decisions: dict[str, dict] = {}
+        self.run_file = run_file
         self.started = time.monotonic()
 
     @property
@@ -352,7 +356,7 @@ class LocalRun:
         counts = {}
         for pool in self.pools.values():
             visible, in_flight, delayed = message_counts(self.sqs, pool.queues.url)
-            wanted = workers_to_submit(
+            numbers = dict(
                 visible=visible,
                 in_flight=in_flight,
                 delayed=delayed,
@@ -361,10 +365,39 @@ class LocalRun:
                 max_workers=pool.max_workers,
                 tasks_per_worker=pool.spec.tasks_per_worker,
             )
-            for _ in range(wanted):
+            submit = workers_to_submit(**numbers)
+            for _ in range(submit):
                 self.launch_worker(pool)
             counts[pool.name] = (visible, in_flight, delayed)
+            # The record the scaler would log (handler.py), for `status --local`.
+            self.decisions[pool.name] = {
+                "scaler": "batch-celery", "pool": pool.name, "outcome": "ok", "visible": visible,
+                "in_flight": in_flight, "delayed": delayed, "active": numbers["active_workers"],
+                "wanted": workers_needed(**numbers), "submitted": submit, "time": time.time(),
+            }
         return counts
+
+    def outputs(self) -> dict[str, str]:
+        """The stack's outputs as they would read for this run (the queues and table on moto)."""
+        outputs = {"Routes": self.routes_json()}
+        for name, pool in self.pools.items():
+            p = f"Pool{pascal(name)}"
+            outputs.update({f"{p}QueueName": pool.queues.name, f"{p}QueueUrl": pool.queues.url,
+                            f"{p}DeadLetterQueueUrl": pool.queues.dlq_url})
+        if self.result_table:
+            outputs["ResultTableName"] = self.result_table
+        return outputs
+
+    def write_run_file(self) -> None:
+        """What `python -m batch_celery status --local` reads; worker processes stand for jobs."""
+        workers = {
+            name: {"RUNNING": sum(w.running for w in pool.workers),
+                   "SUCCEEDED": sum(w.process.returncode == 0 for w in pool.workers),
+                   "FAILED": sum(w.process.returncode not in (None, 0) for w in pool.workers)}
+            for name, pool in self.pools.items()
+        }
+        runfile.write(self.run_file, endpoint=self.server.endpoint, region=self.server.region,
+                      outputs=self.outputs(), workers=workers, decisions=self.decisions)
 
     def done_ids(self) -> set[str]:
         return set().union(*(pool.done_ids() for pool in self.pools.values()))
@@ -411,6 +444,7 @@ class LocalRun:
         deadline = time.monotonic() + timeout
         while True:
             counts = self.scale_once()
+            self.write_run_file()
             on_tick(self.snapshots(counts))
             if sum(map(sum, counts.values())) == 0 and not self.running_workers():
                 return
@@ -437,6 +471,7 @@ class LocalRun:
                 _signal_group(pid, signal.SIGKILL)
             worker.finish_reading()
         reap_marked(self.marker)
+        runfile.remove(self.run_file)  # the run is over: `status --local` says so
 
 
 def _percentile(ordered: list[float], percent: int) -> float:
@@ -650,7 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.say(f"synthesizing the stack to read each pool's queue and worker settings ({origin}) ...")
         spec = read_spec(synthesize(work_dir / "cdk.out", overrides), settings)
         server = motoserver.start()
-        progress.say(f"moto server on {server.endpoint}")
+        progress.say(f"moto server on {server.endpoint}; in another terminal: python -m batch_celery status --local")
         names = list(spec.pools)
         run = LocalRun(
             server=server,

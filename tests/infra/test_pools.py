@@ -247,7 +247,7 @@ def test_outputs_name_each_pools_resources(three_pools: Synth) -> None:
         }
     assert set(outputs) - {k for k in outputs if k.startswith("Pool")} == {
         "Routes", "FillerJobDefinitionArn", "FillerJobQueueArn", "ScalerFunctionName", "AlarmTopicArn",
-        "MetricsNamespace", "ResultTableName", "ScalerLogGroupName"}
+        "MetricsNamespace", "ResultTableName", "ScalerLogGroupName", "DashboardName", "DashboardUrl"}
     # The filler runs in the default (first) pool's job queue.
     assert outputs["FillerJobQueueArn"]["Value"] == outputs["PoolDefaultJobQueueArn"]["Value"]
 

@@ -1,0 +1,24 @@
+"""``python -m batch_celery COMMAND``: the operator's commands (``status``; ``make demo`` runs the local one)."""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {"status": "where each pool stands: queues, worker jobs, the scaler's last decision"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        given = f"unknown command {argv[0]!r}; " if argv and not argv[0].startswith("-") else ""
+        listed = "; ".join(f"{name}: {text}" for name, text in COMMANDS.items())
+        print(f"python -m batch_celery: {given}commands: {listed} (python -m batch_celery status --help)",
+              file=sys.stderr)
+        return 2
+    from batch_celery import status
+
+    return status.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
