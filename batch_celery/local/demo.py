@@ -667,8 +667,10 @@ def demo_overrides(context: dict, second_pool: bool) -> tuple[dict, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     task_name, task_kwargs = TASK_CHOICES[args.task]
-    # A TERM (from a CI runner or `timeout`) cleans up exactly like Ctrl-C.
+    # A TERM (from a CI runner or `timeout`) cleans up exactly like Ctrl-C. And Ctrl-C always does:
+    # a process started in the background by a non-interactive shell inherits SIGINT ignored.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     work_dir = args.keep_logs or Path(tempfile.mkdtemp(prefix="batch-celery-demo-"))
     work_dir.mkdir(parents=True, exist_ok=True)
