@@ -94,6 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         metavar="SECONDS",
                         help="then wait up to SECONDS (default 3600) for the results, with a progress bar, "
                              "and end with a summary; exit 3 if any task failed or had no result in time")
+    parser.add_argument("--ids-file", type=Path, default=None, metavar="FILE",
+                        help="also append the id of each task sent to FILE, one per line")
     parser.add_argument("--quiet", action="store_true", help="no progress lines, only the final count")
     args = parser.parse_args(argv)
     if not args.task.strip():
@@ -171,6 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         reason = " ".join(str(error).split()) or type(error).__name__
         print(f"fill-batch-queue: sent {sent} of {args.num_messages} tasks, then failed: {reason}", file=sys.stderr)
         return 1
+    if args.ids_file is not None:
+        try:
+            with args.ids_file.open("a", encoding="utf-8") as ids:
+                ids.writelines(f"{task_id}\n" for task_id in task_ids)
+        except OSError as error:
+            print(f"fill-batch-queue: sent {sent} tasks, but could not write their ids to {args.ids_file}: "
+                  f"{error.strerror}", file=sys.stderr)
+            return 1
     print(f"sent {sent} {args.task} tasks to {destination}", flush=True)
     if args.wait is None:
         return 0

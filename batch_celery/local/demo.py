@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,6 +52,8 @@ FILLER = CONTAINER_DIR / "fill-batch-queue.py"
 MARKER_VARIABLE = "BATCH_CELERY_LOCAL_RUN"
 # Celery's own line for a finished task: "Task NAME[ID] succeeded in 0.25s: VALUE".
 SUCCEEDED = re.compile(r"Task (?P<name>[\w.]+)\[(?P<id>[0-9a-f-]+)\] succeeded in")
+# Celery's key of a task's result in the DynamoDB table.
+RESULT_KEY = re.compile(r"celery-task-meta-([0-9a-f-]+)")
 # The second pool the demo adds when the project configures one pool: the worked GPU example.
 SECOND_POOL = "gpu"
 SECOND_POOL_SETTINGS = {
@@ -186,8 +189,8 @@ class Outcome:
 
     def summary_line(self) -> str:
         return (
-            f"demo: {self.done}/{self.tasks} tasks done by {self.workers} workers "
-            f"in {self.seconds:.0f} s, {self.lost} lost"
+            f"demo: {self.done}/{self.tasks} tasks done by {self.workers} workers in {self.seconds:.0f} s; "
+            f"{self.remaining} back in the queue, {self.dead_lettered} in the DLQ, {self.lost} lost"
         )
 
 
@@ -201,6 +204,8 @@ class LocalPool:
     messages_per_worker: int
     sent: int = 0
     workers: list[LocalWorker] = field(default_factory=list)
+    # The ids of the tasks sent to this pool (the filler's --ids-file).
+    task_ids: set[str] = field(default_factory=set)
 
     @property
     def name(self) -> str:
@@ -209,7 +214,11 @@ class LocalPool:
     def running_workers(self) -> list[LocalWorker]:
         return [worker for worker in self.workers if worker.running]
 
-    def done_ids(self) -> set[str]:
+    def done_ids(self, succeeded: set[str] | None = None) -> set[str]:
+        """The pool's finished tasks: those whose result says SUCCESS when the stack stores results
+        (``succeeded``), else those its workers logged as succeeded."""
+        if succeeded is not None:
+            return self.task_ids & succeeded
         return set().union(*(worker.done_ids for worker in self.workers)) if self.workers else set()
 
     def image_environment(self) -> dict[str, str]:
@@ -308,9 +317,10 @@ class LocalRun:
         """Send ``count`` tasks with the real filler; the routes choose the queue. Returns the pool."""
         pool_name = routing.pool_for(routing.parse_routes(self.routes_json()), task)
         default = next(iter(self.pools.values()))
+        ids_file = self.work_dir / f"sent-{pool_name}.txt"
         result = subprocess.run(
             [sys.executable, str(FILLER), "--num-messages", str(count), "--task", task,
-             "--kwargs", json.dumps(kwargs), "--quiet"],
+             "--kwargs", json.dumps(kwargs), "--quiet", "--ids-file", str(ids_file)],
             cwd=CONTAINER_DIR,
             env=self.env(default),
             capture_output=True,
@@ -321,6 +331,7 @@ class LocalRun:
             lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
             raise DemoError(f"fill-batch-queue.py failed: {lines[-1] if lines else result.returncode}")
         self.pools[pool_name].sent += count
+        self.pools[pool_name].task_ids.update(ids_file.read_text().split())
         return pool_name
 
     # -- the scaler and Batch, played locally ------------------------------------------------
@@ -399,8 +410,22 @@ class LocalRun:
         runfile.write(self.run_file, endpoint=self.server.endpoint, region=self.server.region,
                       outputs=self.outputs(), workers=workers, decisions=self.decisions)
 
+    def succeeded_ids(self) -> set[str] | None:
+        """Every task whose result in the result table says SUCCESS: the record of completion no
+        signal can cut (a log copy can). None when the stack stores no results."""
+        if not self.result_table:
+            return None
+        succeeded = set()
+        for page in self.dynamodb.get_paginator("scan").paginate(TableName=self.result_table):
+            for item in page["Items"]:
+                if json.loads(item["result"]["B"]).get("status") == "SUCCESS":
+                    if match := RESULT_KEY.search(item["id"]["S"]):
+                        succeeded.add(match[1])
+        return succeeded
+
     def done_ids(self) -> set[str]:
-        return set().union(*(pool.done_ids() for pool in self.pools.values()))
+        succeeded = self.succeeded_ids()
+        return set().union(*(pool.done_ids(succeeded) for pool in self.pools.values()))
 
     def stored_results(self) -> tuple[dict[str, int], str | None] | None:
         """What the result table holds: Celery state -> count, and one successful result to show."""
@@ -422,6 +447,7 @@ class LocalRun:
 
     def snapshots(self, counts: dict[str, tuple[int, int, int]]) -> list[Snapshot]:
         elapsed = time.monotonic() - self.started
+        succeeded = self.succeeded_ids()
         return [
             Snapshot(
                 pool=name,
@@ -431,7 +457,7 @@ class LocalRun:
                 visible=counts[name][0],
                 in_flight=counts[name][1],
                 delayed=counts[name][2],
-                done=len(pool.done_ids()),
+                done=len(pool.done_ids(succeeded)),
                 dead_lettered=self.dead_lettered(pool),
                 running=len(pool.running_workers()),
                 launched=len(pool.workers),
@@ -456,8 +482,10 @@ class LocalRun:
 
     def stop(self, grace: float) -> None:
         """Stop every worker as Batch stops a job: TERM, wait, then KILL what is left."""
+        # Batch signals the container's first process (the lifecycle script), nothing else: the
+        # script stops its worker and lets it finish what it runs, and its log copy ends last.
         for worker in self.running_workers():
-            _signal_group(worker.process.pid, signal.SIGTERM)
+            worker.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
         for worker in self.workers:
             remaining = max(0.1, deadline - time.monotonic())
@@ -734,6 +762,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.say(f"{outcome.dead_lettered} task(s) failed and wait in the dead-letter queues")
     if args.keep_logs:
         progress.say(f"worker logs in {work_dir}")
+    else:
+        shutil.rmtree(work_dir, ignore_errors=True)
     for line in outcome.pool_lines():
         progress.say(line)
     progress.say(outcome.summary_line())
@@ -743,24 +773,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _outcome(run: LocalRun | None, tasks: int, started: float, interrupted: bool) -> Outcome:
     if run is None:
         return Outcome(tasks, 0, 0, tasks, 0, [], time.monotonic() - started, interrupted)
-    results = None
+    results = succeeded = None
     try:
         remaining = sum(total_messages(run.sqs, pool.queues.url) for pool in run.pools.values())
         dead_lettered = run.dead_lettered()
         results = run.stored_results()
+        succeeded = run.succeeded_ids()
     except Exception as error:  # the server itself failed: count nothing as safe
         print(f"could not read the queues at the end: {error}", file=sys.stderr)
         remaining, dead_lettered = 0, 0
+    done = {name: pool.done_ids(succeeded) for name, pool in run.pools.items()}
     return Outcome(
         tasks=tasks,
-        done=len(run.done_ids()),
+        done=sum(map(len, done.values())),
         dead_lettered=dead_lettered,
         remaining=remaining,
         workers=len(run.workers),
         worker_exit_codes=[worker.process.returncode for worker in run.workers],
         seconds=time.monotonic() - started,
         interrupted=interrupted,
-        pools=[(name, pool.sent, len(pool.done_ids()), len(pool.workers)) for name, pool in run.pools.items()],
+        pools=[(name, pool.sent, len(done[name]), len(pool.workers)) for name, pool in run.pools.items()],
         metrics={name: [m for worker in pool.workers for m in worker.metrics] for name, pool in run.pools.items()},
         results=results[0] if results else None,
         sample_result=results[1] if results else None,

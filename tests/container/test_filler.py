@@ -148,3 +148,18 @@ def test_rejects_bad_routes(moto_server, make_queues, tmp_path, filler, capsys, 
     err = capsys.readouterr().err
     assert err.startswith(f"fill-batch-queue: configuration error: {expected}")
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_ids_file_gets_the_id_of_every_task_sent(moto_server, sqs, make_queues, tmp_path, filler, capsys):
+    import base64
+
+    queues = make_queues()
+    ids_file = tmp_path / "ids.txt"
+    with environment(worker_env(moto_server, queues, tmp_path)):
+        assert filler.main(["-n", "3", "--ids-file", str(ids_file)]) == 0
+        assert filler.main(["-n", "2", "--ids-file", str(ids_file)]) == 0  # appends
+    ids = ids_file.read_text().split()
+    sent = set()
+    while messages := sqs.receive_message(QueueUrl=queues.url, MaxNumberOfMessages=10).get("Messages"):
+        sent |= {json.loads(base64.b64decode(m["Body"]))["headers"]["id"] for m in messages}
+    assert len(ids) == 5 and set(ids) == sent
