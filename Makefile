@@ -33,6 +33,8 @@ $(PY_STAMP): requirements.txt requirements-dev.txt batch_celery_container/requir
 	touch $@
 
 $(NODE_STAMP): package.json package-lock.json
+	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' 2>/dev/null || \
+		{ echo "make: Node.js 20 or newer is needed (the pinned CDK supports 22 and 24); found: $$(node --version 2>/dev/null || echo none)"; exit 1; }
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
