@@ -52,6 +52,8 @@ FILLER = CONTAINER_DIR / "fill-batch-queue.py"
 MARKER_VARIABLE = "BATCH_CELERY_LOCAL_RUN"
 # Celery's own line for a finished task: "Task NAME[ID] succeeded in 0.25s: VALUE".
 SUCCEEDED = re.compile(r"Task (?P<name>[\w.]+)\[(?P<id>[0-9a-f-]+)\] succeeded in")
+# What the lifecycle script says when it decides to stop its worker (run_celery_worker.sh).
+STOP_REASONS = ("idle for", "received SIG", "unreadable for", "no state from the worker", "exited on its own")
 # Celery's key of a task's result in the DynamoDB table.
 RESULT_KEY = re.compile(r"celery-task-meta-([0-9a-f-]+)")
 # The second pool the demo adds when the project configures one pool: the worked GPU example.
@@ -87,6 +89,10 @@ class LocalWorker:
     done_ids: set[str] = field(default_factory=set)
     # The EMF lines the worker wrote, one per task run (what CloudWatch would make metrics of).
     metrics: list[dict] = field(default_factory=list)
+    # Why the lifecycle script stopped its worker (its own words), once it said so.
+    reason: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    reported: bool = False
     _reader: threading.Thread | None = None
 
     def start_reading(self) -> None:
@@ -95,6 +101,9 @@ class LocalWorker:
                 for line in self.process.stdout:
                     log.write(line)
                     log.flush()
+                    if self.reason is None and "run_celery_worker: " in line and any(
+                            key in line for key in STOP_REASONS):
+                        self.reason = line.split("run_celery_worker: ", 1)[1].split("; draining")[0].strip()
                     if match := SUCCEEDED.search(line):
                         self.done_ids.add(match["id"])
                     elif line.startswith("{") and '"_aws"' in line:
@@ -273,6 +282,8 @@ class LocalRun:
             self.result_table = create_result_table(self.dynamodb, f"batch-celery-demo-{self.marker[:8]}-results")
         self.decisions: dict[str, dict] = {}
         self.run_file = run_file
+        # Told each scaling decision that starts workers and each worker's exit, one line each.
+        self.on_event: Callable[[str], None] = lambda line: None
         self.started = time.monotonic()
 
     @property
@@ -355,6 +366,7 @@ class LocalRun:
             start_new_session=True,
         )
         worker = LocalWorker(index, pool.name, process, run_dir, self.work_dir / f"{pool.name}-worker-{index}.log")
+        self.on_event(f"[{time.monotonic() - self.started:5.0f} s] worker {pool.name}-{index} started")
         worker.start_reading()
         pool.workers.append(worker)
         return worker
@@ -377,6 +389,12 @@ class LocalRun:
                 tasks_per_worker=pool.spec.tasks_per_worker,
             )
             submit = workers_to_submit(**numbers)
+            if submit:
+                self.on_event(
+                    f"[{time.monotonic() - self.started:5.0f} s] scaler, pool {pool.name}: {visible} waiting, "
+                    f"{in_flight} in flight, {numbers['active_workers']} workers active, "
+                    f"{workers_needed(**numbers)} wanted: starting {submit}"
+                )
             for _ in range(submit):
                 self.launch_worker(pool)
             counts[pool.name] = (visible, in_flight, delayed)
@@ -387,6 +405,20 @@ class LocalRun:
                 "wanted": workers_needed(**numbers), "submitted": submit, "time": time.time(),
             }
         return counts
+
+    def report_exits(self) -> None:
+        """One event per worker that exited since the last tick: its status, tasks and reason."""
+        for worker in self.workers:
+            if worker.reported or worker.running:
+                continue
+            worker.reported = True
+            worker.finish_reading(timeout=1.0)
+            tasks = len(worker.metrics) or len(worker.done_ids)
+            self.on_event(
+                f"[{time.monotonic() - self.started:5.0f} s] worker {worker.pool}-{worker.index} exited "
+                f"{worker.process.returncode} after {time.monotonic() - worker.started:.0f} s and {tasks} "
+                f"task{'s' if tasks != 1 else ''}: {worker.reason or 'no reason logged'}"
+            )
 
     def outputs(self) -> dict[str, str]:
         """The stack's outputs as they would read for this run (the queues and table on moto)."""
@@ -470,6 +502,7 @@ class LocalRun:
         deadline = time.monotonic() + timeout
         while True:
             counts = self.scale_once()
+            self.report_exits()
             self.write_run_file()
             on_tick(self.snapshots(counts))
             if sum(map(sum, counts.values())) == 0 and not self.running_workers():
@@ -726,6 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             poll_seconds=args.poll_seconds,
             messages_per_worker=args.messages_per_worker,
         )
+        run.on_event = progress.say
         for pool in run.pools.values():
             progress.say(
                 f"pool {pool.name}: queue {pool.queues.name}, visibility {pool.spec.queue.visibility_timeout} s, "

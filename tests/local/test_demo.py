@@ -62,6 +62,11 @@ def test_short_two_pool_run_does_every_task_on_its_own_pools_workers(tmp_path):
     pools = {name: (int(done), int(sent)) for name, done, sent, _ in POOL_LINE.findall(output)}
     assert pools == {"default": (8, 8), SECOND_POOL: (3, 3)}, output
     assert "sent 3 x gpu.matmul: routed to pool gpu" in output
+    # The event log says why each worker started and why it left.
+    assert re.search(r"scaler, pool default: 8 waiting, 0 in flight, 0 workers active, 2 wanted: starting 2", output), output
+    exits = re.findall(r"worker (default|gpu)-\d exited 0 after \d+ s and \d+ tasks?: idle for 2 s "
+                       r"\(held no message, nothing waiting in the queue\)$", output, re.MULTILINE)
+    assert sorted(set(exits)) == ["default", SECOND_POOL] and len(exits) == workers, output
     # Every run wrote its metrics line, and every result is in the (moto) result table.
     assert dict(METRICS.findall(output)) == {"default": "8", SECOND_POOL: "3"}, output
     assert "results in DynamoDB (moto): 11 stored: 11 SUCCESS; e.g. " in output, output
