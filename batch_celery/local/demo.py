@@ -794,7 +794,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress.say(f"worker {worker.pool}-{worker.index} exited with {worker.process.returncode}; log: {worker.log_path}")
     if outcome.dead_lettered:
         progress.say(f"{outcome.dead_lettered} task(s) failed and wait in the dead-letter queues")
-    if args.keep_logs:
+    # The logs stay when asked for, or when something went wrong (the lines above point into them).
+    if args.keep_logs or not outcome.ok:
         progress.say(f"worker logs in {work_dir}")
     else:
         shutil.rmtree(work_dir, ignore_errors=True)
