@@ -10,11 +10,12 @@ COMMANDS = {"status": "where each pool stands: queues, worker jobs, the scaler's
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
-        given = f"unknown command {argv[0]!r}; " if argv and not argv[0].startswith("-") else ""
+        asked = bool(argv) and argv[0] in ("-h", "--help")
+        given = f"unknown command {argv[0]!r}; " if argv and not asked else ""
         listed = "; ".join(f"{name}: {text}" for name, text in COMMANDS.items())
         print(f"python -m batch_celery: {given}commands: {listed} (python -m batch_celery status --help)",
-              file=sys.stderr)
-        return 2
+              file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     from batch_celery import status
 
     return status.main(argv[1:])

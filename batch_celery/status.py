@@ -5,17 +5,19 @@
 
 Per pool: the task queue's waiting, in-flight and delayed messages, the dead-letter queue's
 messages, the pool's worker jobs by Batch state (active ones now; SUCCEEDED and FAILED created in
-the last hour), and the scaler's last decision for the pool (from its log group, the last 15
-minutes). The deployed stack is found by its outputs (CloudFormation DescribeStacks); every
-reading is one read-only call, so an operator role needs cloudformation:DescribeStacks,
-sqs:GetQueueAttributes, batch:ListJobs and logs:FilterLogEvents.
+the last hour; an array job counts each child in its own state), and the scaler's last decision
+for the pool (from its log group, the last 15 minutes). The deployed stack is found by its outputs
+(CloudFormation DescribeStacks); every reading is read-only, so an operator role needs
+cloudformation:DescribeStacks, sqs:GetQueueAttributes, batch:ListJobs, batch:DescribeJobs and
+logs:FilterLogEvents.
 
-``--local`` reads the run file the demo keeps up to date (``.demo/run.json``): the same output
-names pointing at the demo's moto server, whose queues are read live, and the demo's workers and
-decisions in place of Batch's and the scaler's log group.
+``--local`` reads the run file the demo keeps up to date (``.demo/run.json``, see
+local/runfile.py): the same output names pointing at the demo's moto server, whose queues are read
+live, and the demo's worker processes and decisions in place of Batch's and the scaler's log group.
 
 Exit status: 0; 1 with one line when credentials, the region, the stack or the local run are
-missing or AWS cannot be reached; 2 on bad arguments.
+missing or AWS cannot be reached; 2 on bad arguments. One pool's failed reading is shown in that
+pool's block (``error: ...``) and does not stop the others.
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ ACTIVE_STATES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
 FINISHED_STATES = ("SUCCEEDED", "FAILED")
 FINISHED_WINDOW_SECONDS = 3600
 DECISION_WINDOW_SECONDS = 15 * 60
+DESCRIBE_BATCH = 100  # DescribeJobs takes at most 100 job ids.
+
+# Where the figures come from, and what the worker-jobs and scaler lines say about it.
+SCALER, ALARMS, LOCAL = "scaler", "alarms", "local"
+JOBS_NOTE = {SCALER: "SUCCEEDED/FAILED: created in the last hour", ALARMS: "SUCCEEDED/FAILED: created in the last hour",
+             LOCAL: "worker processes of this run"}
 
 
 class StatusError(RuntimeError):
@@ -55,6 +63,15 @@ class PoolStatus:
     jobs: dict[str, int] = field(default_factory=dict)
     decision: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    source: str
+    """One line: which stack in which region, or which local run."""
+    scaling: str
+    """SCALER (decisions from its log group), ALARMS (no scaler) or LOCAL (the demo's decisions)."""
+    pools: list[PoolStatus]
 
 
 # -- where the outputs come from -----------------------------------------------------------------
@@ -79,10 +96,12 @@ def stack_outputs(cloudformation: Any, stack: str, region: str) -> dict[str, str
 
 def pool_names(outputs: Mapping[str, str]) -> list[str]:
     """The stack's pools in its order (the default first), from its Routes output."""
+    if "Routes" not in outputs:
+        raise StatusError("no Routes output: the pools cannot be named")
     try:
         return list(routing.parse_routes(outputs["Routes"]).pools)
     except routing.RoutingError as error:
-        raise StatusError(f"the stack's Routes output cannot be read: {error}") from None
+        raise StatusError(f"the Routes output cannot be read: {error}") from None
 
 
 # -- readings ----------------------------------------------------------------------------------
@@ -92,43 +111,89 @@ def read_queues(sqs: Any, outputs: Mapping[str, str], status: PoolStatus) -> Non
     from batch_celery.scaler.handler import ScalerError, queue_counts
 
     prefix = f"Pool{pascal(status.pool)}"
+    missing = [f"{prefix}{name}" for name in ("QueueUrl", "DeadLetterQueueUrl") if not outputs.get(f"{prefix}{name}")]
+    if missing:
+        status.errors.append(f"queues: no {' or '.join(missing)} output")
+        return
     try:
         counts = queue_counts(sqs, outputs[f"{prefix}QueueUrl"])
         status.visible, status.in_flight, status.delayed = counts["visible"], counts["in_flight"], counts["delayed"]
         status.dead_lettered = queue_counts(sqs, outputs[f"{prefix}DeadLetterQueueUrl"])["visible"]
-    except (ScalerError, KeyError) as error:
+    except ScalerError as error:
         status.errors.append(f"queues: {error}")
 
 
 def read_jobs(batch: Any, outputs: Mapping[str, str], status: PoolStatus, now: float) -> None:
-    """The pool's worker jobs (its job definition's, not the filler's) by state; an array job
-    counts as its size (one worker per child)."""
+    """The pool's worker jobs (its job definition's, not the filler's) by Batch state.
+
+    Active jobs are listed per state, however old; finished ones with one listing of the jobs
+    created in the last hour (ListJobs' AFTER_CREATED_AT filter, so a week of finished jobs is not
+    paged through). As in the scaler (handler.active_workers), array children are not counted from
+    the listing (moto lists them, Batch may): each array parent's children are counted from
+    DescribeJobs' ``statusSummary``, each in its own state, so a parent PENDING while three of its
+    children run counts as RUNNING 3, and nothing is counted twice.
+    """
     from batch_celery.scaler.handler import definition_name
 
     prefix = f"Pool{pascal(status.pool)}"
     job_queue, definition = outputs.get(f"{prefix}JobQueueArn"), outputs.get(f"{prefix}JobDefinitionArn")
     if not job_queue or not definition:
-        status.errors.append("worker jobs: the stack has no job queue or job definition output for this pool")
+        status.errors.append(f"worker jobs: no {prefix}JobQueueArn or {prefix}JobDefinitionArn output")
         return
     wanted = definition_name(definition)
+    since_ms = (now - FINISHED_WINDOW_SECONDS) * 1000
+    recent = [{"name": "AFTER_CREATED_AT", "values": [str(int(since_ms))]}]
     try:
-        for state in ACTIVE_STATES + FINISHED_STATES:
-            count = 0
-            for page in batch.get_paginator("list_jobs").paginate(jobQueue=job_queue, jobStatus=state):
-                for job in page["jobSummaryList"]:
+        parents: dict[str, Mapping[str, Any]] = {}
+        arrays: set[str] = set()
+        paginator = batch.get_paginator("list_jobs")
+        for listing in [{"jobStatus": state} for state in ACTIVE_STATES] + [{"filters": recent}]:
+            for page in paginator.paginate(jobQueue=job_queue, **listing):
+                for job in page.get("jobSummaryList", []):
                     if definition_name(job.get("jobDefinition", "")) != wanted:
                         continue
-                    if state in FINISHED_STATES and job.get("createdAt", 0) / 1000 < now - FINISHED_WINDOW_SECONDS:
-                        continue
-                    count += int((job.get("arrayProperties") or {}).get("size") or 1)
-            status.jobs[state] = count
+                    if _is_array_child(job):
+                        arrays.add(job["jobId"].split(":")[0])
+                    else:
+                        if (job.get("arrayProperties") or {}).get("size"):
+                            arrays.add(job["jobId"])
+                        parents.setdefault(job["jobId"], job)  # a job that changed state between listings: once
+        described: dict[str, Mapping[str, Any]] = {}
+        array_ids = [job_id for job_id in parents if job_id in arrays]
+        for start in range(0, len(array_ids), DESCRIBE_BATCH):
+            for job in batch.describe_jobs(jobs=array_ids[start:start + DESCRIBE_BATCH])["jobs"]:
+                described[job["jobId"]] = job
     except Exception as error:  # noqa: BLE001 - one pool's failed reading is shown, not fatal
         status.errors.append(f"worker jobs: {_reason(error)}")
+        return
+    counts = dict.fromkeys(ACTIVE_STATES + FINISHED_STATES, 0)
+    for job_id, job in parents.items():
+        array = (described.get(job_id) or {}).get("arrayProperties") or {}
+        summary = array.get("statusSummary") or {}
+        if any(summary.values()):
+            by_state = {state: int(summary.get(state) or 0) for state in counts}
+        else:  # a plain job, or an array whose children Batch has not created yet
+            size = array.get("size") or (job.get("arrayProperties") or {}).get("size") or 1
+            by_state = {job.get("status", ""): int(size)}
+        created_recently = job.get("createdAt", 0) >= since_ms
+        for state, count in by_state.items():
+            if state in counts and (state in ACTIVE_STATES or created_recently):
+                counts[state] += count
+    status.jobs = counts
 
 
-def last_decisions(logs: Any, log_group: str, now: float) -> dict[str, dict[str, Any]]:
-    """The newest decision record per pool in the scaler's log group (the last 15 minutes)."""
-    latest: dict[str, dict[str, Any]] = {}
+def _is_array_child(summary: Mapping[str, Any]) -> bool:
+    # Children carry their index; their ids are "<parent id>:<index>".
+    return "index" in (summary.get("arrayProperties") or {}) or ":" in summary.get("jobId", "")
+
+
+def last_decisions(logs: Any, log_group: str, now: float) -> dict[str | None, dict[str, Any]]:
+    """The newest decision record per pool in the scaler's log group (the last 15 minutes).
+
+    A record without a pool (the scaler's ``config_error``: no pool was decided) is kept under
+    None; it stands for every pool's last decision when it is the newer one.
+    """
+    latest: dict[str | None, dict[str, Any]] = {}
     paginator = logs.get_paginator("filter_log_events")
     for page in paginator.paginate(logGroupName=log_group, startTime=int((now - DECISION_WINDOW_SECONDS) * 1000)):
         for event in page.get("events", []):
@@ -136,22 +201,31 @@ def last_decisions(logs: Any, log_group: str, now: float) -> dict[str, dict[str,
                 record = json.loads(event["message"])
             except ValueError:
                 continue  # Lambda's own START/END/REPORT lines
-            if not isinstance(record, dict) or record.get("scaler") != "batch-celery" or "pool" not in record:
+            if not isinstance(record, dict) or record.get("scaler") != "batch-celery":
                 continue
             record = {k: v for k, v in record.items() if k != "_aws"}
             record["time"] = event["timestamp"] / 1000
-            if record["time"] >= latest.get(record["pool"], {}).get("time", 0):
-                latest[record["pool"]] = record
+            pool = record.get("pool")
+            if record["time"] >= latest.get(pool, {}).get("time", 0):
+                latest[pool] = record
     return latest
+
+
+def _decision_for(decisions: Mapping[str | None, dict[str, Any]], pool: str) -> dict[str, Any] | None:
+    own, every = decisions.get(pool), decisions.get(None)
+    if own and every:
+        return own if own["time"] >= every["time"] else every
+    return own or every
 
 
 # -- the two sources -----------------------------------------------------------------------------
 
 
-def deployed_status(stack: str, region: str | None) -> tuple[str, list[PoolStatus]]:
+def deployed_status(stack: str, region: str | None) -> Report:
     import boto3
     from botocore.config import Config
 
+    # Short: an unreachable endpoint is one line within seconds, not minutes of retries.
     config = Config(connect_timeout=5, read_timeout=10, retries={"mode": "standard", "max_attempts": 2})
     # AWS_REGION is what AWS runtimes and most shells set; boto3 itself reads AWS_DEFAULT_REGION.
     session = boto3.session.Session(region_name=region or os.environ.get("AWS_REGION") or None)
@@ -166,7 +240,8 @@ def deployed_status(stack: str, region: str | None) -> tuple[str, list[PoolStatu
     for status in statuses:
         read_queues(sqs, outputs, status)
         read_jobs(batch, outputs, status, now)
-    if "ScalerLogGroupName" in outputs:
+    scaling = SCALER if "ScalerLogGroupName" in outputs else ALARMS
+    if scaling == SCALER:
         try:
             decisions = last_decisions(client("logs"), outputs["ScalerLogGroupName"], now)
         except Exception as error:  # noqa: BLE001
@@ -174,54 +249,65 @@ def deployed_status(stack: str, region: str | None) -> tuple[str, list[PoolStatu
                 status.errors.append(f"scaler: {_reason(error)}")
         else:
             for status in statuses:
-                status.decision = decisions.get(status.pool)
-    return f"stack {stack} in {region}" + ("" if "ScalerLogGroupName" in outputs else " (alarms mode: no scaler)"), statuses
+                status.decision = _decision_for(decisions, status.pool)
+    source = f"stack {stack} in {region}" + (" (alarms mode: no scaler)" if scaling == ALARMS else "")
+    return Report(source, scaling, statuses)
 
 
-def local_status(run_file: Path = RUN_FILE) -> tuple[str, list[PoolStatus]]:
+def local_status(run_file: Path | None = None) -> Report:
+    run_file = RUN_FILE if run_file is None else run_file
     try:
         run = runfile.read(run_file)
+        endpoint, region, outputs = run["endpoint"], run["region"], run["outputs"]
+        workers, decisions = run.get("workers") or {}, run.get("decisions") or {}
     except FileNotFoundError:
-        raise StatusError("no local run: start one with `make demo` (it writes .demo/run.json)") from None
+        raise StatusError(f"no local run: start one with `make demo` (it writes {_shown_path(run_file)})") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise StatusError(f"the run file {_shown_path(run_file)} cannot be read ({_reason(error)}); "
+                          "it is rewritten while `make demo` runs, and removed when it ends") from None
+    pools = pool_names(outputs)
     import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError
 
-    sqs = boto3.client("sqs", endpoint_url=run["endpoint"], region_name=run["region"], aws_access_key_id="testing",
+    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=region, aws_access_key_id="testing",
                        aws_secret_access_key="testing",
                        config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}))
+    try:
+        sqs.list_queues(MaxResults=1)
+    except BotoCoreError:
+        # The demo removes its file when it ends; one left behind is from a run that was killed.
+        raise StatusError(f"the local run at {endpoint} has ended (its moto server does not answer); "
+                          "start one with `make demo`") from None
     statuses = []
-    for pool in pool_names(run["outputs"]):
-        status = PoolStatus(pool, jobs=dict(run["workers"].get(pool, {})), decision=run["decisions"].get(pool))
-        try:
-            read_queues(sqs, run["outputs"], status)
-        except BotoCoreError:
-            raise StatusError(f"the local run at {run['endpoint']} has ended (its moto server does not answer); "
-                              "start one with `make demo`") from None
-        if status.errors and "Could not connect" in status.errors[-1]:
-            raise StatusError(f"the local run at {run['endpoint']} has ended (its moto server does not answer); "
-                              "start one with `make demo`")
+    for pool in pools:
+        status = PoolStatus(pool, jobs={state: int(n) for state, n in (workers.get(pool) or {}).items()},
+                            decision=decisions.get(pool))
+        read_queues(sqs, outputs, status)
         statuses.append(status)
-    return f"local run on {run['endpoint']} (worker processes stand in for Batch jobs)", statuses
+    return Report(f"local run on {endpoint} (worker processes stand in for Batch jobs)", LOCAL, statuses)
 
 
 # -- output --------------------------------------------------------------------------------------
 
 
-def render(title: str, statuses: Sequence[PoolStatus]) -> str:
-    lines = [title]
-    for s in statuses:
+def render(report: Report) -> str:
+    lines = [report.source]
+    for s in report.pools:
         queue = ("queue: unreadable" if s.visible is None else
                  f"queue: {s.visible} waiting, {s.in_flight} in flight, {s.delayed} delayed; DLQ: {s.dead_lettered}")
-        jobs = ", ".join(f"{state} {s.jobs[state]}" for state in ACTIVE_STATES + FINISHED_STATES if state in s.jobs)
+        states = [state for state in ACTIVE_STATES + FINISHED_STATES if state in s.jobs]
+        jobs = ", ".join(f"{state} {s.jobs[state]}" for state in states)
         lines.append(f"pool {s.pool}")
         lines.append(f"  {queue}")
-        lines.append(f"  worker jobs: {jobs or 'none'} (SUCCEEDED/FAILED: created in the last hour)")
-        if s.decision:
+        lines.append(f"  worker jobs: {jobs} ({JOBS_NOTE[report.scaling]})" if jobs else "  worker jobs: unreadable")
+        if report.scaling == ALARMS:
+            lines.append("  scaler: no scaler (alarms mode)")
+        elif s.decision:
             d = s.decision
             when = datetime.fromtimestamp(d["time"], timezone.utc).strftime("%H:%M:%S UTC")
-            line = (f"  scaler at {when}: {d.get('outcome')}, wanted {d.get('wanted', '-')}, active {d.get('active', '-')}, "
-                    f"submitted {d.get('submitted', 0)}")
+            line = (f"  scaler at {when}: {d.get('outcome')}, wanted {d.get('wanted', '-')}, "
+                    f"active {d.get('active', '-')}, submitted {d.get('submitted', 0)}")
             if d.get("error"):
                 line += f"; {d['error']}"
             lines.append(line)
@@ -231,8 +317,25 @@ def render(title: str, statuses: Sequence[PoolStatus]) -> str:
     return "\n".join(lines)
 
 
+def as_json(report: Report) -> str:
+    pools = []
+    for s in report.pools:
+        pool = asdict(s)
+        if s.decision and "time" in s.decision:
+            pool["decision"]["time_utc"] = datetime.fromtimestamp(s.decision["time"], timezone.utc).isoformat()
+        pools.append(pool)
+    return json.dumps({"source": report.source, "scaling": report.scaling, "pools": pools}, indent=2, default=str)
+
+
 def _reason(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
+
+
+def _shown_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -243,18 +346,19 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(prog="python -m batch_celery status", description=__doc__.splitlines()[0])
     parser.add_argument("--stack", help="the stack's name [cdk.json's stack_name, else BatchCelery]")
-    parser.add_argument("--region", help="the stack's region [boto3's: AWS_REGION or the profile's]")
+    parser.add_argument("--region", help="the stack's region [boto3's: AWS_REGION, AWS_DEFAULT_REGION or the profile's]")
     parser.add_argument("--local", action="store_true", help="the local run of `make demo` instead")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
+    if args.local and (args.stack or args.region):
+        parser.error("--local reads the local run: it takes no --stack or --region")
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
     try:
         if args.local:
-            title, statuses = local_status()
+            report = local_status()
         else:
-            stack = args.stack or _default_stack_name()
-            title, statuses = deployed_status(stack, args.region)
+            report = deployed_status(args.stack or _default_stack_name(), args.region)
     except StatusError as error:
         print(f"status: {error}", file=sys.stderr)
         return 1
@@ -269,10 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ClientError, BotoCoreError) as error:
         print(f"status: AWS could not be read: {_reason(error)}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps({"source": title, "pools": [asdict(s) for s in statuses]}, indent=2, default=str))
-    else:
-        print(render(title, statuses))
+    print(as_json(report) if args.json else render(report))
     return 0
 
 
@@ -285,3 +386,5 @@ def _default_stack_name() -> str:
         return Settings.from_context(project_context().get(CONTEXT_KEY)).stack_name
     except SettingsError as error:
         raise StatusError(f"cdk.json: {error}") from None
+    except ValueError as error:  # cdk.json or cdk.context.json is not JSON
+        raise StatusError(f"cdk.json cannot be read ({_reason(error)}); pass --stack NAME") from None
