@@ -133,7 +133,7 @@ def read_jobs(batch: Any, outputs: Mapping[str, str], status: PoolStatus, now: f
     DescribeJobs' ``statusSummary``, each in its own state, so a parent PENDING while three of its
     children run counts as RUNNING 3, and nothing is counted twice.
     """
-    from batch_celery.scaler.handler import definition_name
+    from batch_celery.scaler.handler import definition_name, is_array_child
 
     prefix = f"Pool{pascal(status.pool)}"
     job_queue, definition = outputs.get(f"{prefix}JobQueueArn"), outputs.get(f"{prefix}JobDefinitionArn")
@@ -152,7 +152,7 @@ def read_jobs(batch: Any, outputs: Mapping[str, str], status: PoolStatus, now: f
                 for job in page.get("jobSummaryList", []):
                     if definition_name(job.get("jobDefinition", "")) != wanted:
                         continue
-                    if _is_array_child(job):
+                    if is_array_child(job):
                         arrays.add(job["jobId"].split(":")[0])
                     else:
                         if (job.get("arrayProperties") or {}).get("size"):
@@ -180,11 +180,6 @@ def read_jobs(batch: Any, outputs: Mapping[str, str], status: PoolStatus, now: f
             if state in counts and (state in ACTIVE_STATES or created_recently):
                 counts[state] += count
     status.jobs = counts
-
-
-def _is_array_child(summary: Mapping[str, Any]) -> bool:
-    # Children carry their index; their ids are "<parent id>:<index>".
-    return "index" in (summary.get("arrayProperties") or {}) or ":" in summary.get("jobId", "")
 
 
 def last_decisions(logs: Any, log_group: str, now: float) -> dict[str | None, dict[str, Any]]:

@@ -442,22 +442,19 @@ class LocalRun:
         runfile.write(self.run_file, endpoint=self.server.endpoint, region=self.server.region,
                       outputs=self.outputs(), workers=workers, decisions=self.decisions)
 
+    def _results(self):
+        """(task id, Celery's result document) of every result in the result table."""
+        for page in self.dynamodb.get_paginator("scan").paginate(TableName=self.result_table):
+            for item in page["Items"]:
+                if match := RESULT_KEY.search(item["id"]["S"]):
+                    yield match[1], json.loads(item["result"]["B"])  # the workers' result_serializer is json
+
     def succeeded_ids(self) -> set[str] | None:
         """Every task whose result in the result table says SUCCESS: the record of completion no
         signal can cut (a log copy can). None when the stack stores no results."""
         if not self.result_table:
             return None
-        succeeded = set()
-        for page in self.dynamodb.get_paginator("scan").paginate(TableName=self.result_table):
-            for item in page["Items"]:
-                if json.loads(item["result"]["B"]).get("status") == "SUCCESS":
-                    if match := RESULT_KEY.search(item["id"]["S"]):
-                        succeeded.add(match[1])
-        return succeeded
-
-    def done_ids(self) -> set[str]:
-        succeeded = self.succeeded_ids()
-        return set().union(*(pool.done_ids(succeeded) for pool in self.pools.values()))
+        return {task_id for task_id, meta in self._results() if meta.get("status") == "SUCCESS"}
 
     def stored_results(self) -> tuple[dict[str, int], str | None] | None:
         """What the result table holds: Celery state -> count, and one successful result to show."""
@@ -465,12 +462,10 @@ class LocalRun:
             return None
         counts: dict[str, int] = {}
         sample = None
-        for page in self.dynamodb.get_paginator("scan").paginate(TableName=self.result_table):
-            for item in page["Items"]:
-                meta = json.loads(item["result"]["B"])  # the workers' result_serializer is json
-                counts[meta["status"]] = counts.get(meta["status"], 0) + 1
-                if sample is None and meta["status"] == "SUCCESS":
-                    sample = repr(meta["result"])
+        for _, meta in self._results():
+            counts[meta["status"]] = counts.get(meta["status"], 0) + 1
+            if sample is None and meta["status"] == "SUCCESS":
+                sample = repr(meta["result"])
         return counts, sample
 
     def dead_lettered(self, pool: LocalPool | None = None) -> int:

@@ -270,7 +270,7 @@ def active_workers(batch: Any, job_queue: str, job_definition: str, also: Iterab
                       lambda **kw: list(paginator.paginate(**kw)), jobQueue=job_queue, jobStatus=status)
         for page in pages:
             for summary in page.get("jobSummaryList", []):
-                if _is_array_child(summary):
+                if is_array_child(summary):
                     continue
                 if definition_name(summary.get("jobDefinition", "")) != wanted_definition:
                     continue
@@ -286,9 +286,9 @@ def active_workers(batch: Any, job_queue: str, job_definition: str, also: Iterab
     return active
 
 
-def _is_array_child(summary: Mapping[str, Any]) -> bool:
-    # Children carry their index; their ids are "<parent id>:<index>".
-    return "index" in summary.get("arrayProperties", {}) or ":" in summary.get("jobId", "")
+def is_array_child(summary: Mapping[str, Any]) -> bool:
+    """A job summary of an array job's child: children carry their index; their ids are "<parent id>:<index>"."""
+    return "index" in (summary.get("arrayProperties") or {}) or ":" in summary.get("jobId", "")
 
 
 def _active_in(job: Mapping[str, Any]) -> int:
