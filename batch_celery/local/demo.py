@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import uuid
@@ -71,6 +72,32 @@ TASK_CHOICES = {
     # Near-instant; for quick checks of the machinery.
     "trivial": ("batch.calculate_pi", {"terms": 1_000}),
 }
+# The default workload: a burst, a pause until every worker has left, a smaller burst. The first
+# burst wants more workers than the cap allows, the second fewer: both directions show.
+DEFAULT_BURSTS = (30, 10)
+DEFAULT_SECOND_POOL_BURSTS = (8, 4)
+MAX_BURSTS = 10
+# A cap no pool reaches: what the policy would want without its pool's cap, shown beside it.
+UNCAPPED = 1_000_000
+# Every line the demo prints fits a terminal of this width; longer ones wrap under an indent.
+WIDTH = 80
+EVENT_INDENT = " " * 8
+
+
+@dataclass(frozen=True)
+class Send:
+    """One pool's share of a burst: ``count`` tasks of ``task`` with its arguments."""
+
+    count: int
+    task: str
+    kwargs: dict
+    args: list = field(default_factory=list)
+    # What the user chose, when it differs from the task's name (e.g. "trivial").
+    label: str | None = None
+
+    def describe(self) -> str:
+        what = self.task if self.label is None else f"{self.label} ({self.task})"
+        return f"{self.count} x {what}"
 
 
 class DemoError(RuntimeError):
@@ -143,6 +170,7 @@ class Snapshot:
     dead_lettered: int
     running: int
     launched: int
+    phase: str = ""
 
 
 @dataclass
@@ -155,6 +183,8 @@ class Outcome:
     worker_exit_codes: list[int]
     seconds: float
     interrupted: bool = False
+    # Tasks of bursts the run never reached (interrupted first).
+    unsent: int = 0
     # (pool, sent, done, workers) for the per-pool lines above the summary.
     pools: list[tuple[str, int, int, int]] = field(default_factory=list)
     # pool -> the worker's EMF lines of that pool's task runs.
@@ -171,6 +201,7 @@ class Outcome:
     def ok(self) -> bool:
         return (
             not self.interrupted
+            and not self.unsent
             and self.done == self.tasks
             and self.lost == 0
             and all(code == 0 for code in self.worker_exit_codes)
@@ -198,8 +229,9 @@ class Outcome:
 
     def summary_line(self) -> str:
         return (
-            f"demo: {self.done}/{self.tasks} tasks done by {self.workers} workers in {self.seconds:.0f} s; "
-            f"{self.remaining} back in the queue, {self.dead_lettered} in the DLQ, {self.lost} lost"
+            f"demo: {self.done}/{self.tasks} done, {self.remaining} back in the queue, {self.dead_lettered} in "
+            f"the DLQ, {self.lost} lost; {self.workers} workers, {self.seconds:.0f} s"
+            + (f"; {self.unsent} never sent" if self.unsent else "")
         )
 
 
@@ -257,6 +289,7 @@ class LocalRun:
         messages_per_worker: int | None = None,
         scale_interval: float = 1.0,
         run_file: Path = runfile.DEFAULT_PATH,
+        task_module: "TaskModule | None" = None,
     ) -> None:
         self.server = server
         self.spec = spec
@@ -281,10 +314,22 @@ class LocalRun:
             self.dynamodb = server.client("dynamodb")
             self.result_table = create_result_table(self.dynamodb, f"batch-celery-demo-{self.marker[:8]}-results")
         self.decisions: dict[str, dict] = {}
+        # The last (wanted, submitted) told per pool: a decision is told when it changes.
+        self._told: dict[str, tuple[int, int]] = {}
         self.run_file = run_file
-        # Told each scaling decision that starts workers and each worker's exit, one line each.
+        self.task_module = task_module
+        # Told each scaler decision that changes, each worker start and exit, and each burst.
         self.on_event: Callable[[str], None] = lambda line: None
+        # What the run is doing, for the live view's title.
+        self.phase = "starting"
         self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        """Seconds since the run began: the one clock of the table, the events and the summary."""
+        return time.monotonic() - self.started
+
+    def event(self, text: str) -> None:
+        self.on_event(f"[{self.elapsed():3.0f}s] {text}")
 
     @property
     def workers(self) -> list[LocalWorker]:
@@ -310,6 +355,8 @@ class LocalRun:
         env.update(pool.spec.worker_environment)
         env.update(pool.queues.worker_env())
         env.update(pool.image_environment())
+        if self.task_module:
+            env.update(self.task_module.environment(env))
         env.update(
             {
                 contract.IDLE_SECONDS: str(self.idle_seconds),
@@ -324,14 +371,16 @@ class LocalRun:
 
     # -- filling -----------------------------------------------------------------------------
 
-    def fill(self, count: int, task: str, kwargs: dict) -> str:
-        """Send ``count`` tasks with the real filler; the routes choose the queue. Returns the pool."""
-        pool_name = routing.pool_for(routing.parse_routes(self.routes_json()), task)
+    def fill(self, send: Send) -> str:
+        """Send a burst's tasks with the real filler; the routes choose the queue. Returns the pool."""
+        pool_name = routing.pool_for(routing.parse_routes(self.routes_json()), send.task)
         default = next(iter(self.pools.values()))
         ids_file = self.work_dir / f"sent-{pool_name}.txt"
+        ids_file.unlink(missing_ok=True)
         result = subprocess.run(
-            [sys.executable, str(FILLER), "--num-messages", str(count), "--task", task,
-             "--kwargs", json.dumps(kwargs), "--quiet", "--ids-file", str(ids_file)],
+            [sys.executable, str(FILLER), "--num-messages", str(send.count), "--task", send.task,
+             "--kwargs", json.dumps(send.kwargs), "--args", json.dumps(send.args), "--quiet",
+             "--ids-file", str(ids_file)],
             cwd=CONTAINER_DIR,
             env=self.env(default),
             capture_output=True,
@@ -341,9 +390,16 @@ class LocalRun:
         if result.returncode != 0:
             lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
             raise DemoError(f"fill-batch-queue.py failed: {lines[-1] if lines else result.returncode}")
-        self.pools[pool_name].sent += count
+        self.pools[pool_name].sent += send.count
         self.pools[pool_name].task_ids.update(ids_file.read_text().split())
         return pool_name
+
+    def send_burst(self, number: int, bursts: int, sends: Sequence[Send]) -> None:
+        self.phase = f"burst {number} of {bursts}"
+        for send in sends:
+            if send.count:
+                pool = self.fill(send)
+                self.event(f"burst {number} of {bursts}: sent {send.describe()} to pool {pool}")
 
     # -- the scaler and Batch, played locally ------------------------------------------------
 
@@ -366,7 +422,7 @@ class LocalRun:
             start_new_session=True,
         )
         worker = LocalWorker(index, pool.name, process, run_dir, self.work_dir / f"{pool.name}-worker-{index}.log")
-        self.on_event(f"[{time.monotonic() - self.started:5.0f} s] worker {pool.name}-{index} started")
+        self.event(f"worker {pool.name}-{index} started")
         worker.start_reading()
         pool.workers.append(worker)
         return worker
@@ -389,11 +445,14 @@ class LocalRun:
                 tasks_per_worker=pool.spec.tasks_per_worker,
             )
             submit = workers_to_submit(**numbers)
-            if submit:
-                self.on_event(
-                    f"[{time.monotonic() - self.started:5.0f} s] scaler, pool {pool.name}: {visible} waiting, "
-                    f"{in_flight} in flight, {numbers['active_workers']} workers active, "
-                    f"{workers_needed(**numbers)} wanted: starting {submit}"
+            wanted = workers_needed(**numbers)
+            if submit or self._told.get(pool.name, (0, 0)) != (wanted, submit):
+                self._told[pool.name] = (wanted, submit)
+                uncapped = workers_needed(**{**numbers, "max_workers": UNCAPPED})
+                wants = f"{uncapped} (cap {pool.max_workers})" if uncapped > wanted else str(wanted)
+                self.event(
+                    f"scaler {pool.name}: {visible} waiting, {in_flight} in flight, "
+                    f"{numbers['active_workers']} running; wants {wants}, starts {submit}"
                 )
             for _ in range(submit):
                 self.launch_worker(pool)
@@ -402,7 +461,7 @@ class LocalRun:
             self.decisions[pool.name] = {
                 "scaler": "batch-celery", "pool": pool.name, "outcome": "ok", "visible": visible,
                 "in_flight": in_flight, "delayed": delayed, "active": numbers["active_workers"],
-                "wanted": workers_needed(**numbers), "submitted": submit, "time": time.time(),
+                "wanted": wanted, "submitted": submit, "time": time.time(),
             }
         return counts
 
@@ -414,10 +473,10 @@ class LocalRun:
             worker.reported = True
             worker.finish_reading(timeout=1.0)
             tasks = len(worker.metrics) or len(worker.done_ids)
-            self.on_event(
-                f"[{time.monotonic() - self.started:5.0f} s] worker {worker.pool}-{worker.index} exited "
-                f"{worker.process.returncode} after {time.monotonic() - worker.started:.0f} s and {tasks} "
-                f"task{'s' if tasks != 1 else ''}: {worker.reason or 'no reason logged'}"
+            self.event(
+                f"worker {worker.pool}-{worker.index} left after {time.monotonic() - worker.started:.0f} s, "
+                f"{tasks} task{'s' if tasks != 1 else ''}, exit {worker.process.returncode}: "
+                f"{worker.reason or 'no reason logged'}"
             )
 
     def outputs(self) -> dict[str, str]:
@@ -473,7 +532,7 @@ class LocalRun:
         return sum(total_messages(self.sqs, p.queues.dlq_url) for p in pools)
 
     def snapshots(self, counts: dict[str, tuple[int, int, int]]) -> list[Snapshot]:
-        elapsed = time.monotonic() - self.started
+        elapsed = self.elapsed()
         succeeded = self.succeeded_ids()
         return [
             Snapshot(
@@ -488,19 +547,35 @@ class LocalRun:
                 dead_lettered=self.dead_lettered(pool),
                 running=len(pool.running_workers()),
                 launched=len(pool.workers),
+                phase=self.phase,
             )
             for name, pool in self.pools.items()
         ]
 
-    def run(self, *, timeout: float, on_tick: Callable[[list[Snapshot]], None]) -> None:
-        """Scale until every queue is empty and every worker has exited by itself."""
+    def run(self, *, bursts: Sequence[Sequence[Send]], timeout: float,
+            on_tick: Callable[[list[Snapshot]], None]) -> None:
+        """Send the first burst, scale until every queue is empty and every worker has left by
+        itself, then send the next burst, and so on: the pause between bursts lasts exactly until
+        the last worker has gone, so scale-in is seen before the next scale-up."""
         deadline = time.monotonic() + timeout
+        pending = list(bursts)
+        number = 0
+        settled = True
         while True:
+            if pending and settled:
+                if number:
+                    self.event("every worker has left; the pause is over")
+                number += 1
+                self.send_burst(number, len(bursts), pending.pop(0))
             counts = self.scale_once()
             self.report_exits()
             self.write_run_file()
+            if not sum(visible + delayed for visible, _, delayed in counts.values()):
+                self.phase = (f"pause: burst {number + 1} once every worker has left" if pending
+                              else "queues empty: each worker leaves when idle")
             on_tick(self.snapshots(counts))
-            if sum(map(sum, counts.values())) == 0 and not self.running_workers():
+            settled = sum(map(sum, counts.values())) == 0 and not self.running_workers()
+            if settled and not pending:
                 return
             if time.monotonic() > deadline:
                 raise DemoError(f"the run did not finish within {timeout:.0f} s (see the worker logs in {self.work_dir})")
@@ -601,19 +676,17 @@ class Progress:
         from rich.progress_bar import ProgressBar
         from rich.table import Table
 
-        elapsed = f", {snaps[0].elapsed:.0f} s" if snaps else ""
-        table = Table(title=f"batch-celery, local run on moto server{elapsed}", show_header=True, expand=False)
-        for column in ("pool", "visible", "in flight", "delayed", "done", "DLQ", "workers"):
+        title = "batch-celery local run"
+        if snaps:
+            title += f", {snaps[0].elapsed:.0f} s: {snaps[0].phase}"
+        table = Table(title=title, caption="workers: running/cap; started: so far", show_header=True,
+                      expand=False)
+        for column in ("pool", "waiting", "in flight", "delayed", "done", "DLQ", "workers", "started"):
             table.add_column(column, justify="left" if column == "pool" else "right")
         for snap in snaps:
             table.add_row(
-                snap.pool,
-                str(snap.visible),
-                str(snap.in_flight),
-                str(snap.delayed),
-                f"{snap.done}/{snap.sent}",
-                str(snap.dead_lettered),
-                f"{snap.running} running ({snap.launched} started, cap {snap.cap})",
+                snap.pool, str(snap.visible), str(snap.in_flight), str(snap.delayed), f"{snap.done}/{snap.sent}",
+                str(snap.dead_lettered), f"{snap.running}/{snap.cap}", str(snap.launched),
             )
         grid = Table.grid()
         grid.add_row(table)
@@ -630,15 +703,60 @@ class Progress:
         if elapsed - self._last_plain >= 5 or finished:
             self._last_plain, self._last_done = elapsed, done
             for snap in snaps:
-                self.console.print(
-                    f"[{snap.elapsed:5.0f} s] pool {snap.pool}: visible {snap.visible}, in flight "
-                    f"{snap.in_flight}, delayed {snap.delayed}, done {snap.done}/{snap.sent}, DLQ "
-                    f"{snap.dead_lettered}, workers running {snap.running} (started {snap.launched}, cap {snap.cap})",
-                    soft_wrap=True,
+                delayed = f", {snap.delayed} delayed" if snap.delayed else ""
+                self.say(
+                    f"[{snap.elapsed:3.0f}s] {snap.pool}: {snap.visible} waiting, {snap.in_flight} in flight"
+                    f"{delayed}, done {snap.done}/{snap.sent}, DLQ {snap.dead_lettered}, workers "
+                    f"{snap.running}/{snap.cap}"
                 )
 
-    def say(self, text: str) -> None:
-        self.console.print(text, soft_wrap=True)
+    def say(self, text: str, wrap: bool = True) -> None:
+        """One message; a line longer than the width wraps under an indent (events: under the text)."""
+        if not wrap:
+            self.console.print(text, soft_wrap=True, markup=False)
+            return
+        indent = EVENT_INDENT if text.startswith("[") else "  "
+        lines = textwrap.wrap(text, WIDTH, subsequent_indent=indent, break_on_hyphens=False,
+                              break_long_words=False) or [""]
+        self.console.print("\n".join(lines), soft_wrap=True, markup=False)
+
+    def working(self, text: str):
+        """A step that takes a while: a spinner with the seconds on a terminal, a line before and
+        after elsewhere. Use as a context manager."""
+        return _Working(self, text)
+
+
+class _Working:
+    def __init__(self, progress: Progress, text: str) -> None:
+        self.progress, self.text = progress, text
+        self._status = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "_Working":
+        self.started = time.monotonic()
+        if self.progress.live_mode:
+            self._status = self.progress.console.status(self.text)
+            self._status.__enter__()
+
+            def count() -> None:
+                while not self._stop.wait(0.5):
+                    self._status.update(f"{self.text} {time.monotonic() - self.started:.0f} s")
+
+            self._thread = threading.Thread(target=count, daemon=True)
+            self._thread.start()
+        else:
+            self.progress.say(f"{self.text} ...")
+        return self
+
+    def __exit__(self, kind, *rest) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        if self._status:
+            self._status.__exit__(kind, *rest)
+        if kind is None:
+            self.progress.say(f"{self.text}: done in {time.monotonic() - self.started:.0f} s")
 
 
 # -- command line ----------------------------------------------------------------------------
@@ -662,22 +780,56 @@ def _bounded(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _bursts(text: str) -> tuple[int, ...]:
+    """A comma-separated list of task counts, one per burst (e.g. ``30,10``; ``6`` is one burst)."""
+    allowed = f"allowed: up to {MAX_BURSTS} whole numbers 0..10000, comma-separated (e.g. 30,10)"
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of task counts; {allowed}") from None
+    if not 1 <= len(counts) <= MAX_BURSTS or not all(0 <= count <= 10_000 for count in counts):
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range; {allowed}")
+    return counts
+
+
+def _json(kind: type, example: str) -> Callable[[str], object]:
+    def parse(text: str) -> object:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if not isinstance(value, kind):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a JSON {kind.__name__}; e.g. {example}")
+        return value
+
+    return parse
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = _Parser(
         prog="python -m batch_celery.local",
         description=(
             "Run the whole batch-celery loop locally with two pools: moto server as SQS, the real "
-            "filler and routing, the scaler's real policy, and the real lifecycle script as workers."
+            "filler and routing, the scaler's real policy, and the real lifecycle script as workers. "
+            "Tasks come in bursts; the next burst is sent once every worker has left."
         ),
     )
-    parser.add_argument("--tasks", type=_bounded(1, 10_000), default=40,
-                        help="how many tasks to submit to the default pool [40]")
-    parser.add_argument("--second-pool-tasks", type=_bounded(0, 10_000), default=12,
-                        help=f"how many {SECOND_POOL_TASK[0]} tasks the added {SECOND_POOL} pool gets [12; 0: one pool only]")
+    parser.add_argument("--tasks", type=_bursts, default=DEFAULT_BURSTS, metavar="N[,N...]",
+                        help="tasks for the default pool, one count per burst [30,10]")
+    parser.add_argument("--second-pool-tasks", type=_bursts, default=None, metavar="N[,N...]",
+                        help=f"{SECOND_POOL_TASK[0]} tasks per burst for the {SECOND_POOL} pool the demo adds "
+                             "[8,4; 0 with --task-module; 0: one pool only]")
     parser.add_argument(
-        "--task", choices=sorted(TASK_CHOICES), default="calculate_pi",
-        help="calculate_pi (about a second of CPU each) or trivial [calculate_pi]",
+        "--task", default=None,
+        help="calculate_pi (about a second of CPU each), trivial, or a task of --task-module [calculate_pi]",
     )
+    parser.add_argument("--task-module", default=None, metavar="FILE.py|MODULE",
+                        help="your own task module (registering on celery_app's app): a .py file, or a "
+                             "module importable from the current folder")
+    parser.add_argument("--kwargs", type=_json(dict, '\'{"n": 4096}\''), default=None,
+                        help="keyword arguments of each task, JSON [calculate_pi's terms; {}]")
+    parser.add_argument("--args", type=_json(list, '\'["bucket", "key"]\''), default=[],
+                        help="positional arguments of each task, JSON [[]]")
     parser.add_argument("--max-workers", type=_bounded(1, 16), default=2,
                         help="local cap on the default pool's workers at once [2; other pools: 1]")
     parser.add_argument(
@@ -692,8 +844,87 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=_bounded(10, 3600), default=600, help="give up after this many seconds [600]")
     parser.add_argument("--live", dest="live", action="store_true", default=None, help="force the live view")
     parser.add_argument("--plain", dest="live", action="store_false", help="plain progress lines (no live view)")
-    parser.add_argument("--keep-logs", type=Path, default=None, help="keep the worker logs in this folder")
-    return parser.parse_args(argv)
+    parser.add_argument("--keep", "--keep-logs", dest="keep", nargs="?", const=True, type=Path, default=None,
+                        metavar="DIR", help="keep the run's folder (worker logs), in DIR if given, and say where")
+    parser.add_argument("--run-file", type=Path, default=runfile.DEFAULT_PATH,
+                        help=f"where `status --local` finds the run [{runfile.DEFAULT_PATH}]")
+    args = parser.parse_args(argv)
+    if not any(args.tasks):
+        parser.error(f"argument --tasks: {','.join(map(str, args.tasks))!r} sends nothing; allowed: at least one count above 0")
+    if args.second_pool_tasks is None:
+        args.second_pool_tasks = (0,) if args.task_module else DEFAULT_SECOND_POOL_BURSTS
+    if args.task is None and not args.task_module:
+        args.task = "calculate_pi"
+    if args.task is not None and not args.task_module and args.task not in TASK_CHOICES:
+        parser.error(f"argument --task: {args.task!r} is not a demo task; allowed: {', '.join(TASK_CHOICES)}, "
+                     "or a task of your own with --task-module")
+    return args
+
+
+@dataclass(frozen=True)
+class TaskModule:
+    """The user's own task module (``--task-module``), given to every worker as its image would:
+    its folder on the path and its name in the task modules."""
+
+    name: str
+    directory: Path
+
+    @classmethod
+    def parse(cls, text: str) -> "TaskModule":
+        allowed = "allowed: a .py file, or a module importable from the current folder (e.g. mytasks, myapp.tasks)"
+        if text.endswith(".py"):
+            path = Path(text)
+            if not path.is_file():
+                raise DemoError(f"--task-module {text!r}: no such file; {allowed}")
+            return cls(path.stem, path.resolve().parent)
+        if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", text):
+            raise DemoError(f"--task-module {text!r} is not a module name; {allowed}")
+        return cls(text, Path.cwd().resolve())
+
+    def environment(self, env: dict[str, str]) -> dict[str, str]:
+        """What a worker's environment ``env`` gains: the folder and the module, after its own."""
+        paths = [p for p in (env.get("PYTHONPATH", ""), str(self.directory)) if p]
+        modules = [m for m in (env.get(contract.TASK_MODULES, ""), self.name) if m]
+        return {"PYTHONPATH": os.pathsep.join(paths), contract.TASK_MODULES: ",".join(modules)}
+
+    def tasks(self, env: dict[str, str]) -> list[str]:
+        """The task names the module registers on the worker's app, imported as a worker does."""
+        code = (
+            "import importlib, json, celery_app\n"
+            "before = set(celery_app.app.tasks)\n"
+            f"importlib.import_module({self.name!r})\n"
+            "print(json.dumps(sorted(set(celery_app.app.tasks) - before)))\n"
+        )
+        result = subprocess.run([sys.executable, "-c", code], cwd=CONTAINER_DIR, env=env, capture_output=True,
+                                text=True, timeout=120)
+        if result.returncode != 0:
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            raise DemoError(f"the task module {self.name} cannot be imported by a worker: "
+                            f"{lines[-1] if lines else 'exit ' + str(result.returncode)}")
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def choose_task(args: argparse.Namespace, module: TaskModule | None, registered: list[str] | None,
+                ) -> tuple[str, dict, str | None]:
+    """(task name, kwargs, label) from ``--task`` and ``--kwargs``; ``registered``: the task module's
+    own tasks (None without ``--task-module``)."""
+    if args.task in TASK_CHOICES:
+        name, kwargs = TASK_CHOICES[args.task]
+        label = args.task if args.task != name.rsplit(".", 1)[-1] else None
+        return name, args.kwargs if args.kwargs is not None else kwargs, label
+    assert module is not None and registered is not None
+    module = module.name
+    if not registered:
+        raise DemoError(f"the task module {module} registers no task on celery_app's app; "
+                        "allowed: a module with `from celery_app import app` and @app.task functions")
+    if args.task is None:
+        if len(registered) > 1:
+            raise DemoError(f"the task module {module} registers {len(registered)} tasks; choose one with "
+                            f"--task: {', '.join(registered)}")
+        return registered[0], args.kwargs or {}, None
+    if args.task not in registered:
+        raise DemoError(f"task {args.task!r} is not registered by {module}; its tasks: {', '.join(registered)}")
+    return args.task, args.kwargs or {}, None
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -722,26 +953,28 @@ def demo_overrides(context: dict, second_pool: bool) -> tuple[dict, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    task_name, task_kwargs = TASK_CHOICES[args.task]
     # A TERM (from a CI runner or `timeout`) cleans up exactly like Ctrl-C. And Ctrl-C always does:
     # a process started in the background by a non-interactive shell inherits SIGINT ignored.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    work_dir = args.keep_logs or Path(tempfile.mkdtemp(prefix="batch-celery-demo-"))
+    work_dir = args.keep if isinstance(args.keep, Path) else Path(tempfile.mkdtemp(prefix="batch-celery-demo-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     progress = Progress(args.live)
     started = time.monotonic()
     server: motoserver.MotoServer | None = None
     run: LocalRun | None = None
     interrupted = False
-    tasks = args.tasks
+    tasks = sum(args.tasks)
     try:
+        module = TaskModule.parse(args.task_module) if args.task_module else None
         context = project_context()
-        overrides, origin = demo_overrides(context, second_pool=args.second_pool_tasks > 0)
+        second_pool = any(args.second_pool_tasks)
+        overrides, origin = demo_overrides(context, second_pool=second_pool)
         settings = Settings.from_context({**context, **overrides}.get(CONTEXT_KEY))
-        progress.say(f"synthesizing the stack to read each pool's queue and worker settings ({origin}) ...")
-        spec = read_spec(synthesize(work_dir / "cdk.out", overrides), settings)
+        with progress.working("synthesizing the stack for each pool's queue and worker settings"):
+            spec = read_spec(synthesize(work_dir / "cdk.out", overrides), settings)
+        progress.say(f"pools: {origin}")
         server = motoserver.start()
         progress.say(f"moto server on {server.endpoint}; in another terminal: python -m batch_celery status --local")
         names = list(spec.pools)
@@ -753,23 +986,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             idle_seconds=args.idle_seconds,
             poll_seconds=args.poll_seconds,
             messages_per_worker=args.messages_per_worker,
+            run_file=args.run_file,
+            task_module=module,
         )
+        registered = module.tasks(run.env(run.pools[names[0]])) if module else None
+        task_name, task_kwargs, label = choose_task(args, module, registered)
         run.on_event = progress.say
         for pool in run.pools.values():
             progress.say(
-                f"pool {pool.name}: queue {pool.queues.name}, visibility {pool.spec.queue.visibility_timeout} s, "
-                f"DLQ after {pool.spec.queue.max_receive_count} receives, tasks {list(pool.spec.tasks) or 'the rest'}; "
-                f"scaler: {pool.messages_per_worker} messages per worker, at most {pool.max_workers} here"
+                f"pool {pool.name}: tasks {', '.join(pool.spec.tasks) or 'all others'}; visibility "
+                f"{pool.spec.queue.visibility_timeout} s, DLQ after {pool.spec.queue.max_receive_count} receives; "
+                f"scaler: 1 worker per {pool.messages_per_worker} messages, at most {pool.max_workers} here"
             )
-        sends = [(args.tasks, task_name, task_kwargs)]
-        if args.second_pool_tasks and SECOND_POOL in run.pools:
-            sends.append((args.second_pool_tasks, *SECOND_POOL_TASK))
-        tasks = sum(count for count, _, _ in sends)
-        for count, name, kwargs in sends:
-            pool = run.fill(count, name, kwargs)
-            progress.say(f"sent {count} x {name}: routed to pool {pool}")
+        bursts = []
+        for number in range(max(len(args.tasks), len(args.second_pool_tasks))):
+            burst = [Send(_at(args.tasks, number), task_name, task_kwargs, args.args, label)]
+            if SECOND_POOL in run.pools:
+                burst.append(Send(_at(args.second_pool_tasks, number), *SECOND_POOL_TASK))
+            bursts.append(burst)
+        tasks = sum(send.count for burst in bursts for send in burst)
+        progress.say(
+            f"{len(bursts)} burst{'s' if len(bursts) != 1 else ''} of tasks; each next one once every worker "
+            "has left. Events: each scaler decision that changes (messages waiting and in flight, workers "
+            "running; workers it wants and starts), each worker's start, and its exit with the reason."
+        )
         with progress:
-            run.run(timeout=args.timeout, on_tick=progress.tick)
+            run.run(bursts=bursts, timeout=args.timeout, on_tick=progress.tick)
     except KeyboardInterrupt:
         interrupted = True
         progress.say("interrupted: stopping every worker (TERM, as Batch does) and the server")
@@ -789,15 +1031,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress.say(f"worker {worker.pool}-{worker.index} exited with {worker.process.returncode}; log: {worker.log_path}")
     if outcome.dead_lettered:
         progress.say(f"{outcome.dead_lettered} task(s) failed and wait in the dead-letter queues")
-    # The logs stay when asked for, or when something went wrong (the lines above point into them).
-    if args.keep_logs or not outcome.ok:
-        progress.say(f"worker logs in {work_dir}")
+    # The folder stays when asked for, or when something went wrong (the lines above point into it).
+    if args.keep or not outcome.ok:
+        progress.say(f"the run's folder (worker logs, template): {work_dir}")
     else:
         shutil.rmtree(work_dir, ignore_errors=True)
     for line in outcome.pool_lines():
         progress.say(line)
-    progress.say(outcome.summary_line())
+    progress.say(outcome.summary_line(), wrap=False)  # one line: scripts read it
     return 0 if outcome.ok else 1
+
+
+def _at(counts: Sequence[int], index: int) -> int:
+    return counts[index] if index < len(counts) else 0
 
 
 def _outcome(run: LocalRun | None, tasks: int, started: float, interrupted: bool) -> Outcome:
@@ -813,14 +1059,16 @@ def _outcome(run: LocalRun | None, tasks: int, started: float, interrupted: bool
         print(f"could not read the queues at the end: {error}", file=sys.stderr)
         remaining, dead_lettered = 0, 0
     done = {name: pool.done_ids(succeeded) for name, pool in run.pools.items()}
+    sent = sum(pool.sent for pool in run.pools.values())
     return Outcome(
-        tasks=tasks,
+        tasks=sent,
+        unsent=tasks - sent,
         done=sum(map(len, done.values())),
         dead_lettered=dead_lettered,
         remaining=remaining,
         workers=len(run.workers),
         worker_exit_codes=[worker.process.returncode for worker in run.workers],
-        seconds=time.monotonic() - started,
+        seconds=run.elapsed(),
         interrupted=interrupted,
         pools=[(name, pool.sent, len(done[name]), len(pool.workers)) for name, pool in run.pools.items()],
         metrics={name: [m for worker in pool.workers for m in worker.metrics] for name, pool in run.pools.items()},

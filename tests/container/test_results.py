@@ -90,6 +90,7 @@ def test_results_round_trip_and_one_metrics_line_per_task(results_env, dynamodb,
     assert all(line["wait_seconds"] >= 0 and line["run_seconds"] >= 0 for line in lines)
 
 
+@pytest.mark.slow
 def test_wait_is_measured_from_when_the_task_was_due_and_run_from_its_start(results_env, tmp_path) -> None:
     env = results_env
     fill(env, 2, "probe.record", kwargs={"tag": "queued", "seconds": 1.0})

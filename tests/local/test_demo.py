@@ -13,27 +13,37 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from pathlib import Path
 
 import pytest
 
 from batch_celery.local import REPO_ROOT, template
-from batch_celery.local.demo import MARKER_VARIABLE, SECOND_POOL, SECOND_POOL_SETTINGS, demo_overrides, parse_args
+from batch_celery.local.demo import SECOND_POOL, SECOND_POOL_SETTINGS, demo_overrides, parse_args
 from batch_celery.settings import Settings
 from harness.processes import alive, live_pids
 
-SUMMARY = re.compile(r"^demo: (\d+)/(\d+) tasks done by (\d+) workers in (\d+) s; "
-                     r"(\d+) back in the queue, (\d+) in the DLQ, (\d+) lost$")
+SUMMARY = re.compile(r"^demo: (\d+)/(\d+) done, (\d+) back in the queue, (\d+) in the DLQ, (\d+) lost; "
+                     r"(\d+) workers, (\d+) s$")
 POOL_LINE = re.compile(r"^pool ([a-z0-9-]+): (\d+)/(\d+) done by (\d+) workers?(?:; |$)", re.MULTILINE)
 METRICS = re.compile(r"^pool ([a-z0-9-]+): .*; metrics: (\d+) task lines, wait p50 [\d.]+ s", re.MULTILINE)
 
 
+# Each demo a test starts carries a variable of its own, which every process it starts inherits:
+# a test sees its own leftovers only, so demo tests can run side by side (pytest -n).
+TAG = f"BATCH_CELERY_TEST_{uuid.uuid4().hex[:12]}"
+
+
 def demo_processes() -> list[int]:
-    """Every live process started by any local run (they all carry the marker variable)."""
-    return live_pids(environ_has=MARKER_VARIABLE)
+    """Every live process started by this module's local runs (in this pytest process)."""
+    return live_pids(environ_has=TAG)
 
 
-def run_demo(*args: str) -> subprocess.Popen:
+def run_demo(*args: str, tmpdir: Path | None = None) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env[TAG] = "1"
+    if tmpdir:
+        env["TMPDIR"] = str(tmpdir)  # where the demo makes its run's folder
     return subprocess.Popen(
         [sys.executable, "-m", "batch_celery.local", "--plain", *args],
         cwd=REPO_ROOT,
@@ -44,56 +54,81 @@ def run_demo(*args: str) -> subprocess.Popen:
     )
 
 
-@pytest.fixture(autouse=True)
-def no_leftovers_before():
-    assert demo_processes() == [], "a previous local run left processes behind"
-
-
-def test_short_two_pool_run_does_every_task_on_its_own_pools_workers(tmp_path):
-    demo = run_demo("--tasks", "8", "--task", "trivial", "--second-pool-tasks", "3", "--max-workers", "2",
-                    "--idle-seconds", "2", "--messages-per-worker", "4", "--keep-logs", str(tmp_path))
+@pytest.mark.slow
+def test_two_bursts_on_two_pools_scale_up_and_in_with_every_task_on_its_own_pools_workers(tmp_path):
+    demo = run_demo("--tasks", "8,3", "--task", "trivial", "--second-pool-tasks", "3,0", "--max-workers", "2",
+                    "--idle-seconds", "2", "--messages-per-worker", "4", "--keep", str(tmp_path),
+                    "--run-file", str(tmp_path / "run.json"))
     output, _ = demo.communicate(timeout=240)
-    last = output.strip().splitlines()[-1]
-    match = SUMMARY.match(last)
+    lines = output.strip().splitlines()
+    match = SUMMARY.match(lines[-1])
     assert match, output
-    done, total, workers, _, queued, dead, lost = map(int, match.groups())
-    assert (done, total, queued, dead, lost) == (11, 11, 0, 0, 0), output
-    assert 2 <= workers <= 3, output
+    done, total, queued, dead, lost, workers, seconds = map(int, match.groups())
+    assert (done, total, queued, dead, lost) == (14, 14, 0, 0, 0), output
+    # Burst 1: 2 default workers (8 tasks, 4 per worker) and 1 gpu worker; burst 2: one default
+    # worker for 3 tasks, started only after every worker of burst 1 had left.
+    assert workers == 4, output
     pools = {name: (int(done), int(sent)) for name, done, sent, _ in POOL_LINE.findall(output)}
-    assert pools == {"default": (8, 8), SECOND_POOL: (3, 3)}, output
-    assert "sent 3 x gpu.matmul: routed to pool gpu" in output
-    # The event log says why each worker started and why it left.
-    assert re.search(r"scaler, pool default: 8 waiting, 0 in flight, 0 workers active, 2 wanted: starting 2", output), output
-    exits = re.findall(r"worker (default|gpu)-\d exited 0 after \d+ s and \d+ tasks?: idle for 2 s "
-                       r"\(held no message, nothing waiting in the queue\)$", output, re.MULTILINE)
-    assert sorted(set(exits)) == ["default", SECOND_POOL] and len(exits) == workers, output
+    assert pools == {"default": (11, 11), SECOND_POOL: (3, 3)}, output
+    # Every line fits 80 columns, and the label says what ran.
+    assert max(map(len, lines)) <= 80, max(lines, key=len)
+    assert "burst 1 of 2: sent 8 x trivial (batch.calculate_pi) to pool default" in output, output
+    assert "burst 1 of 2: sent 3 x gpu.matmul to pool gpu" in output, output
+    # The event log says why each worker started and why it left, in order.
+    events = [line for line in lines if re.match(r"^\[\s*\d+s\] ", line)]
+    text = "\n".join(events)
+    assert re.search(r"scaler default: 8 waiting, 0 in flight, 0 running; wants 2, starts 2\n"
+                     r".*worker default-1 started\n.*worker default-2 started", text), text
+    assert re.search(r"scaler default: 3 waiting, 0 in flight, 0 running; wants 1, starts 1\n"
+                     r".*worker default-3 started", text), text
+    exits = re.findall(r"worker (default|gpu)-\d left after \d+ s, \d+ tasks?, exit 0:\s+idle\s+for\s+2\s+s", output)
+    assert sorted(exits) == ["default"] * 3 + [SECOND_POOL], output
+    order = [line for line in events if "left after" in line or "the pause is over" in line or "started" in line]
+    pause = next(i for i, line in enumerate(order) if "the pause is over" in line)
+    assert sum("left after" in line for line in order[:pause]) == 3, order
+    assert [line for line in order[pause:] if "started" in line][0].endswith("worker default-3 started"), order
+    # The summary's time is the run's clock, the one the event log counts in.
+    last_event = int(re.match(r"^\[\s*(\d+)s\]", events[-1])[1])
+    assert last_event <= seconds <= last_event + 3, (events[-1], lines[-1])
     # Every run wrote its metrics line, and every result is in the (moto) result table.
-    assert dict(METRICS.findall(output)) == {"default": "8", SECOND_POOL: "3"}, output
-    assert "results in DynamoDB (moto): 11 stored: 11 SUCCESS; e.g. " in output, output
+    assert dict(METRICS.findall(output)) == {"default": "11", SECOND_POOL: "3"}, output
+    assert "results in DynamoDB (moto): 14 stored: 14 SUCCESS; e.g. " in output, output
     assert demo.returncode == 0, output
+    assert re.search(rf"the run's folder \(worker logs, template\):\s+{re.escape(str(tmp_path))}\n", output), output
     assert demo_processes() == []
     # The routing is real: each pool's tasks ran only on that pool's workers.
     logs = {path.name: path.read_text() for path in tmp_path.glob("*-worker-*.log")}
     default_logs = [text for name, text in logs.items() if name.startswith("default-")]
     gpu_logs = [text for name, text in logs.items() if name.startswith(f"{SECOND_POOL}-")]
     assert default_logs and gpu_logs, sorted(logs)
-    assert sum(text.count("Task batch.calculate_pi[") for text in default_logs) >= 8
+    assert sum(text.count("Task batch.calculate_pi[") for text in default_logs) >= 11
     assert not any("gpu.matmul" in text for text in default_logs)
     assert sum(len(re.findall(r"Task gpu\.matmul\[\S+\] succeeded", text)) for text in gpu_logs) == 3
     assert not any("batch.calculate_pi" in text for text in gpu_logs)
 
 
+@pytest.mark.slow
+def test_a_run_that_went_well_removes_its_folder(tmp_path):
+    demo = run_demo("--tasks", "2", "--task", "trivial", "--second-pool-tasks", "0", "--idle-seconds", "1",
+                    "--run-file", str(tmp_path / "run.json"), tmpdir=tmp_path)
+    output, _ = demo.communicate(timeout=240)
+    assert demo.returncode == 0, output
+    assert "the run's folder" not in output
+    assert list(tmp_path.glob("batch-celery-demo-*")) == []
+
+
+@pytest.mark.slow
 def test_interrupted_run_counts_every_finished_task_done_and_none_lost(tmp_path):
     # Long tasks so the interrupt lands while workers are busy, some tasks done, most still queued.
     demo = run_demo("--tasks", "40", "--task", "calculate_pi", "--max-workers", "2", "--idle-seconds", "30",
-                    "--keep-logs", str(tmp_path))
+                    "--second-pool-tasks", "12", "--keep", str(tmp_path), "--run-file", str(tmp_path / "run.json"))
     started_workers = False
     deadline = time.monotonic() + 120
     lines = []
     while time.monotonic() < deadline:
         line = demo.stdout.readline()
         lines.append(line)
-        if "pool default" in line and re.search(r"done [1-9]\d*/40", line):
+        if re.search(r"\] default: .*done [1-9]\d*/40", line):
             started_workers = True
             break
     assert started_workers, "".join(lines)
@@ -105,13 +140,13 @@ def test_interrupted_run_counts_every_finished_task_done_and_none_lost(tmp_path)
     assert "interrupted" in output
     summary = SUMMARY.match(output.strip().splitlines()[-1])
     assert summary, output
-    done, total, _, _, queued, dead, lost = map(int, summary.groups())
+    done, total, queued, dead, lost, _, _ = map(int, summary.groups())
     # Every task a worker finished is counted done: Celery's own log in each worker's run folder
     # (not the copy the lifecycle script prints) is the witness. The rest is back in the queue.
     finished = set()
     for log in tmp_path.glob("*-worker-*/worker.log"):
         finished |= set(re.findall(r"Task \S+\[([0-9a-f-]+)\] succeeded in", log.read_text()))
-    assert 0 < done == len(finished) < total, output
+    assert 0 < done == len(finished) < total == 52, output
     assert (queued, dead, lost) == (total - done, 0, 0), output
     assert demo_processes() == []
     assert not any(alive(pid) for pid in servers)
@@ -178,9 +213,13 @@ def test_queues_created_locally_match_the_spec(moto_server):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--tasks", "0"], "--tasks: 0 is out of range; allowed: 1..10000"),
+        (["--tasks", "0"], "--tasks: '0' sends nothing; allowed: at least one count above 0"),
+        (["--tasks", "30,x"], "--tasks: '30,x' is not a list of task counts; allowed: up to 10 whole numbers"),
+        (["--tasks", "1,2,3,4,5,6,7,8,9,10,11"], "is out of range; allowed: up to 10 whole numbers 0..10000"),
         (["--max-workers", "lots"], "--max-workers: 'lots' is not a whole number; allowed: 1..16"),
-        (["--task", "sleep"], "--task: invalid choice: 'sleep'"),
+        (["--task", "sleep"], "--task: 'sleep' is not a demo task; allowed: calculate_pi, trivial, or a task of "
+                              "your own with --task-module"),
+        (["--kwargs", "[1]"], "--kwargs: '[1]' is not a JSON dict"),
     ],
 )
 def test_rejects_bad_arguments_with_one_line(argv, message, capsys):
@@ -190,3 +229,35 @@ def test_rejects_bad_arguments_with_one_line(argv, message, capsys):
     err = capsys.readouterr().err
     assert message in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_the_demo_runs_your_own_task_module(tmp_path):
+    module = tmp_path / "mytasks.py"
+    module.write_text(
+        "from celery_app import app\n\n\n"
+        "@app.task(name=\"mine.double\")\n"
+        "def double(x):\n"
+        "    return 2 * x\n"
+    )
+    demo = run_demo("--task-module", str(module), "--args", "[21]", "--tasks", "3", "--idle-seconds", "1",
+                    "--run-file", str(tmp_path / "run.json"))
+    output, _ = demo.communicate(timeout=240)
+    assert demo.returncode == 0, output
+    assert "burst 1 of 1: sent 3 x mine.double to pool default" in output, output
+    assert "results in DynamoDB (moto): 3 stored: 3 SUCCESS; e.g. 42" in output, output
+    assert SUMMARY.match(output.strip().splitlines()[-1]).groups()[:5] == ("3", "3", "0", "0", "0"), output
+    # Your tasks alone: the demo adds no GPU pool unless asked to.
+    assert "pools: the pools of cdk.json" in output and f"pool {SECOND_POOL}:" not in output, output
+
+
+@pytest.mark.slow
+def test_a_task_your_module_does_not_register_is_one_line(tmp_path):
+    module = tmp_path / "mytasks.py"
+    module.write_text("from celery_app import app\n\n\n@app.task(name='mine.a')\ndef a():\n    pass\n")
+    demo = run_demo("--task-module", str(module), "--task", "mine.b", "--run-file", str(tmp_path / "run.json"))
+    output, _ = demo.communicate(timeout=240)
+    assert demo.returncode == 1, output
+    said = " ".join(output.split())  # long lines wrap at 80 columns
+    assert "error: task 'mine.b' is not registered by mytasks; its tasks: mine.a" in said, output
+    assert "Traceback" not in output
