@@ -13,11 +13,15 @@ export CDK_DISABLE_VERSION_CHECK := 1
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
 
-.PHONY: help install test synth deploy destroy demo reliability bench clean
+# Tests run side by side (pytest-xdist): most of them wait on real workers, not on the CPU.
+TEST_WORKERS ?= 4
+
+.PHONY: help install test test-fast synth deploy destroy demo reliability bench clean
 
 help:
 	@echo "make demo         run the whole loop locally on moto server (no AWS account needed)"
 	@echo "make test         run the test suite (installs everything it needs)"
+	@echo "make test-fast    the tests without the long worker and fault scenarios (after make test)"
 	@echo "make synth        synthesize the CloudFormation template into cdk.out/"
 	@echo "make deploy       bootstrap (once per account/region) and deploy the stack to AWS"
 	@echo "make destroy      delete the deployed stack"
@@ -39,7 +43,12 @@ $(NODE_STAMP): package.json package-lock.json
 	touch $@
 
 test: $(PY_STAMP) $(NODE_STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+
+# No install step: for a checkout where `make test` has run once.
+test-fast:
+	@test -f $(PY_STAMP) || { echo "make test-fast: nothing installed yet; run make test once (it installs everything)"; exit 1; }
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow" -q
 
 synth: $(PY_STAMP) $(NODE_STAMP)
 	npx cdk synth --no-notices --quiet

@@ -31,3 +31,12 @@ def no_orphaned_workers(tmp_path_factory):
         except ProcessLookupError:
             pass
     assert not leftovers, f"{len(leftovers)} process(es) started by the tests outlived them (killed now)"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n`` (make test), the infrastructure tests share one worker: they share the
+    session's synthesized stacks, and synthesizing them once per worker would cost more CPU than
+    running them side by side saves."""
+    for item in items:
+        if item.nodeid.startswith("tests/infra/"):
+            item.add_marker(pytest.mark.xdist_group("synth"))

@@ -13,7 +13,10 @@ import pytest
 
 from .conftest import REPO
 
-pytestmark = pytest.mark.skipif(shutil.which("npx") is None, reason="needs Node's npx (make install)")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("npx") is None, reason="needs Node's npx (make install)"),
+    pytest.mark.slow,  # the CDK CLI end to end: node, the app and jsii, ~10 s of CPU each
+]
 
 QUIET = {
     "AWS_EC2_METADATA_DISABLED": "true",
