@@ -164,6 +164,15 @@ class CeleryBatchWorkers(Construct):
             events_dead_letter_queue=self.events_dead_letter_queue,
         )
 
+    def grant_send_tasks(self, grantee: iam.IGrantable) -> None:
+        """An application that sends tasks (Celery with ``routing.producer_settings``): send to
+        every pool's queue, and read the results when the stack stores them. Nothing more: it
+        cannot receive, delete or purge tasks, nor write results."""
+        for pool in self.pools.values():
+            pool.queue.grant_send_messages(grantee)
+        if self.results is not None:
+            self.results.grant_read(grantee)
+
     def image(self, directory: str | None, platform: str) -> ecs.ContainerImage:
         """One image asset per (directory, platform): pools that share an image build it once."""
         key = (str(Path(directory).resolve()) if directory else "", platform)

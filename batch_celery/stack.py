@@ -9,6 +9,8 @@ from aws_cdk import Acknowledgment, CfnOutput, Stack, Validations
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
+from batch_celery_container import routing
+
 from .construct import FILLER_JOB_NAME, CeleryBatchWorkers
 from .props import pascal
 from .settings import Settings
@@ -54,7 +56,7 @@ class BatchCeleryStack(Stack):
                       description=f"ARN of the Batch job queue pool {name}'s workers run in")
             CfnOutput(self, f"{p}JobDefinitionArn", value=pool.job_definition.job_definition_arn,
                       description=f"ARN of the Batch job definition of one worker of pool {name}")
-        CfnOutput(self, "Routes", value=w.routes_json,
+        CfnOutput(self, routing.OUTPUT_NAME, value=w.routes_json,
                   description="Task routing to the pools' queues, JSON for batch_celery_container/routing.py")
         CfnOutput(self, "FillerJobDefinitionArn", value=w.filler_job_definition.job_definition_arn,
                   description=f"Job definition that fills the queues (job name {FILLER_JOB_NAME}, "
@@ -72,7 +74,7 @@ class BatchCeleryStack(Stack):
         CfnOutput(self, "MetricsNamespace", value=w.metrics_namespace,
                   description="CloudWatch namespace of the task and scaler metrics (EMF)")
         if w.results is not None:
-            CfnOutput(self, "ResultTableName", value=w.results.table_name,
+            CfnOutput(self, routing.RESULT_TABLE_OUTPUT, value=w.results.table_name,
                       description="DynamoDB table of task results (Celery result_backend "
                                   "dynamodb://@REGION/TABLE); grant your application read access")
         if w.scaler is not None:

@@ -40,8 +40,9 @@ MAX_TASK_PATTERN_LENGTH = 200
 # Celery task names in practice (module paths, "app:task"), and "*" as Celery's glob. "?" and "["
 # are left out: Celery treats them as globs only in a pattern that also has a "*".
 _TASK_PATTERN = re.compile(rf"[A-Za-z0-9_.:*-]{{1,{MAX_TASK_PATTERN_LENGTH}}}")
-# The name of the stack output that holds the routes JSON.
+# The name of the stack output that holds the routes JSON, and of the result table's.
 OUTPUT_NAME = "Routes"
+RESULT_TABLE_OUTPUT = "ResultTableName"
 
 
 class RoutingError(ValueError):
@@ -257,6 +258,40 @@ def routes_from_outputs(outputs: str | os.PathLike | Mapping, stack_name: str | 
     """The routes from ``cdk deploy --outputs-file outputs.json``: a path, or its parsed JSON
     ``{StackName: {"Routes": "<json>", ...}}``. ``stack_name`` picks one stack when the file
     holds the routes of several."""
+    return parse_routes(stack_outputs(outputs, stack_name)[OUTPUT_NAME])
+
+
+def producer_settings(outputs: str | os.PathLike | Mapping, stack_name: str | None = None) -> dict:
+    """Every Celery setting an application needs to send tasks to the pools and read their
+    results, from ``cdk deploy --outputs-file outputs.json`` (or its parsed JSON)::
+
+        batch = Celery("myapp-batch", set_as_current=False)
+        batch.conf.update(routing.producer_settings("outputs.json"))
+        batch.send_task("video.encode", kwargs={"key": "in/cat.mp4"}).get(timeout=3600)
+
+    The broker is ``sqs://`` with no credentials in it: boto3 finds them (the application's IAM
+    role on AWS). Then ``celery_settings`` (the region, every pool's queue predefined, the
+    routes), JSON as the only serializer (what the workers accept), and the stack's result table
+    as the result backend when the stack has one (output ``ResultTableName``).
+    """
+    stack = stack_outputs(outputs, stack_name)
+    routes = parse_routes(stack[OUTPUT_NAME])
+    settings = {
+        "broker_url": "sqs://",
+        **celery_settings(routes),
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+    }
+    table = stack.get(RESULT_TABLE_OUTPUT)
+    if isinstance(table, str) and table:
+        settings["result_backend"] = f"dynamodb://@{routes.region}/{table}"
+    return settings
+
+
+def stack_outputs(outputs: str | os.PathLike | Mapping, stack_name: str | None = None) -> Mapping:
+    """One stack's outputs from ``cdk deploy --outputs-file``'s file (a path) or its parsed JSON:
+    the stack named ``stack_name``, or the only one with a ``Routes`` output."""
     if not isinstance(outputs, Mapping):
         try:
             with open(outputs, encoding="utf-8") as file:
@@ -286,4 +321,4 @@ def routes_from_outputs(outputs: str | os.PathLike | Mapping, stack_name: str | 
             f"stack {stack_name!r} has no {OUTPUT_NAME!r} output in the outputs; "
             f"stacks that have one: {', '.join(with_routes) or 'none'}"
         )
-    return parse_routes(outputs[stack_name][OUTPUT_NAME])
+    return outputs[stack_name]

@@ -9,7 +9,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk.assertions import Template
 
 from batch_celery.construct import CeleryBatchWorkers
-from batch_celery.props import CeleryBatchWorkersProps, pascal
+from batch_celery.props import CeleryBatchWorkersProps, PoolProps, pascal
 from batch_celery_container import contract, limits
 
 from .conftest import THREE_POOLS, Synth, env_of, grants, synth
@@ -108,3 +108,29 @@ def test_a_users_application_role_is_granted_read_the_documented_way() -> None:
                for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])}
     assert "dynamodb:GetItem" in actions and "dynamodb:BatchGetItem" in actions
     assert not {"dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem"} & actions
+
+
+def test_grant_send_tasks_lets_an_application_send_to_every_pool_and_read_results_only() -> None:
+    app = cdk.App()
+    stack = cdk.Stack(app, "UserStack")
+    workers = CeleryBatchWorkers(stack, "Workers", CeleryBatchWorkersProps(pools={
+        "default": PoolProps(), "gpu": PoolProps(compute="ec2_spot", gpus=1, vcpus=4, memory_mib=15000,
+                                                 tasks=("gpu.*",))}))
+    app_role = iam.Role(stack, "AppRole", assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"))
+    workers.grant_send_tasks(app_role)
+    template = Template.from_stack(stack).to_json()
+    [policy] = [p for p in template["Resources"].values() if p["Type"] == "AWS::IAM::Policy"
+                and any(r.get("Ref", "").startswith("AppRole") for r in p["Properties"]["Roles"])]
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    by_action: dict[str, list] = {}
+    for statement in statements:
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        for action in statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]:
+            by_action.setdefault(action, []).extend(resources)
+    queues = {stack.resolve(stack.get_logical_id(pool.queue.node.default_child)) for pool in workers.pools.values()}
+    sent_to = {r["Fn::GetAtt"][0] for r in by_action["sqs:SendMessage"]}
+    assert sent_to == queues  # every pool's task queue, and no dead-letter queue
+    assert not {a for a in by_action if a.startswith("sqs:")} - {
+        "sqs:SendMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl"}
+    assert {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:DescribeTable"} <= set(by_action)
+    assert not {"dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem"} & set(by_action)

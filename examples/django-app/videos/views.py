@@ -1,0 +1,30 @@
+"""Upload -> a light task on Redis, the encode on batch-celery; then ask for the encode's state."""
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET, require_POST
+
+from mysite.batch import batch_app
+
+from .tasks import notify_uploaded
+
+
+@require_POST
+def encode(request: HttpRequest) -> JsonResponse:
+    key = request.POST.get("key", "")
+    if not key:
+        return JsonResponse({"error": "key is missing; expected the S3 key of the upload"}, status=400)
+    notify_uploaded.delay(key)  # the project's Redis broker
+    # Minutes of CPU: to batch-celery, routed by name to the pool whose tasks match "video.*".
+    result = batch_app().send_task("video.encode", kwargs={"key": key, "preset": "1080p"})
+    return JsonResponse({"task_id": result.id}, status=202)
+
+
+@require_GET
+def encode_status(request: HttpRequest, task_id: str) -> JsonResponse:
+    result = batch_app().AsyncResult(task_id)  # the stack's result table (DynamoDB)
+    body = {"task_id": task_id, "state": result.state}
+    if result.successful():
+        body["result"] = result.result
+    elif result.failed():
+        body["error"] = repr(result.result)
+    return JsonResponse(body)
