@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aws_cdk import Duration, FileSystem, RemovalPolicy, Stack, Validations
+from aws_cdk import Duration, FileSystem, RemovalPolicy, Stack, Tags, Validations
 from aws_cdk import aws_batch as batch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr_assets as ecr_assets
@@ -31,7 +31,7 @@ from constructs import Construct
 
 from batch_celery_container import contract, emf, routing
 
-from . import CONTAINER_DIR
+from . import CONTAINER_DIR, access
 from .dashboard import WorkersDashboard
 from .monitoring import Monitoring
 from .network import Network
@@ -45,6 +45,9 @@ from .scaling import PoolAlarms, Scaler, events_dead_letter_queue
 BUILD_CONTEXT = "batch-celery"
 # What docker build never needs: keeps the asset hash stable across local runs and tests.
 IMAGE_EXCLUDES = ["**/__pycache__", "**/*.pyc", "**/.pytest_cache", "**/*.log", "**/*.pid"]
+
+# The tag every resource carries; each pool's resources also carry ("pool", its name; pool.py).
+PROJECT_TAG = ("project", "batch-celery")
 
 FILLER_JOB_NAME = "celery-filler"
 FILLER_COMMAND = ["python", "fill-batch-queue.py", "--num-messages", "Ref::numMessages"]
@@ -73,10 +76,15 @@ class CeleryBatchWorkers(Construct):
         super().__init__(scope, construct_id)
         self.props = props = props or CeleryBatchWorkersProps()
         retention = log_retention(props.log_retention_days)
+        # Audit evidence and failed tasks (flow logs, dead-letter queues) outlive the stack by default.
+        keep = RemovalPolicy.RETAIN if props.retain_on_delete else RemovalPolicy.DESTROY
+        # Every resource says what it belongs to (each pool adds its own name).
+        Tags.of(self).add(*PROJECT_TAG)
 
         if props.vpc is None:
             self.network: Network | None = Network(
-                self, "Network", max_azs=props.max_azs, nat_gateways=props.nat_gateways, log_retention=retention
+                self, "Network", max_azs=props.max_azs, nat_gateways=props.nat_gateways,
+                log_retention=log_retention(props.flow_log_retention_days), log_removal_policy=keep,
             )
             self.vpc: ec2.IVpc = self.network.vpc
         else:
@@ -108,12 +116,13 @@ class CeleryBatchWorkers(Construct):
                 log_group=self.log_group,
                 metrics_namespace=self.metrics_namespace,
                 results=self.results,
+                dead_letter_removal_policy=keep,
             )
             for name, pool in props.pools.items()
         }
         self.default_pool = self.pools[props.default_pool]
 
-        self.events_dead_letter_queue = events_dead_letter_queue(self, "EventsDeadLetterQueue")
+        self.events_dead_letter_queue = events_dead_letter_queue(self, "EventsDeadLetterQueue", keep)
         self.scaler: Scaler | None = None
         if props.scaling_mode == "scaler":
             self.scaler = Scaler(
@@ -142,6 +151,7 @@ class CeleryBatchWorkers(Construct):
                    for name, pool in self.pools.items()},
         ))
         self._filler(retention)
+        self._restrict_queue_access()
 
         self.monitoring = Monitoring(
             self,
@@ -164,10 +174,30 @@ class CeleryBatchWorkers(Construct):
             events_dead_letter_queue=self.events_dead_letter_queue,
         )
 
+    def _restrict_queue_access(self) -> None:
+        """Each queue's policy names who may send and who may read (access.py has the table)."""
+        props = self.props
+        # Producers: producer_role_arns, and every grantee of grant_send_tasks (added later).
+        self._producer_arns: list[str] = list(props.producer_role_arns)
+        operators = list(props.operator_role_arns)
+        filler = self.filler_role.role_arn
+        for pool in self.pools.values():
+            worker = pool.worker_role.role_arn
+            access.deny_all_but(pool.queue, access.SEND,
+                                lambda worker=worker: [worker, filler, *self._producer_arns, *operators])
+            access.deny_all_but(pool.queue, access.READ, [worker, *operators])
+            access.deny_all_but(pool.dead_letter_queue, access.SEND, [worker, *operators])
+            access.deny_all_but(pool.dead_letter_queue, access.READ, operators)
+            access.allow(pool.queue, access.SEND, props.producer_role_arns)
+            access.allow(pool.queue, access.SEND + access.READ, operators)
+            access.allow(pool.dead_letter_queue, access.SEND + access.READ, operators)
+
     def grant_send_tasks(self, grantee: iam.IGrantable) -> None:
         """An application that sends tasks (Celery with ``routing.producer_settings``): send to
         every pool's queue, and read the results when the stack stores them. Nothing more: it
-        cannot receive, delete or purge tasks, nor write results."""
+        cannot receive, delete or purge tasks, nor write results. The queues' policies name it
+        among the producers."""
+        self._producer_arns.append(access.arn_of(grantee))
         for pool in self.pools.values():
             pool.queue.grant_send_messages(grantee)
         if self.results is not None:

@@ -16,7 +16,8 @@ class Network(Construct):
         *,
         max_azs: int = 2,
         nat_gateways: int = 1,
-        log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+        log_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
+        log_removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
     ) -> None:
         super().__init__(scope, construct_id)
 
@@ -37,7 +38,8 @@ class Network(Construct):
             self,
             "FlowLogs",
             retention=log_retention,
-            removal_policy=RemovalPolicy.DESTROY,
+            # Audit evidence: kept when the stack is deleted unless the deployment says otherwise.
+            removal_policy=log_removal_policy,
         )
         self.vpc.add_flow_log(
             "FlowLog",

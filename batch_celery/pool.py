@@ -8,7 +8,7 @@ queue. Scaling and alarms are wired by the construct (construct.py), which sees 
 
 from __future__ import annotations
 
-from aws_cdk import Acknowledgment, Duration, Size, Stack, Validations
+from aws_cdk import Acknowledgment, Duration, RemovalPolicy, Size, Stack, Tags, Validations
 from aws_cdk import aws_batch as batch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
@@ -23,6 +23,8 @@ from .results import ResultTable
 from .task_queue import TaskQueue
 
 WORKER_COMMAND = ["./run_celery_worker.sh"]
+# The tag every resource of a pool carries, with the pool's name (cost allocation, IAM conditions).
+POOL_TAG = "pool"
 
 # Retry what the platform broke, stop on what the application decided. Batch retries a failed job
 # when no rule matches, so the last rule is a catch-all EXIT; Batch takes at most 5 rules and
@@ -140,9 +142,11 @@ class WorkerPool(Construct):
         log_group: logs.ILogGroup,
         metrics_namespace: str | None = None,
         results: ResultTable | None = None,
+        dead_letter_removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
     ) -> None:
         super().__init__(scope, construct_id)
         self.name, self.props = name, props
+        Tags.of(self).add(POOL_TAG, name)
         self.job_name = worker_job_name(name)
 
         tasks = TaskQueue(
@@ -151,6 +155,7 @@ class WorkerPool(Construct):
             visibility_timeout=Duration.seconds(props.visibility_timeout_seconds),
             retention=Duration.days(props.message_retention_days),
             max_receive_count=props.max_receive_count,
+            dead_letter_removal_policy=dead_letter_removal_policy,
         )
         self.queue, self.dead_letter_queue = tasks.queue, tasks.dead_letter_queue
 

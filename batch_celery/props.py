@@ -87,6 +87,8 @@ MAX_ALARM_WINDOW_SECONDS = 86_400
 RUNNABLE_TIMEOUT_RANGE = (600, 86_400)
 # One address, as SNS e-mail subscriptions take it; SNS itself sends the confirmation.
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# An IAM role's ARN (any partition, any path): what a queue policy's aws:PrincipalArn is compared to.
+ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 # CloudFormation stack names: a letter, then letters, digits and hyphens, at most 128 characters.
 STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
 
@@ -239,7 +241,12 @@ class CeleryBatchWorkersProps:
     nat_gateways: int = 1
     """NAT gateways of a new VPC (1..max_azs); one keeps cost low."""
     log_retention_days: int = 30
-    """Retention of every log group (a CloudWatch Logs value)."""
+    """Retention of the job, scaler and filler logs (a CloudWatch Logs value)."""
+    flow_log_retention_days: int = 365
+    """Retention of the VPC's flow logs, audit evidence, set apart from the job logs."""
+    retain_on_delete: bool = True
+    """Keep the flow logs and the dead-letter queues (with their messages) when the stack is
+    deleted: audit evidence and failed tasks outlive it. false: they go with the stack."""
     scaling_mode: str = "scaler"
     """Who submits workers: "scaler", the Lambda alone (alarms only run it early); "alarms", no
     Lambda, each pool's alarm rules submit its workers (the original sample's design)."""
@@ -251,8 +258,17 @@ class CeleryBatchWorkersProps:
     """Store every task's result (or error) in a DynamoDB table, for ``AsyncResult.get()``."""
     result_expires_days: int = limits.DEFAULT_RESULT_EXPIRES_DAYS
     """Days a result is kept before DynamoDB's TTL deletes it (1-365)."""
+    producer_role_arns: tuple[str, ...] = ()
+    """Roles of your applications (this or another account) that may send tasks: the only
+    principals besides this stack's roles the task queues accept messages from."""
+    operator_role_arns: tuple[str, ...] = ()
+    """Roles of the people who may read, redrive and purge tasks (and dead-lettered ones)."""
 
     def __post_init__(self) -> None:
+        for name in ("producer_role_arns", "operator_role_arns"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
         pools = self.pools
         if not isinstance(pools, Mapping) or not pools:
             raise SettingsError("pools", pools, "must be an object of pool name -> pool settings, at least one")
@@ -435,11 +451,12 @@ def _validate_pool(p: PoolProps) -> None:
 def _validate_deployment(d: CeleryBatchWorkersProps) -> None:
     _int(d, "max_azs", 1, 2)
     _int(d, "nat_gateways", 1, d.max_azs)
-    if _int(d, "log_retention_days", 1) not in LOG_RETENTION_DAYS:
-        raise _fail(
-            "log_retention_days", d.log_retention_days,
-            "must be one of " + ", ".join(str(days) for days in LOG_RETENTION_DAYS),
-        )
+    for key in ("log_retention_days", "flow_log_retention_days"):
+        if _int(d, key, 1) not in LOG_RETENTION_DAYS:
+            raise _fail(key, getattr(d, key), "must be one of " + ", ".join(str(days) for days in LOG_RETENTION_DAYS))
+    if not isinstance(d.retain_on_delete, bool):
+        raise _fail("retain_on_delete", d.retain_on_delete,
+                    "must be true (keep flow logs and dead-letter queues when the stack is deleted) or false")
     if d.scaling_mode not in SCALING_MODES:
         raise _fail(
             "scaling_mode", d.scaling_mode,
@@ -452,3 +469,8 @@ def _validate_deployment(d: CeleryBatchWorkersProps) -> None:
     if not isinstance(d.results, bool):
         raise _fail("results", d.results, "must be true (store task results in DynamoDB) or false")
     _check(d, "result_expires_days", limits.result_expires_days_problem(_int(d, "result_expires_days")))
+    for key in ("producer_role_arns", "operator_role_arns"):
+        arns = getattr(d, key)
+        if not isinstance(arns, tuple) or not all(isinstance(arn, str) and ROLE_ARN.match(arn) for arn in arns):
+            raise _fail(key, list(arns) if isinstance(arns, tuple) else arns,
+                        'must be a list of IAM role ARNs, e.g. ["arn:aws:iam::123456789012:role/web"]')

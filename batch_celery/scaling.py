@@ -78,11 +78,13 @@ def sla_periods(age_alarm_seconds: int) -> int:
 
 
 
-def events_dead_letter_queue(scope: Construct, construct_id: str) -> sqs.Queue:
+def events_dead_letter_queue(scope: Construct, construct_id: str,
+                             removal_policy: RemovalPolicy = RemovalPolicy.RETAIN) -> sqs.Queue:
     """Deliveries EventBridge gave up on (a rule's Batch submission or scaler run) land here."""
     queue = sqs.Queue(
         scope,
         construct_id,
+        removal_policy=removal_policy,
         encryption=sqs.QueueEncryption.SQS_MANAGED,
         enforce_ssl=True,
         retention_period=Duration.days(14),

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from aws_cdk import Acknowledgment, CfnOutput, Stack, Validations
+import jsii
+from aws_cdk import Acknowledgment, Aspects, CfnOutput, CfnResource, IAspect, Stack, TagManager, Tags, Validations
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
 from batch_celery_container import routing
 
-from .construct import FILLER_JOB_NAME, CeleryBatchWorkers
+from .construct import FILLER_JOB_NAME, PROJECT_TAG, CeleryBatchWorkers
 from .props import pascal
 from .settings import Settings
 
@@ -20,11 +21,25 @@ from .settings import Settings
 LOOKUP_PENDING_VPC_ID = "vpc-12345"
 
 
+@jsii.implements(IAspect)
+class _TagPlainResources:
+    """CDK's own custom-resource provider (it empties the VPC's default security group) is a plain
+    CfnResource that the Tags aspect does not reach: its role and function get the tag here."""
+
+    def visit(self, node) -> None:
+        if (isinstance(node, CfnResource) and not TagManager.is_taggable(node)
+                and node.cfn_resource_type in ("AWS::IAM::Role", "AWS::Lambda::Function")):
+            node.add_property_override("Tags", [{"Key": PROJECT_TAG[0], "Value": PROJECT_TAG[1]}])
+
+
 class BatchCeleryStack(Stack):
     """Celery worker pools on AWS Batch that start when tasks arrive and stop when their work is done."""
 
     def __init__(self, scope: Construct, construct_id: str, *, settings: Settings, **kwargs: Any) -> None:
         super().__init__(scope, construct_id, **kwargs)
+        # The stack's own resources (CDK's custom resources) carry the project tag too.
+        Tags.of(self).add(*PROJECT_TAG)
+        Aspects.of(self).add(_TagPlainResources())
         props = settings.props
         if settings.vpc_id is not None:
             # Resolved by the CDK CLI at synth (cached in cdk.context.json); needs the stack's

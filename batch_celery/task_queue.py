@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration, aws_sqs as sqs
+from aws_cdk import Duration, RemovalPolicy, aws_sqs as sqs
 from constructs import Construct
 
 from .props import DLQ_RETENTION_DAYS
@@ -23,6 +23,7 @@ class TaskQueue(Construct):
         visibility_timeout: Duration = Duration.seconds(1800),
         retention: Duration = Duration.days(4),
         max_receive_count: int = 3,
+        dead_letter_removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
     ) -> None:
         super().__init__(scope, construct_id)
 
@@ -32,6 +33,8 @@ class TaskQueue(Construct):
             encryption=sqs.QueueEncryption.SQS_MANAGED,
             enforce_ssl=True,
             retention_period=Duration.days(DLQ_RETENTION_DAYS),
+            # Failed tasks wait here for an operator; deleting the stack does not delete them.
+            removal_policy=dead_letter_removal_policy,
         )
         self.queue = sqs.Queue(
             self,

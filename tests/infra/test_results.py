@@ -134,3 +134,11 @@ def test_grant_send_tasks_lets_an_application_send_to_every_pool_and_read_result
         "sqs:SendMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl"}
     assert {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:DescribeTable"} <= set(by_action)
     assert not {"dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem"} & set(by_action)
+    # The queues' policies deny sending to anyone not named: the grantee is named in each.
+    role_arn = {"Fn::GetAtt": [stack.resolve(stack.get_logical_id(app_role.node.default_child)), "Arn"]}
+    for queue_id in queues:
+        [policy] = [p for p in template["Resources"].values() if p["Type"] == "AWS::SQS::QueuePolicy"
+                    and {"Ref": queue_id} in p["Properties"]["Queues"]]
+        [deny_send] = [s for s in policy["Properties"]["PolicyDocument"]["Statement"]
+                       if s["Effect"] == "Deny" and s.get("Sid") == "OnlyNamedPrincipalsSend"]
+        assert role_arn in deny_send["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]

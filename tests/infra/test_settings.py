@@ -288,7 +288,7 @@ def test_rejects_more_pools_than_one_scaler_serves() -> None:
 
 
 def test_rejects_unknown_keys() -> None:
-    with pytest.raises(SettingsError, match=r'^batch-celery\.max_cpus = 4: unknown setting; allowed: alarm_email, log_retention_days, '):
+    with pytest.raises(SettingsError, match=r'^batch-celery\.max_cpus = 4: unknown setting; allowed: alarm_email, flow_log_retention_days, '):
         Settings.from_context({"max_cpus": 4})
 
 

@@ -1,0 +1,161 @@
+"""The security posture a regulated company's review asks for (issue 13), read off the template:
+tags on every resource, audit evidence kept apart and kept after the stack, least privilege."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from batch_celery.construct import PROJECT_TAG
+from batch_celery.pool import POOL_TAG
+
+from .conftest import THREE_POOLS, Synth, synth
+
+# Resource types whose template properties take tags, and how they hold them.
+LIST_TAGGED = ("AWS::SQS::Queue", "AWS::IAM::Role", "AWS::Logs::LogGroup", "AWS::Lambda::Function",
+               "AWS::SNS::Topic", "AWS::KMS::Key", "AWS::EC2::VPC", "AWS::EC2::Subnet",
+               "AWS::EC2::SecurityGroup", "AWS::EC2::NatGateway", "AWS::EC2::EIP", "AWS::EC2::InternetGateway",
+               "AWS::EC2::RouteTable", "AWS::EC2::FlowLog", "AWS::DynamoDB::GlobalTable",
+               "AWS::EC2::LaunchTemplate")
+MAP_TAGGED = ("AWS::Batch::ComputeEnvironment", "AWS::Batch::JobQueue", "AWS::Batch::JobDefinition")
+
+
+def tags_of(resource: dict[str, Any]) -> dict[str, str]:
+    properties = resource.get("Properties", {})
+    if resource["Type"] == "AWS::DynamoDB::GlobalTable":
+        tags = [tag for replica in properties.get("Replicas", []) for tag in replica.get("Tags", [])]
+    else:
+        tags = properties.get("Tags", [])
+    if isinstance(tags, dict):
+        return dict(tags)
+    return {tag["Key"]: tag["Value"] for tag in tags}
+
+
+@pytest.mark.parametrize("fixture", ["default", "three_pools"])
+def test_every_taggable_resource_names_the_project_and_each_pools_its_pool(fixture: str, request) -> None:
+    template: Synth = request.getfixturevalue(fixture)
+    checked = 0
+    for logical_id, resource in template.resources.items():
+        if resource["Type"] not in LIST_TAGGED + MAP_TAGGED:
+            continue
+        checked += 1
+        tags = tags_of(resource)
+        assert tags.get(PROJECT_TAG[0]) == PROJECT_TAG[1], f"{logical_id} ({resource['Type']}) lacks the project tag"
+        for pool in (["default"] if fixture == "default" else list(THREE_POOLS)):
+            prefix = f"Workers{pool.capitalize()}Pool"
+            if logical_id.startswith(prefix):
+                assert tags.get(POOL_TAG) == pool, f"{logical_id} lacks tag {POOL_TAG}={pool}"
+    assert checked >= 25
+
+
+def test_flow_logs_and_job_logs_have_their_own_retention_and_audit_evidence_outlives_the_stack(default) -> None:
+    groups = default.of_type("AWS::Logs::LogGroup")
+    flow = [r for k, r in groups.items() if k.startswith("WorkersNetworkFlowLogs")]
+    assert [r["Properties"]["RetentionInDays"] for r in flow] == [365]
+    assert flow[0]["DeletionPolicy"] == flow[0]["UpdateReplacePolicy"] == "Retain"
+    [jobs] = [r for k, r in groups.items() if k.startswith("WorkersJobLogs")]
+    assert jobs["Properties"]["RetentionInDays"] == 30 and jobs["DeletionPolicy"] == "Delete"
+    dead_letter = {k: r for k, r in default.of_type("AWS::SQS::Queue").items() if "DeadLetter" in k}
+    assert len(dead_letter) == 2  # the pool's DLQ and the events DLQ
+    assert {r["DeletionPolicy"] for r in dead_letter.values()} == {"Retain"}
+    task_queue = default.pool("default", "TaskQueue", "AWS::SQS::Queue")[1]
+    assert task_queue["DeletionPolicy"] == "Delete"
+
+
+def test_retain_on_delete_false_deletes_them_with_the_stack(tmp_path) -> None:
+    stack = synth(tmp_path, retain_on_delete=False, flow_log_retention_days=90)
+    groups = stack.of_type("AWS::Logs::LogGroup")
+    [flow] = [r for k, r in groups.items() if k.startswith("WorkersNetworkFlowLogs")]
+    assert (flow["Properties"]["RetentionInDays"], flow["DeletionPolicy"]) == (90, "Delete")
+    assert {r["DeletionPolicy"] for k, r in stack.of_type("AWS::SQS::Queue").items()} == {"Delete"}
+
+
+# --- who may do what with the tasks (access.py) -------------------------------------------------
+
+READ = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:PurgeQueue"}
+MANAGE = {"sqs:GetQueueAttributes", "sqs:SetQueueAttributes", "sqs:DeleteQueue", "sqs:TagQueue"}
+ADMIN = "arn:aws:iam::123456789012:role/admin-with-sqs-star"
+PRODUCER = "arn:aws:iam::210987654321:role/web"
+OPERATOR = "arn:aws:iam::123456789012:role/oncall"
+
+
+def policy_of(stack: Synth, queue_id: str) -> list[dict[str, Any]]:
+    [policy] = [p for p in stack.of_type("AWS::SQS::QueuePolicy").values()
+                if {"Ref": queue_id} in p["Properties"]["Queues"]]
+    return policy["Properties"]["PolicyDocument"]["Statement"]
+
+
+def role_arn(stack: Synth, name: str) -> dict[str, Any]:
+    return {"Fn::GetAtt": [stack.one("AWS::IAM::Role", name)[0], "Arn"]}
+
+
+def denied(statements: list[dict[str, Any]], principal: Any, action: str) -> bool:
+    """Whether a Deny statement with the principal-ARN conditions catches ``principal``."""
+    for statement in statements:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        condition = statement.get("Condition", {})
+        if statement["Effect"] != "Deny" or action not in actions or "aws:PrincipalArn" not in condition.get("Null", {}):
+            continue
+        assert condition["Null"] == {"aws:PrincipalArn": "false"}  # never the SQS service's own moves
+        spared = condition.get("ArnNotEquals", {}).get("aws:PrincipalArn", [])
+        if principal not in (spared if isinstance(spared, list) else [spared]):
+            return True
+    return False
+
+
+def allowed_by_policy(statements: list[dict[str, Any]], principal: str, action: str) -> bool:
+    for statement in statements:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if statement["Effect"] == "Allow" and action in actions and {"AWS": principal} == statement["Principal"]:
+            return True
+    return False
+
+
+def test_only_named_principals_touch_the_tasks_and_administrators_still_manage_the_queues(three_pools) -> None:
+    for pool in THREE_POOLS:
+        queue_id, _ = three_pools.pool(pool, "TaskQueue", "AWS::SQS::Queue")
+        dlq_id, _ = three_pools.pool(pool, "TaskQueueDeadLetterQueue", "AWS::SQS::Queue")
+        queue, dlq = policy_of(three_pools, queue_id), policy_of(three_pools, dlq_id)
+        worker = role_arn(three_pools, f"Workers{pool.capitalize()}PoolWorkerRole")
+        filler = role_arn(three_pools, "WorkersFillerRole")
+        # Its workers consume and retry; the filler sends; nobody else does either.
+        assert not any(denied(queue, worker, a) for a in READ | {"sqs:SendMessage"})
+        assert not denied(queue, filler, "sqs:SendMessage") and denied(queue, filler, "sqs:ReceiveMessage")
+        # The DLQ: workers may put a malformed message there, nobody of the stack reads it.
+        assert not denied(dlq, worker, "sqs:SendMessage")
+        assert all(denied(dlq, p, a) for p in (worker, filler) for a in READ)
+        # An account admin with sqs:* can neither read, plant nor purge tasks, yet still manages.
+        assert all(denied(q, ADMIN, a) for q in (queue, dlq) for a in READ | {"sqs:SendMessage"})
+        assert not any(denied(q, ADMIN, a) for q in (queue, dlq) for a in MANAGE)
+        # Another pool's workers are strangers here.
+        for other in set(THREE_POOLS) - {pool}:
+            stranger = role_arn(three_pools, f"Workers{other.capitalize()}PoolWorkerRole")
+            assert denied(queue, stranger, "sqs:ReceiveMessage") and denied(queue, stranger, "sqs:SendMessage")
+
+
+def test_producer_and_operator_roles_get_what_their_names_say(tmp_path) -> None:
+    stack = synth(tmp_path, producer_role_arns=[PRODUCER], operator_role_arns=[OPERATOR])
+    queue_id, _ = stack.pool("default", "TaskQueue", "AWS::SQS::Queue")
+    dlq_id, _ = stack.pool("default", "TaskQueueDeadLetterQueue", "AWS::SQS::Queue")
+    queue, dlq = policy_of(stack, queue_id), policy_of(stack, dlq_id)
+    # A producer (here in another account) may send, and only send.
+    assert not denied(queue, PRODUCER, "sqs:SendMessage") and allowed_by_policy(queue, PRODUCER, "sqs:SendMessage")
+    assert all(denied(queue, PRODUCER, a) for a in READ) and denied(dlq, PRODUCER, "sqs:ReceiveMessage")
+    # An operator reads, redrives and purges, on both queues.
+    for statements in (queue, dlq):
+        assert not any(denied(statements, OPERATOR, a) for a in READ | {"sqs:SendMessage"})
+        assert allowed_by_policy(statements, OPERATOR, "sqs:ReceiveMessage")
+
+
+@pytest.mark.parametrize("value, message", [
+    (["arn:aws:iam::123:role/x"], "must be a list of IAM role ARNs"),
+    ("arn:aws:iam::123456789012:role/x", "must be a list of IAM role ARNs"),
+    (["arn:aws:iam::123456789012:user/x"], "must be a list of IAM role ARNs"),
+])
+def test_a_bad_role_arn_fails_synth_with_one_line(tmp_path, value, message) -> None:
+    from batch_celery.props import SettingsError
+
+    with pytest.raises(SettingsError, match=message) as error:
+        synth(tmp_path, producer_role_arns=value)
+    assert "batch-celery.producer_role_arns" in str(error.value) and "\n" not in str(error.value)
