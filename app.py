@@ -11,7 +11,7 @@ import os
 import sys
 
 import aws_cdk as cdk
-from cdk_nag import AwsSolutionsChecks
+from cdk_nag import AwsSolutionsChecks, NIST80053R5Checks
 
 from batch_celery.settings import CONTEXT_KEY, Settings, SettingsError
 from batch_celery.stack import BatchCeleryStack
@@ -41,7 +41,7 @@ def build_app(app: cdk.App | None = None) -> tuple[cdk.App, BatchCeleryStack]:
         env=env,
         description="Celery worker pools on AWS Batch that scale with their SQS task queues",
     )
-    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app), NIST80053R5Checks(app))
     return app, stack
 
 

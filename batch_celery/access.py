@@ -20,9 +20,10 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import jsii
-from aws_cdk import IResolveContext, IStableListProducer, Lazy
+from aws_cdk import IAspect, IResolveContext, IStableListProducer, Lazy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_sqs as sqs
+from constructs import IConstruct
 
 SEND = ("sqs:SendMessage",)
 READ = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:PurgeQueue")
@@ -77,3 +78,38 @@ def allow(queue: sqs.IQueue, actions: Sequence[str], arns: Sequence[str]) -> Non
             actions=list(actions),
             resources=[queue.queue_arn],
         ))
+
+
+# Service principals that tell STS which account and resource they act for, and the ARN pattern
+# of the resources of this stack's region and account they may act for. Lambda (execution roles)
+# and EC2 (instance roles) set neither key when they assume a role, so their trust stays as is.
+_SOURCE_ARNS = {
+    "ecs-tasks.amazonaws.com": "arn:{partition}:ecs:{region}:{account}:*",
+    "vpc-flow-logs.amazonaws.com": "arn:{partition}:ec2:{region}:{account}:vpc-flow-log/*",
+    "events.amazonaws.com": "arn:{partition}:events:{region}:{account}:rule/*",
+}
+
+
+@jsii.implements(IAspect)
+class ConfusedDeputyGuard:
+    """Adds ``aws:SourceAccount`` and ``aws:SourceArn`` conditions to every trust policy that lets
+    one of these services assume a role (the worker, filler and execution roles, the flow-log and
+    EventBridge roles, including those CDK makes inside other constructs): another account's
+    ECS task, flow log or rule cannot borrow the role through the service."""
+
+    def visit(self, node: IConstruct) -> None:
+        if not isinstance(node, iam.CfnRole):
+            return
+        stack = Stack.of(node)
+        document = stack.resolve(node.assume_role_policy_document)
+        for index, statement in enumerate(document.get("Statement", [])):
+            services = statement.get("Principal", {}).get("Service")
+            services = [services] if isinstance(services, str) else services or []
+            patterns = {_SOURCE_ARNS[s] for s in services if s in _SOURCE_ARNS}
+            if len(patterns) != 1 or statement.get("Condition") or len(services) != 1:
+                continue
+            arn = patterns.pop().format(partition=stack.partition, region=stack.region, account=stack.account)
+            node.add_property_override(f"AssumeRolePolicyDocument.Statement.{index}.Condition", {
+                "StringEquals": {"aws:SourceAccount": stack.account},
+                "ArnLike": {"aws:SourceArn": arn},
+            })

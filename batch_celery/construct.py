@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aws_cdk import Duration, FileSystem, RemovalPolicy, Stack, Tags, Validations
+from aws_cdk import Aspects, Duration, FileSystem, RemovalPolicy, Stack, Tags, Validations
 from aws_cdk import aws_batch as batch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr_assets as ecr_assets
@@ -34,6 +34,7 @@ from batch_celery_container import contract, emf, routing
 from . import CONTAINER_DIR, access
 from .dashboard import WorkersDashboard
 from .monitoring import Monitoring
+from .nag import INLINE_POLICY_ACK, LOG_GROUP_KEY_ACK
 from .network import Network
 from .pool import EXECUTION_ROLE_ACK, WorkerPool, container_definition
 from .props import LOG_RETENTION_DAYS, CeleryBatchWorkersProps, PoolProps, SettingsError, pascal
@@ -80,6 +81,9 @@ class CeleryBatchWorkers(Construct):
         keep = RemovalPolicy.RETAIN if props.retain_on_delete else RemovalPolicy.DESTROY
         # Every resource says what it belongs to (each pool adds its own name).
         Tags.of(self).add(*PROJECT_TAG)
+        # Service trust policies name this account and region (access.py).
+        Aspects.of(self).add(access.ConfusedDeputyGuard())
+        Validations.of(self).acknowledge(INLINE_POLICY_ACK)
 
         if props.vpc is None:
             self.network: Network | None = Network(
@@ -97,6 +101,7 @@ class CeleryBatchWorkers(Construct):
         subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
 
         self.log_group = logs.LogGroup(self, "JobLogs", retention=retention, removal_policy=RemovalPolicy.DESTROY)
+        Validations.of(self.log_group).acknowledge(LOG_GROUP_KEY_ACK)
         self._images: dict[tuple[str, str], ecs.ContainerImage] = {}
         # Where the workers' and the scaler's EMF lines put their metrics (emf.py).
         self.metrics_namespace: str = emf.namespace_for(Stack.of(self).stack_name)

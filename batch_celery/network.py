@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy, aws_ec2 as ec2, aws_logs as logs
+from aws_cdk import Acknowledgment, RemovalPolicy, Validations, aws_ec2 as ec2, aws_logs as logs
 from constructs import Construct
+
+from .nag import LOG_GROUP_KEY_ACK
 
 
 class Network(Construct):
@@ -27,7 +29,10 @@ class Network(Construct):
             max_azs=max_azs,
             nat_gateways=nat_gateways,
             subnet_configuration=[
-                ec2.SubnetConfiguration(name="Public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24),
+                # Only the NAT gateways live here, with their own Elastic IPs: nothing launched
+                # here gets a public address by default (Security Hub EC2.15).
+                ec2.SubnetConfiguration(name="Public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24,
+                                        map_public_ip_on_launch=False),
                 ec2.SubnetConfiguration(
                     name="Private", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=20
                 ),
@@ -41,6 +46,7 @@ class Network(Construct):
             # Audit evidence: kept when the stack is deleted unless the deployment says otherwise.
             removal_policy=log_removal_policy,
         )
+        Validations.of(flow_log_group).acknowledge(LOG_GROUP_KEY_ACK)
         self.vpc.add_flow_log(
             "FlowLog",
             destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_log_group),
@@ -48,3 +54,12 @@ class Network(Construct):
         )
 
         self.worker_subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
+        for subnet in self.vpc.public_subnets:
+            Validations.of(subnet).acknowledge(Acknowledgment(
+                id="NIST.800.53.R5-VPCNoUnrestrictedRouteToIGW",
+                reason=(
+                    "The public subnets hold only the NAT gateways, whose route to the internet "
+                    "gateway is what lets the workers in the private subnets reach SQS, ECR and "
+                    "CloudWatch; no public address is assigned in them and nothing else runs there."
+                ),
+            ))

@@ -1,4 +1,4 @@
-"""cdk-nag AwsSolutions, cfn-lint and a snapshot of the whole template."""
+"""cdk-nag (AwsSolutions and NIST 800-53 rev 5), cfn-lint and a snapshot of the whole template."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cdk_nag import AwsSolutionsChecks
+from cdk_nag import AwsSolutionsChecks, NIST80053R5Checks
 
 from .conftest import Synth
 
@@ -38,10 +38,11 @@ THREE_POOL_ACKS = DEFAULT_ACKS | {
 }
 
 
+@pytest.mark.parametrize("pack", [AwsSolutionsChecks, NIST80053R5Checks])
 @pytest.mark.parametrize("synth_name", SYNTHS)
-def test_cdk_nag_aws_solutions_has_no_unacknowledged_findings(request, synth_name: str) -> None:
+def test_cdk_nag_has_no_unacknowledged_findings(request, synth_name: str, pack) -> None:
     synth: Synth = request.getfixturevalue(synth_name)
-    report = AwsSolutionsChecks(synth.app).validate_scope(synth.stack)
+    report = pack(synth.app).validate_scope(synth.stack)
     findings = [
         f"{v.rule_name}: {[r.locations for r in v.violating_resources]}" for v in report.violations
     ]
@@ -63,7 +64,29 @@ def test_cdk_nag_acknowledgments_all_carry_reasons(request, synth_name: str, exp
     assert all(len(reason) > 80 for reason in acks.values()), acks
 
 
-def _acknowledgments(synth: Synth) -> dict[tuple[str, str], str]:
+# The NIST 800-53 rev 5 rules the stacks acknowledge (each where it applies, with its reason).
+NIST_ACKS = {
+    "NIST.800.53.R5-IAMNoInlinePolicy", "NIST.800.53.R5-CloudWatchLogGroupEncrypted",
+    "NIST.800.53.R5-VPCNoUnrestrictedRouteToIGW", "NIST.800.53.R5-CloudWatchAlarmAction",
+}
+NIST_SCALER_ACKS = {"NIST.800.53.R5-LambdaInsideVPC", "NIST.800.53.R5-LambdaDLQ"}
+
+
+@pytest.mark.parametrize("synth_name, expected", [
+    ("default", NIST_ACKS | NIST_SCALER_ACKS),
+    ("three_pools", NIST_ACKS | NIST_SCALER_ACKS),
+    ("alarms_mode", NIST_ACKS),
+])
+def test_nist_acknowledgments_are_the_known_ones_each_with_a_reason(request, synth_name: str, expected: set) -> None:
+    acks = _acknowledgments(request.getfixturevalue(synth_name), prefix="NIST.800.53.R5-")
+    assert {rule for _, rule in acks} == expected
+    assert all(len(reason) > 80 for reason in acks.values()), acks
+    # The public subnets hold only the NAT gateways and map no public address.
+    assert all(path.startswith("Workers/Network/Vpc/PublicSubnet") for path, rule in acks
+               if rule == "NIST.800.53.R5-VPCNoUnrestrictedRouteToIGW")
+
+
+def _acknowledgments(synth: Synth, prefix: str = "AwsSolutions-") -> dict[tuple[str, str], str]:
     found = {}
     for construct in synth.stack.node.find_all():
         for entry in construct.node.metadata:
@@ -71,7 +94,7 @@ def _acknowledgments(synth: Synth) -> dict[tuple[str, str], str]:
                 path = construct.node.path.removeprefix(synth.stack.node.path + "/")
                 for rule_id, reason in entry.data.items():
                     # CDK acknowledges some of its own CloudFormation-Validate rules; ours are nag's.
-                    if "AwsSolutions-" in rule_id:
+                    if prefix in rule_id:
                         found[(path, rule_id.split("::", 1)[-1])] = reason
     return found
 

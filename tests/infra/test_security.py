@@ -159,3 +159,36 @@ def test_a_bad_role_arn_fails_synth_with_one_line(tmp_path, value, message) -> N
     with pytest.raises(SettingsError, match=message) as error:
         synth(tmp_path, producer_role_arns=value)
     assert "batch-celery.producer_role_arns" in str(error.value) and "\n" not in str(error.value)
+
+
+# --- confused deputy --------------------------------------------------------------------------
+
+GUARDED = {"ecs-tasks.amazonaws.com": "ecs:", "vpc-flow-logs.amazonaws.com": "ec2:",
+           "events.amazonaws.com": "events:"}
+
+
+@pytest.mark.parametrize("fixture", ["default", "three_pools", "alarms_mode"])
+def test_every_service_trust_that_can_name_its_source_names_this_account(fixture: str, request) -> None:
+    stack: Synth = request.getfixturevalue(fixture)
+    seen = set()
+    for logical_id, role in stack.of_type("AWS::IAM::Role").items():
+        for statement in role["Properties"]["AssumeRolePolicyDocument"]["Statement"]:
+            service = statement["Principal"].get("Service")
+            if service not in GUARDED:
+                # Lambda and EC2 set neither key when they assume an execution or instance role.
+                assert service in ("lambda.amazonaws.com", "ec2.amazonaws.com"), (logical_id, service)
+                continue
+            seen.add(service)
+            condition = statement.get("Condition", {})
+            assert condition.get("StringEquals") == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}, logical_id
+            source_arn = json_text(condition["ArnLike"]["aws:SourceArn"])
+            assert GUARDED[service] in source_arn and "AWS::AccountId" in source_arn and "AWS::Region" in source_arn
+    assert seen >= {"ecs-tasks.amazonaws.com", "vpc-flow-logs.amazonaws.com"}
+    if fixture == "alarms_mode":
+        assert "events.amazonaws.com" in seen  # the rules that submit jobs
+
+
+def json_text(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
