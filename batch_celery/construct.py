@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aws_cdk import Aspects, Duration, FileSystem, RemovalPolicy, Stack, Tags, Validations
+from aws_cdk import Acknowledgment, Aspects, Duration, FileSystem, RemovalPolicy, Stack, Tags, Validations
 from aws_cdk import aws_batch as batch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
@@ -33,7 +34,7 @@ from batch_celery_container import contract, emf, routing
 
 from . import CONTAINER_DIR, access
 from .dashboard import WorkersDashboard
-from .monitoring import Monitoring
+from .monitoring import PUBLISHERS, Monitoring
 from .nag import INLINE_POLICY_ACK, LOG_GROUP_KEY_ACK
 from .network import Network
 from .pool import EXECUTION_ROLE_ACK, WorkerPool, container_definition
@@ -85,10 +86,14 @@ class CeleryBatchWorkers(Construct):
         Aspects.of(self).add(access.ConfusedDeputyGuard())
         Validations.of(self).acknowledge(INLINE_POLICY_ACK)
 
+        # One customer-managed key for queues, logs, results and the alarm topic (kms_key), or None.
+        self.key: kms.IKey | None = self._key()
+
         if props.vpc is None:
             self.network: Network | None = Network(
                 self, "Network", max_azs=props.max_azs, nat_gateways=props.nat_gateways,
                 log_retention=log_retention(props.flow_log_retention_days), log_removal_policy=keep,
+                key=self.key,
             )
             self.vpc: ec2.IVpc = self.network.vpc
         else:
@@ -100,13 +105,16 @@ class CeleryBatchWorkers(Construct):
                 )
         subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
 
-        self.log_group = logs.LogGroup(self, "JobLogs", retention=retention, removal_policy=RemovalPolicy.DESTROY)
-        Validations.of(self.log_group).acknowledge(LOG_GROUP_KEY_ACK)
+        self.log_group = logs.LogGroup(self, "JobLogs", retention=retention, removal_policy=RemovalPolicy.DESTROY,
+                                       encryption_key=self.key)
+        if self.key is None:
+            Validations.of(self.log_group).acknowledge(LOG_GROUP_KEY_ACK)
         self._images: dict[tuple[str, str], ecs.ContainerImage] = {}
         # Where the workers' and the scaler's EMF lines put their metrics (emf.py).
         self.metrics_namespace: str = emf.namespace_for(Stack.of(self).stack_name)
         self.results: ResultTable | None = (
-            ResultTable(self, "Results", expires_days=props.result_expires_days) if props.results else None
+            ResultTable(self, "Results", expires_days=props.result_expires_days, key=self.key)
+            if props.results else None
         )
 
         self.pools: dict[str, WorkerPool] = {
@@ -122,12 +130,13 @@ class CeleryBatchWorkers(Construct):
                 metrics_namespace=self.metrics_namespace,
                 results=self.results,
                 dead_letter_removal_policy=keep,
+                key=self.key,
             )
             for name, pool in props.pools.items()
         }
         self.default_pool = self.pools[props.default_pool]
 
-        self.events_dead_letter_queue = events_dead_letter_queue(self, "EventsDeadLetterQueue", keep)
+        self.events_dead_letter_queue = events_dead_letter_queue(self, "EventsDeadLetterQueue", keep, self.key)
         self.scaler: Scaler | None = None
         if props.scaling_mode == "scaler":
             self.scaler = Scaler(
@@ -138,6 +147,7 @@ class CeleryBatchWorkers(Construct):
                 events_dead_letter_queue=self.events_dead_letter_queue,
                 log_retention=retention,
                 metrics_namespace=self.metrics_namespace,
+                key=self.key,
             )
         self.alarms = {
             name: PoolAlarms(
@@ -167,6 +177,7 @@ class CeleryBatchWorkers(Construct):
             job_queues={name: pool.job_queue for name, pool in self.pools.items()},
             scaler=self.scaler.function if self.scaler else None,
             alarm_email=props.alarm_email,
+            key=self.key,
         )
         self.dashboard = WorkersDashboard(
             self,
@@ -178,6 +189,45 @@ class CeleryBatchWorkers(Construct):
             scaler=self.scaler,
             events_dead_letter_queue=self.events_dead_letter_queue,
         )
+
+    def _key(self) -> kms.IKey | None:
+        """kms_key: true makes the key here, with the key policy the services need; an ARN uses
+        the user's key, whose policy must say the same (README, Security)."""
+        if self.props.kms_key is False:
+            return None
+        for family in ("kms:GenerateDataKey*", "kms:ReEncrypt*"):
+            Validations.of(self).acknowledge(Acknowledgment(
+                id=f"AwsSolutions-IAM5[Action::{family}]",
+                reason=(
+                    "CDK's key grants (a KMS-encrypted queue's grant_send/consume, the result table's) "
+                    "name these action families, on the deployment's one key and no other resource; "
+                    "SQS and DynamoDB need data keys of every kind that family holds."
+                ),
+            ))
+        if isinstance(self.props.kms_key, str):
+            return kms.Key.from_key_arn(self, "Key", self.props.kms_key)
+        stack = Stack.of(self)
+        key = kms.Key(
+            self, "Key", enable_key_rotation=True, removal_policy=RemovalPolicy.RETAIN,
+            description="Encrypts batch-celery's task queues, dead-letter queues, logs, results and alarm topic",
+        )
+        # CloudWatch Logs encrypts this deployment's log groups (flow, job, scaler logs) only.
+        key.add_to_resource_policy(iam.PolicyStatement(
+            principals=[iam.ServicePrincipal(f"logs.{stack.region}.amazonaws.com")],
+            actions=["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
+            resources=["*"],
+            conditions={"ArnLike": {"kms:EncryptionContext:aws:logs:arn":
+                                    f"arn:{stack.partition}:logs:{stack.region}:{stack.account}:log-group:*"}},
+        ))
+        # CloudWatch alarms and EventBridge publish to the topic and send to the events DLQ.
+        for service in PUBLISHERS:
+            key.add_to_resource_policy(iam.PolicyStatement(
+                principals=[iam.ServicePrincipal(service)],
+                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+                resources=["*"],
+                conditions={"StringEquals": {"aws:SourceAccount": stack.account}},
+            ))
+        return key
 
     def _restrict_queue_access(self) -> None:
         """Each queue's policy names who may send and who may read (access.py has the table)."""

@@ -28,6 +28,9 @@ from .props import pascal
 # five minutes is a scaler that cannot do its job (IAM, a deleted job queue, ...). A run that times
 # out counts the same way.
 SCALER_FAILED_RUNS = 3
+# The services that publish to the alarm topic (alarm actions, the failed-job rule) and send to
+# the events dead-letter queue: an encrypted topic or queue needs their use of its key.
+PUBLISHERS = ("cloudwatch.amazonaws.com", "events.amazonaws.com")
 
 
 class Monitoring(Construct):
@@ -48,16 +51,20 @@ class Monitoring(Construct):
         job_queues: Mapping[str, batch.IJobQueue],
         scaler: lambda_.IFunction | None = None,
         alarm_email: str | None = None,
+        key: kms.IKey | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
-        # A key of our own: CloudWatch and EventBridge publish to an encrypted topic only when the
-        # key's policy lets them use it, which an AWS managed key's policy never does.
-        self.key = kms.Key(
-            self, "AlarmTopicKey", enable_key_rotation=True,
-            description="Encrypts the batch-celery alarm topic",
-        )
-        for service in ("cloudwatch.amazonaws.com", "events.amazonaws.com"):
-            self.key.grant(iam.ServicePrincipal(service), "kms:Decrypt", "kms:GenerateDataKey*")
+        # A customer-managed key: CloudWatch and EventBridge publish to an encrypted topic only
+        # when the key's policy lets them use it, which an AWS managed key's policy never does.
+        # The deployment's key when it has one (kms_key; the construct grants them), else one here.
+        if key is None:
+            key = kms.Key(
+                self, "AlarmTopicKey", enable_key_rotation=True,
+                description="Encrypts the batch-celery alarm topic",
+            )
+            for service in PUBLISHERS:
+                key.grant(iam.ServicePrincipal(service), "kms:Decrypt", "kms:GenerateDataKey*")
+        self.key = key
         self.topic = sns.Topic(
             self, "AlarmTopic", display_name="batch-celery alarms", master_key=self.key, enforce_ssl=True,
         )

@@ -16,7 +16,7 @@ LOG_GROUP_KEY_ACK = Acknowledgment(
     id="NIST.800.53.R5-CloudWatchLogGroupEncrypted",
     reason=(
         "CloudWatch Logs encrypts every log group at rest with keys AWS owns; the logs hold task "
-        "names, ids and worker lifecycle lines, no task arguments. A customer-managed key option "
-        "(kms_key, issue 13) is not built yet."
+        "names, ids, return values and worker lifecycle lines. kms_key: true (or a key ARN) "
+        "encrypts them with a customer-managed key instead, and this acknowledgment goes."
     ),
 )

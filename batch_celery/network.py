@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import Acknowledgment, RemovalPolicy, Validations, aws_ec2 as ec2, aws_logs as logs
+from aws_cdk import Acknowledgment, RemovalPolicy, Validations, aws_ec2 as ec2, aws_kms as kms, aws_logs as logs
 from constructs import Construct
 
 from .nag import LOG_GROUP_KEY_ACK
@@ -20,6 +20,7 @@ class Network(Construct):
         nat_gateways: int = 1,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
         log_removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
+        key: kms.IKey | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
 
@@ -45,8 +46,10 @@ class Network(Construct):
             retention=log_retention,
             # Audit evidence: kept when the stack is deleted unless the deployment says otherwise.
             removal_policy=log_removal_policy,
+            encryption_key=key,
         )
-        Validations.of(flow_log_group).acknowledge(LOG_GROUP_KEY_ACK)
+        if key is None:
+            Validations.of(flow_log_group).acknowledge(LOG_GROUP_KEY_ACK)
         self.vpc.add_flow_log(
             "FlowLog",
             destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_log_group),

@@ -13,6 +13,7 @@ from aws_cdk import aws_batch as batch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
@@ -143,6 +144,7 @@ class WorkerPool(Construct):
         metrics_namespace: str | None = None,
         results: ResultTable | None = None,
         dead_letter_removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
+        key: kms.IKey | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.name, self.props = name, props
@@ -156,6 +158,7 @@ class WorkerPool(Construct):
             retention=Duration.days(props.message_retention_days),
             max_receive_count=props.max_receive_count,
             dead_letter_removal_policy=dead_letter_removal_policy,
+            key=key,
         )
         self.queue, self.dead_letter_queue = tasks.queue, tasks.dead_letter_queue
 

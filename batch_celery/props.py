@@ -87,6 +87,8 @@ MAX_ALARM_WINDOW_SECONDS = 86_400
 RUNNABLE_TIMEOUT_RANGE = (600, 86_400)
 # One address, as SNS e-mail subscriptions take it; SNS itself sends the confirmation.
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# A KMS key's ARN (not an alias: grants and key policies name keys).
+KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[0-9a-f-]{36}$")
 # An IAM role's ARN (any partition, any path): what a queue policy's aws:PrincipalArn is compared to.
 ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 # CloudFormation stack names: a letter, then letters, digits and hyphens, at most 128 characters.
@@ -263,6 +265,10 @@ class CeleryBatchWorkersProps:
     principals besides this stack's roles the task queues accept messages from."""
     operator_role_arns: tuple[str, ...] = ()
     """Roles of the people who may read, redrive and purge tasks (and dead-lettered ones)."""
+    kms_key: bool | str = False
+    """Encrypt the queues, dead-letter queues, log groups, result table and alarm topic with one
+    customer-managed KMS key: true creates it (rotating yearly), a key ARN uses yours. false: the
+    services' own keys (SQS-managed, AWS-owned, AWS-managed), which cost nothing."""
 
     def __post_init__(self) -> None:
         for name in ("producer_role_arns", "operator_role_arns"):
@@ -469,6 +475,10 @@ def _validate_deployment(d: CeleryBatchWorkersProps) -> None:
     if not isinstance(d.results, bool):
         raise _fail("results", d.results, "must be true (store task results in DynamoDB) or false")
     _check(d, "result_expires_days", limits.result_expires_days_problem(_int(d, "result_expires_days")))
+    if not (isinstance(d.kms_key, bool) or (isinstance(d.kms_key, str) and KMS_KEY_ARN.match(d.kms_key))):
+        raise _fail("kms_key", d.kms_key,
+                    "must be false (the services' own keys), true (a new customer-managed key) or a KMS key "
+                    "ARN, e.g. arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab")
     for key in ("producer_role_arns", "operator_role_arns"):
         arns = getattr(d, key)
         if not isinstance(arns, tuple) or not all(isinstance(arn, str) and ROLE_ARN.match(arn) for arn in arns):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from aws_cdk import RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from constructs import Construct
 
 from batch_celery_container import contract
@@ -26,7 +27,7 @@ DESCRIBE_TTL = "dynamodb:DescribeTimeToLive"
 class ResultTable(Construct):
     """The result table; ``grant_write`` for workers, ``grant_read`` for an application that waits."""
 
-    def __init__(self, scope: Construct, construct_id: str, *, expires_days: int) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, expires_days: int, key: kms.IKey | None = None) -> None:
         super().__init__(scope, construct_id)
         self.expires_days = expires_days
         self.table = dynamodb.TableV2(
@@ -43,6 +44,14 @@ class ResultTable(Construct):
             # stack goes.
             removal_policy=RemovalPolicy.DESTROY,
         )
+        self.key = key
+        if key is not None:
+            # TableV2's customer_managed_key needs the replica's region at synth, which this
+            # environment-agnostic stack leaves to CloudFormation: the same settings, written
+            # directly. The grants below then add the key's use themselves.
+            table = self.table.node.default_child
+            table.add_property_override("SSESpecification", {"SSEEnabled": True, "SSEType": "KMS"})
+            table.add_property_override("Replicas.0.SSESpecification", {"KMSMasterKeyId": key.key_arn})
 
     @property
     def table_name(self) -> str:
@@ -53,7 +62,11 @@ class ResultTable(Construct):
         success), so writing needs GetItem too."""
         self.table.grant_read_write_data(grantee)
         self.table.grant(grantee, DESCRIBE_TTL)
+        if self.key is not None:
+            self.key.grant_encrypt_decrypt(grantee)
 
     def grant_read(self, grantee: iam.IGrantable) -> None:
         """An application that calls ``AsyncResult.get()`` (or the filler's ``--wait``)."""
         self.table.grant_read_data(grantee)
+        if self.key is not None:
+            self.key.grant_decrypt(grantee)

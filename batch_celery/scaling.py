@@ -22,6 +22,7 @@ from aws_cdk import Acknowledgment, Duration, RemovalPolicy, Stack, Validations
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -31,6 +32,7 @@ from constructs import Construct
 from batch_celery_container import contract
 
 from .nag import LOG_GROUP_KEY_ACK
+from .task_queue import queue_encryption
 from .pool import WorkerPool
 
 # The Lambda asset is the folder holding the `scaler` package, filtered down to that package, so
@@ -80,13 +82,14 @@ def sla_periods(age_alarm_seconds: int) -> int:
 
 
 def events_dead_letter_queue(scope: Construct, construct_id: str,
-                             removal_policy: RemovalPolicy = RemovalPolicy.RETAIN) -> sqs.Queue:
+                             removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
+                             key: kms.IKey | None = None) -> sqs.Queue:
     """Deliveries EventBridge gave up on (a rule's Batch submission or scaler run) land here."""
     queue = sqs.Queue(
         scope,
         construct_id,
         removal_policy=removal_policy,
-        encryption=sqs.QueueEncryption.SQS_MANAGED,
+        **queue_encryption(key),
         enforce_ssl=True,
         retention_period=Duration.days(14),
     )
@@ -122,11 +125,12 @@ class Scaler(Construct):
         poll_seconds: int,
         events_dead_letter_queue: sqs.IQueue,
         log_retention: logs.RetentionDays,
+        key: kms.IKey | None = None,
         metrics_namespace: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.log_group = log_group = logs.LogGroup(
-            self, "ScalerLogs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
+            self, "ScalerLogs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY, encryption_key=key,
         )
         # An explicit role instead of the default one, which carries the managed
         # AWSLambdaBasicExecutionRole policy (logs:* on every log group of the account).
@@ -215,7 +219,8 @@ class Scaler(Construct):
                 ),
             )
         )
-        Validations.of(self.log_group).acknowledge(LOG_GROUP_KEY_ACK)
+        if key is None:
+            Validations.of(self.log_group).acknowledge(LOG_GROUP_KEY_ACK)
         for rule, reason in NIST_SCALER_ACKS.items():
             Validations.of(self.function).acknowledge(Acknowledgment(id=rule, reason=reason))
         Validations.of(self.function).acknowledge(

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy, aws_sqs as sqs
+from aws_cdk import Duration, RemovalPolicy, aws_kms as kms, aws_sqs as sqs
 from constructs import Construct
 
 from .props import DLQ_RETENTION_DAYS
+
+
+def queue_encryption(key: kms.IKey | None) -> dict:
+    """A queue's encryption settings: the deployment's KMS key, or SQS's own keys."""
+    if key is None:
+        return {"encryption": sqs.QueueEncryption.SQS_MANAGED}
+    return {"encryption": sqs.QueueEncryption.KMS, "encryption_master_key": key}
 
 
 class TaskQueue(Construct):
@@ -24,13 +31,15 @@ class TaskQueue(Construct):
         retention: Duration = Duration.days(4),
         max_receive_count: int = 3,
         dead_letter_removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
+        key: kms.IKey | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
+        encryption = queue_encryption(key)
 
         self.dead_letter_queue = sqs.Queue(
             self,
             "DeadLetterQueue",
-            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            **encryption,
             enforce_ssl=True,
             retention_period=Duration.days(DLQ_RETENTION_DAYS),
             # Failed tasks wait here for an operator; deleting the stack does not delete them.
@@ -39,7 +48,7 @@ class TaskQueue(Construct):
         self.queue = sqs.Queue(
             self,
             "Queue",
-            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            **encryption,
             enforce_ssl=True,
             visibility_timeout=visibility_timeout,
             retention_period=retention,
