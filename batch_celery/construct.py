@@ -36,7 +36,7 @@ from . import CONTAINER_DIR, access
 from .dashboard import WorkersDashboard
 from .monitoring import PUBLISHERS, Monitoring
 from .nag import INLINE_POLICY_ACK, LOG_GROUP_KEY_ACK
-from .network import Network
+from .network import Network, interface_endpoints
 from .pool import EXECUTION_ROLE_ACK, WorkerPool, container_definition
 from .props import LOG_RETENTION_DAYS, CeleryBatchWorkersProps, PoolProps, SettingsError, pascal
 from .results import ResultTable
@@ -91,11 +91,14 @@ class CeleryBatchWorkers(Construct):
 
         if props.vpc is None:
             self.network: Network | None = Network(
-                self, "Network", max_azs=props.max_azs, nat_gateways=props.nat_gateways,
+                self, "Network", mode=props.network, max_azs=props.max_azs, nat_gateways=props.nat_gateways,
                 log_retention=log_retention(props.flow_log_retention_days), log_removal_policy=keep,
                 key=self.key,
+                endpoints=interface_endpoints(ec2_pools=any(pool.ec2 for pool in props.pools.values()),
+                                              kms_key=props.kms_key is not False),
             )
             self.vpc: ec2.IVpc = self.network.vpc
+            subnets, security_groups = self.network.worker_subnets, self.network.worker_security_groups
         else:
             self.network, self.vpc = None, props.vpc
             if not self.vpc.private_subnets:
@@ -103,7 +106,8 @@ class CeleryBatchWorkers(Construct):
                     "vpc", self.vpc.node.path,
                     "has no private subnets with egress; the workers need them to reach SQS, ECR and CloudWatch",
                 )
-        subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
+            subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
+            security_groups = None
 
         self.log_group = logs.LogGroup(self, "JobLogs", retention=retention, removal_policy=RemovalPolicy.DESTROY,
                                        encryption_key=self.key)
@@ -126,6 +130,8 @@ class CeleryBatchWorkers(Construct):
                 image=self.image(pool.image, pool.platform),
                 vpc=self.vpc,
                 subnets=subnets,
+                security_groups=security_groups,
+                public_ip=props.network == "public",
                 log_group=self.log_group,
                 metrics_namespace=self.metrics_namespace,
                 results=self.results,
@@ -319,6 +325,7 @@ class CeleryBatchWorkers(Construct):
             ),
             log_group=self.log_group,
             stream_prefix="filler",
+            public_ip=self.props.network == "public",
         )
         self.filler_job_definition = batch.EcsJobDefinition(
             self,

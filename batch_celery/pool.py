@@ -97,6 +97,7 @@ def container_definition(
     log_group: logs.ILogGroup,
     stream_prefix: str,
     gpus: int = 0,
+    public_ip: bool = False,
 ) -> batch.IEcsContainerDefinition:
     """A Fargate or EC2 container for the pool's compute, with an init process as PID 1.
 
@@ -120,7 +121,8 @@ def container_definition(
         scope,
         construct_id,
         cpu=vcpus,
-        assign_public_ip=False,
+        # network "public" only: the worker's own address is its way out (no NAT there).
+        assign_public_ip=public_ip,
         fargate_cpu_architecture=ecs.CpuArchitecture.ARM64 if pool.arm64 else ecs.CpuArchitecture.X86_64,
         fargate_operating_system_family=ecs.OperatingSystemFamily.LINUX,
         **common,
@@ -141,6 +143,8 @@ class WorkerPool(Construct):
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         log_group: logs.ILogGroup,
+        security_groups: list[ec2.ISecurityGroup] | None = None,
+        public_ip: bool = False,
         metrics_namespace: str | None = None,
         results: ResultTable | None = None,
         dead_letter_removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
@@ -162,7 +166,7 @@ class WorkerPool(Construct):
         )
         self.queue, self.dead_letter_queue = tasks.queue, tasks.dead_letter_queue
 
-        self.compute_environment = self._compute_environment(vpc, subnets)
+        self.compute_environment = self._compute_environment(vpc, subnets, security_groups)
         self.job_queue = batch.JobQueue(
             self,
             "JobQueue",
@@ -219,6 +223,7 @@ class WorkerPool(Construct):
             ),
             log_group=log_group,
             stream_prefix=f"worker-{name}",
+            public_ip=public_ip,
         )
         self.job_definition = batch.EcsJobDefinition(
             self,
@@ -231,7 +236,8 @@ class WorkerPool(Construct):
         )
         Validations.of(self.worker_container.execution_role).acknowledge(EXECUTION_ROLE_ACK)
 
-    def _compute_environment(self, vpc: ec2.IVpc, subnets: ec2.SubnetSelection) -> batch.IComputeEnvironment:
+    def _compute_environment(self, vpc: ec2.IVpc, subnets: ec2.SubnetSelection,
+                             security_groups: list[ec2.ISecurityGroup] | None) -> batch.IComputeEnvironment:
         props = self.props
         if not props.ec2:
             return batch.FargateComputeEnvironment(
@@ -239,6 +245,7 @@ class WorkerPool(Construct):
                 "ComputeEnvironment",
                 vpc=vpc,
                 vpc_subnets=subnets,
+                security_groups=security_groups,
                 spot=props.spot,
                 maxv_cpus=props.max_vcpus,
                 # No service_role: Batch then uses its service-linked role, which AWS maintains.
@@ -249,6 +256,7 @@ class WorkerPool(Construct):
             "ComputeEnvironment",
             vpc=vpc,
             vpc_subnets=subnets,
+            security_groups=security_groups,
             spot=props.spot,
             minv_cpus=0,
             maxv_cpus=props.max_vcpus,

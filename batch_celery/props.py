@@ -87,6 +87,8 @@ MAX_ALARM_WINDOW_SECONDS = 86_400
 RUNNABLE_TIMEOUT_RANGE = (600, 86_400)
 # One address, as SNS e-mail subscriptions take it; SNS itself sends the confirmation.
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# The network modes of a new VPC (network.py).
+NETWORK_MODES = ("private", "private-endpoints", "public")
 # A KMS key's ARN (not an alias: grants and key policies name keys).
 KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[0-9a-f-]{36}$")
 # An IAM role's ARN (any partition, any path): what a queue policy's aws:PrincipalArn is compared to.
@@ -241,7 +243,11 @@ class CeleryBatchWorkersProps:
     max_azs: int = 2
     """Availability Zones of a new VPC (1-2: an environment-agnostic stack can address two)."""
     nat_gateways: int = 1
-    """NAT gateways of a new VPC (1..max_azs); one keeps cost low."""
+    """NAT gateways of a new VPC in network "private" (1..max_azs); one keeps cost low."""
+    network: str = "private"
+    """How a new VPC's workers reach AWS: "private" (NAT gateway), "private-endpoints" (VPC
+    endpoints only, HTTPS only, no route out) or "public" (public subnets, a public IP each, no
+    inbound rule; Fargate pools only)."""
     log_retention_days: int = 30
     """Retention of the job, scaler and filler logs (a CloudWatch Logs value)."""
     flow_log_retention_days: int = 365
@@ -457,6 +463,20 @@ def _validate_pool(p: PoolProps) -> None:
 def _validate_deployment(d: CeleryBatchWorkersProps) -> None:
     _int(d, "max_azs", 1, 2)
     _int(d, "nat_gateways", 1, d.max_azs)
+    if d.network not in NETWORK_MODES:
+        raise _fail("network", d.network,
+                    'must be "private" (NAT gateway), "private-endpoints" (VPC endpoints only) or "public" '
+                    "(public subnets, Fargate pools only)")
+    if d.network != "private" and d.vpc is not None:
+        raise _fail("network", d.network, 'shapes a new VPC only; with your own VPC leave it "private"')
+    if d.network == "public":
+        for name, pool in d.pools.items():
+            if pool.ec2:
+                raise SettingsError(
+                    f"pools.{name}.compute", pool.compute,
+                    'cannot run in network "public": EC2 instances there would need public addresses of '
+                    'their own; use a Fargate compute, or network "private" or "private-endpoints"',
+                )
     for key in ("log_retention_days", "flow_log_retention_days"):
         if _int(d, key, 1) not in LOG_RETENTION_DAYS:
             raise _fail(key, getattr(d, key), "must be one of " + ", ".join(str(days) for days in LOG_RETENTION_DAYS))

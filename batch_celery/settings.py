@@ -100,7 +100,7 @@ class Settings:
         if vpc_id is not None and (not isinstance(vpc_id, str) or not VPC_ID.match(vpc_id)):
             raise SettingsError(PREFIX + "vpc_id", vpc_id, "must be null (a new VPC) or a VPC id such as vpc-0123456789abcdef0")
         if vpc_id is not None:
-            for key in ("max_azs", "nat_gateways"):
+            for key in ("max_azs", "nat_gateways", "network"):
                 if key in raw:
                     raise SettingsError(PREFIX + key, raw[key], "shapes a new VPC only; remove it when vpc_id is set")
 
