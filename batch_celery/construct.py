@@ -37,7 +37,7 @@ from .dashboard import WorkersDashboard
 from .monitoring import PUBLISHERS, Monitoring
 from .nag import INLINE_POLICY_ACK, LOG_GROUP_KEY_ACK
 from .network import Network, interface_endpoints
-from .pool import EXECUTION_ROLE_ACK, WorkerPool, container_definition
+from .pool import EXECUTION_ROLE_ACK, WorkerPool, container_definition, scratch_only
 from .props import LOG_RETENTION_DAYS, CeleryBatchWorkersProps, PoolProps, SettingsError, pascal
 from .results import ResultTable
 from .scaling import PoolAlarms, Scaler, events_dead_letter_queue
@@ -336,5 +336,6 @@ class CeleryBatchWorkers(Construct):
             retry_attempts=1,
             propagate_tags=True,
         )
+        scratch_only(self.filler_job_definition)
         self.filler_job_queue = default.job_queue
         Validations.of(self.filler_container.execution_role).acknowledge(EXECUTION_ROLE_ACK)

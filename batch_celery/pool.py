@@ -24,6 +24,23 @@ from .results import ResultTable
 from .task_queue import TaskQueue
 
 WORKER_COMMAND = ["./run_celery_worker.sh"]
+# The user the jobs run as: the images' own USER (batch_celery_container/Dockerfile and
+# examples/gpu-pool/Dockerfile, which a test holds to it), named in the job definition too.
+WORKER_USER = "10001:10001"
+# The only writable place in a job's container: the lifecycle script's run folder (mktemp under
+# TMPDIR), Python's and the tasks' temporary files. Everything else is the read-only image. A
+# volume with a name only is a bind mount on the task's own storage (Fargate's ephemeral storage,
+# a Docker volume on EC2), gone with the job; the images declare VOLUME /tmp, so it starts with
+# the image's /tmp and its permissions (1777), writable by the non-root user.
+SCRATCH = batch.EcsVolume.host(name="scratch", container_path="/tmp")
+
+
+def scratch_only(job_definition: batch.EcsJobDefinition) -> None:
+    """CDK writes the scratch volume with an empty ``Host``, which Batch documents as not for
+    Fargate: the name alone says the same on both platforms."""
+    job_definition.node.default_child.add_property_override(
+        "ContainerProperties.Volumes", [{"Name": SCRATCH.name}])
+
 # The tag every resource of a pool carries, with the pool's name (cost allocation, IAM conditions).
 POOL_TAG = "pool"
 
@@ -111,6 +128,9 @@ def container_definition(
         job_role=job_role,
         environment=environment,
         logging=ecs.LogDriver.aws_logs(stream_prefix=stream_prefix, log_group=log_group),
+        readonly_root_filesystem=True,
+        volumes=[SCRATCH],
+        user=WORKER_USER,
         linux_parameters=batch.LinuxParameters(scope, f"{construct_id}LinuxParameters", init_process_enabled=True),
     )
     if pool.ec2:
@@ -234,6 +254,7 @@ class WorkerPool(Construct):
             retry_strategies=list(WORKER_RETRY_STRATEGIES),
             propagate_tags=True,
         )
+        scratch_only(self.job_definition)
         Validations.of(self.worker_container.execution_role).acknowledge(EXECUTION_ROLE_ACK)
 
     def _compute_environment(self, vpc: ec2.IVpc, subnets: ec2.SubnetSelection,

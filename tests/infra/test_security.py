@@ -192,3 +192,32 @@ def json_text(value: Any) -> str:
     import json
 
     return json.dumps(value)
+
+
+# --- read-only root filesystem, explicit user ----------------------------------------------------
+
+@pytest.mark.parametrize("fixture", ["default", "three_pools"])
+def test_jobs_run_as_the_images_user_on_a_read_only_root_with_tmp_as_scratch(fixture: str, request) -> None:
+    from batch_celery.pool import WORKER_USER
+
+    stack: Synth = request.getfixturevalue(fixture)
+    definitions = stack.of_type("AWS::Batch::JobDefinition")
+    assert len(definitions) >= 2  # the workers' and the filler's
+    for logical_id, definition in definitions.items():
+        container = definition["Properties"]["ContainerProperties"]
+        assert container["ReadonlyRootFilesystem"] is True, logical_id
+        assert container["User"] == WORKER_USER
+        assert container["Volumes"] == [{"Name": "scratch"}]  # task storage, no host path
+        assert container["MountPoints"] == [{"ContainerPath": "/tmp", "SourceVolume": "scratch"}]
+
+
+@pytest.mark.parametrize("dockerfile", ["batch_celery_container/Dockerfile", "examples/gpu-pool/Dockerfile"])
+def test_each_image_runs_as_that_user_and_declares_its_scratch_volume(dockerfile: str) -> None:
+    from batch_celery.pool import WORKER_USER
+
+    from .conftest import REPO
+
+    lines = [line.strip() for line in (REPO / dockerfile).read_text().splitlines()]
+    assert [line for line in lines if line.startswith("USER ")] == [f"USER {WORKER_USER}"]
+    # VOLUME /tmp makes the job's scratch volume start as the image's /tmp, writable by that user.
+    assert "VOLUME /tmp" in lines
