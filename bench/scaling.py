@@ -6,6 +6,7 @@ on the same workloads.
     python -m bench.scaling --json          # JSON rows
     python -m bench.scaling --markdown      # the tables as markdown (the README's)
     python -m bench.scaling --plot docs/scaling-burst.png
+    python -m bench.scaling --cost          # and the idle stack's monthly cost (synthesizes it)
 
 Policies (the stack's ``scaling_mode`` values, plus two references)
     scaler  the default mode: the scaler Lambda, invoked once a minute by an EventBridge schedule,
@@ -104,6 +105,13 @@ Model parameters (each with its source)
     SLA_SECONDS = 300            default SLA (age_alarm_seconds): the alarms mode's SLA rule.
     HORIZON_SECONDS = 6 h        a task not started within it counts as stranded.
 
+Cost (bench/prices.py, list prices of --region, no free tier)
+    $ Fargate, $ Spot            the row's worker-seconds (each worker billed at least a minute)
+                                 at the pool's default size (STACK: 1 vCPU, 2048 MiB, linux/amd64),
+                                 Fargate on-demand and Fargate Spot (whose price varies).
+    --cost                       also the idle stack's monthly fixed cost per network option,
+                                 itemised, counted from the stack synthesized from cdk.json.
+
 What the model leaves out: metric gaps after a queue has been inactive (SQS can take up to 15 min
 to resume metrics, which only hurts the alarm-driven policies), Lambda and SubmitJob latency
 (< 1 s), Fargate capacity shortages, task failures and retries, SQS's approximate counts.
@@ -122,6 +130,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
 from batch_celery.scaler.policy import submission_plan, workers_to_submit, workers_wanted
+from bench import prices
 from batch_celery.props import CeleryBatchWorkersProps, PoolProps
 from batch_celery_container import limits
 
@@ -774,12 +783,34 @@ COLUMNS = (("scenario", "scenario"), ("policy", "policy"), ("start_seconds", "st
            ("drain_seconds", "drain s"), ("p50_wait_seconds", "p50 wait s"), ("p95_wait_seconds", "p95 wait s"),
            ("worker_seconds", "worker-s billed"), ("busy_seconds", "busy s"), ("cost_ratio", "worker-s / busy"),
            ("peak_workers", "peak workers"), ("jobs_submitted", "jobs"), ("reruns", "reruns"),
-           ("stranded", "stranded"))
+           ("stranded", "stranded"), ("cost_fargate", "$ Fargate"), ("cost_fargate_spot", "$ Spot"))
+
+# The worker every row pays for: the pool's defaults.
+WORKER_VCPUS = STACK.vcpus
+WORKER_MEMORY_GIB = STACK.memory_mib / 1024
+WORKER_ARM = STACK.platform == "linux/arm64"
 
 
-def _cell(result: Result, key: str) -> str:
+def costs(result: Result, region: str = prices.DEFAULT_REGION) -> dict[str, float]:
+    """Dollars for a row's workers: Fargate on-demand, Fargate Spot, and the public IPv4 addresses
+    they hold in network "public"."""
+    def cost(spot: bool) -> float:
+        return prices.worker_cost(result.worker_seconds, WORKER_VCPUS, WORKER_MEMORY_GIB, spot, region, arm=WORKER_ARM)
+
+    return {
+        "region": region,
+        "cost_fargate": round(cost(False), 4),
+        "cost_fargate_spot": None if WORKER_ARM else round(cost(True), 4),
+        "cost_public_ipv4": round(prices.public_ipv4_cost(result.worker_seconds, region), 4),
+    }
+
+
+def _cell(result: Result, key: str, region: str = prices.DEFAULT_REGION) -> str:
     if key == "cost_ratio":
         return f"{result.worker_seconds / result.busy_seconds:.2f}" if result.busy_seconds else "-"
+    if key.startswith("cost_"):
+        dollars = costs(result, region)[key]
+        return "-" if dollars is None else f"{dollars:.3f}"
     value = result.row()[key]
     if value is None:
         return "never"
@@ -788,8 +819,8 @@ def _cell(result: Result, key: str) -> str:
     return str(value)
 
 
-def table(results: list[Result], markdown: bool = False) -> str:
-    rows = [[_cell(r, key) for key, _ in COLUMNS] for r in results]
+def table(results: list[Result], markdown: bool = False, region: str = prices.DEFAULT_REGION) -> str:
+    rows = [[_cell(r, key, region) for key, _ in COLUMNS] for r in results]
     headers = [title for _, title in COLUMNS]
     if markdown:
         lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
@@ -932,6 +963,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed of the ramp workload")
     parser.add_argument("--sweep", action="store_true",
                         help="also run the scaler for messages_per_worker in %s" % (SWEEP,))
+    parser.add_argument("--region", choices=list(prices.REGIONS), default=prices.DEFAULT_REGION,
+                        help="list prices of the $ columns (default %(default)s)")
+    parser.add_argument("--cost", action="store_true",
+                        help="also print the idle stack's monthly cost per network option (synthesizes "
+                             "the stack from cdk.json); with --json the output is {rows, idle_monthly}")
     args = parser.parse_args(argv)
 
     params = replace(defaults, messages_per_worker=args.messages_per_worker, max_workers=args.max_workers,
@@ -948,15 +984,25 @@ def main(argv: list[str] | None = None) -> int:
     latency = start_sweep(params) if args.scenario is None and args.policy is None else []
 
     swept = _sweep(scenarios, params) if args.sweep else []
+    idle = prices.idle_costs(args.region, counts=prices.synth_counts()) if args.cost else []
     if args.json:
-        print(json.dumps([r.row() for r in results + latency + swept], indent=1))
+        rows = [{**r.row(), **costs(r, args.region)} for r in results + latency + swept]
+        if idle:
+            print(json.dumps({"rows": rows, "idle_monthly": [
+                {"network_option": c.network_option, "region": c.region, "total": round(c.total, 4),
+                 "lines": [line.__dict__ for line in c.lines]} for c in idle]}, indent=1))
+        else:
+            print(json.dumps(rows, indent=1))
     else:
-        print(table(results, markdown=args.markdown))
+        print(f"$ = the workers' Fargate bill, {args.region} list prices, {WORKER_VCPUS:g} vCPU / "
+              f"{STACK.memory_mib} MiB per worker (Spot prices vary):")
+        print()
+        print(table(results, markdown=args.markdown, region=args.region))
         if latency:
             print()
             print("Start-latency sweep, burst-1000x30s (start = SubmitJob to a polling worker):")
             print()
-            print(table(latency, markdown=args.markdown))
+            print(table(latency, markdown=args.markdown, region=args.region))
         checks = targets(results, latency, params)
         if checks:
             print()
@@ -964,7 +1010,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{'met    ' if met else 'NOT MET'}  {name}: {figures}")
         if swept:
             print()
-            print(table(swept, markdown=args.markdown))
+            print(table(swept, markdown=args.markdown, region=args.region))
+        if idle:
+            print()
+            print(f"Idle stack, dollars a month, {args.region} list prices, no free tier (bench/prices.py):")
+            print()
+            print(prices.idle_table(idle, markdown=args.markdown))
     if args.plot:
         plot_results = [simulate("burst-1000x30s", p, params, phase=0) for p in policies]
         plot(plot_results, args.plot, params)
