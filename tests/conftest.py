@@ -33,10 +33,17 @@ def no_orphaned_workers(tmp_path_factory):
     assert not leftovers, f"{len(leftovers)} process(es) started by the tests outlived them (killed now)"
 
 
+# Infra test files that synthesize only stacks of their own (module fixtures, the CDK CLI, no
+# cdk.json): each runs on one worker of its own, beside the shared "synth" group.
+OWN_SYNTH = ("test_cli.py", "test_embedding.py", "test_kms.py", "test_network.py", "test_settings.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under ``pytest -n`` (make test), the infrastructure tests share one worker: they share the
-    session's synthesized stacks, and synthesizing them once per worker would cost more CPU than
-    running them side by side saves."""
+    """Under ``pytest -n`` (make test), the infrastructure tests that share the session's
+    synthesized stacks (tests/infra/conftest.py) share one worker, so each stack is synthesized
+    once; a file that synthesizes its own stacks gets a worker of its own, beside them."""
     for item in items:
-        if item.nodeid.startswith("tests/infra/"):
-            item.add_marker(pytest.mark.xdist_group("synth"))
+        if not item.nodeid.startswith("tests/infra/"):
+            continue
+        name = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+        item.add_marker(pytest.mark.xdist_group(f"synth-{name}" if name in OWN_SYNTH else "synth"))

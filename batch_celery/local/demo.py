@@ -104,6 +104,10 @@ class DemoError(RuntimeError):
     """Something the demo needs failed; the message is the one line shown to the user."""
 
 
+class UsageError(DemoError):
+    """The user's own module or task cannot be run: one line, exit 2, nothing started."""
+
+
 @dataclass
 class LocalWorker:
     """One lifecycle script playing one Batch worker job."""
@@ -875,10 +879,10 @@ class TaskModule:
         if text.endswith(".py"):
             path = Path(text)
             if not path.is_file():
-                raise DemoError(f"--task-module {text!r}: no such file; {allowed}")
+                raise UsageError(f"--task-module {text!r}: no such file; {allowed}")
             return cls(path.stem, path.resolve().parent)
         if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", text):
-            raise DemoError(f"--task-module {text!r} is not a module name; {allowed}")
+            raise UsageError(f"--task-module {text!r} is not a module name; {allowed}")
         return cls(text, Path.cwd().resolve())
 
     def environment(self, env: dict[str, str]) -> dict[str, str]:
@@ -887,8 +891,18 @@ class TaskModule:
         modules = [m for m in (env.get(contract.TASK_MODULES, ""), self.name) if m]
         return {"PYTHONPATH": os.pathsep.join(paths), contract.TASK_MODULES: ",".join(modules)}
 
-    def tasks(self, env: dict[str, str]) -> list[str]:
+    def check_environment(self) -> dict[str, str]:
+        """A worker environment good enough to import the app and the module (no queue is
+        touched: importing connects to nothing), so a bad module fails before the synth."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update({contract.QUEUE_NAME: "check", contract.QUEUE_URL: "http://127.0.0.1:9/000000000000/check",
+                    contract.REGION: "us-east-1", "PYTHON": sys.executable})
+        env.update(self.environment(env))
+        return env
+
+    def tasks(self, env: dict[str, str] | None = None) -> list[str]:
         """The task names the module registers on the worker's app, imported as a worker does."""
+        env = env if env is not None else self.check_environment()
         code = (
             "import importlib, json, celery_app\n"
             "before = set(celery_app.app.tasks)\n"
@@ -899,7 +913,7 @@ class TaskModule:
                                 text=True, timeout=120)
         if result.returncode != 0:
             lines = [line for line in result.stderr.splitlines() if line.strip()]
-            raise DemoError(f"the task module {self.name} cannot be imported by a worker: "
+            raise UsageError(f"the task module {self.name} cannot be imported by a worker: "
                             f"{lines[-1] if lines else 'exit ' + str(result.returncode)}")
         return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -915,15 +929,15 @@ def choose_task(args: argparse.Namespace, module: TaskModule | None, registered:
     assert module is not None and registered is not None
     module = module.name
     if not registered:
-        raise DemoError(f"the task module {module} registers no task on celery_app's app; "
+        raise UsageError(f"the task module {module} registers no task on celery_app's app; "
                         "allowed: a module with `from celery_app import app` and @app.task functions")
     if args.task is None:
         if len(registered) > 1:
-            raise DemoError(f"the task module {module} registers {len(registered)} tasks; choose one with "
+            raise UsageError(f"the task module {module} registers {len(registered)} tasks; choose one with "
                             f"--task: {', '.join(registered)}")
         return registered[0], args.kwargs or {}, None
     if args.task not in registered:
-        raise DemoError(f"task {args.task!r} is not registered by {module}; its tasks: {', '.join(registered)}")
+        raise UsageError(f"task {args.task!r} is not registered by {module}; its tasks: {', '.join(registered)}")
     return args.task, args.kwargs or {}, None
 
 
@@ -965,9 +979,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     server: motoserver.MotoServer | None = None
     run: LocalRun | None = None
     interrupted = False
+    failure: Exception | None = None
     tasks = sum(args.tasks)
     try:
         module = TaskModule.parse(args.task_module) if args.task_module else None
+        # Your module and task are checked first: a wrong name costs a second, not a synth.
+        task_name, task_kwargs, label = choose_task(args, module, module.tasks() if module else None)
         context = project_context()
         second_pool = any(args.second_pool_tasks)
         overrides, origin = demo_overrides(context, second_pool=second_pool)
@@ -989,8 +1006,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_file=args.run_file,
             task_module=module,
         )
-        registered = module.tasks(run.env(run.pools[names[0]])) if module else None
-        task_name, task_kwargs, label = choose_task(args, module, registered)
         run.on_event = progress.say
         for pool in run.pools.values():
             progress.say(
@@ -1017,7 +1032,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.say("interrupted: stopping every worker (TERM, as Batch does) and the server")
     except (DemoError, TemplateError, SettingsError, RuntimeError) as error:
         interrupted = True
-        progress.say(f"error: {error}")
+        progress.say(f"error: {error}", wrap=False)  # one line, whatever its length
+        failure = error
     finally:
         # Workers first (a warm shutdown still needs the queue), then what they leave, then the server.
         if run:
@@ -1025,6 +1041,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         outcome = _outcome(run, tasks, started, interrupted)
         if server:
             server.stop()
+    if run is None and failure is not None:
+        # Nothing was started or sent: the error line is all there is to say.
+        if not args.keep:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        return 2 if isinstance(failure, UsageError) else 1
 
     for worker in run.workers if run else []:
         if worker.process.returncode != 0:
@@ -1047,8 +1068,8 @@ def _at(counts: Sequence[int], index: int) -> int:
 
 
 def _outcome(run: LocalRun | None, tasks: int, started: float, interrupted: bool) -> Outcome:
-    if run is None:
-        return Outcome(tasks, 0, 0, tasks, 0, [], time.monotonic() - started, interrupted)
+    if run is None:  # stopped before anything was sent
+        return Outcome(0, 0, 0, 0, 0, [], time.monotonic() - started, interrupted, unsent=tasks)
     results = succeeded = None
     try:
         remaining = sum(total_messages(run.sqs, pool.queues.url) for pool in run.pools.values())
