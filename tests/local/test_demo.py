@@ -66,8 +66,9 @@ def test_two_bursts_on_two_pools_scale_up_and_in_with_every_task_on_its_own_pool
     done, total, queued, dead, lost, workers, seconds = map(int, match.groups())
     assert (done, total, queued, dead, lost) == (14, 14, 0, 0, 0), output
     # Burst 1: 2 default workers (8 tasks, 4 per worker) and 1 gpu worker; burst 2: one default
-    # worker for 3 tasks, started only after every worker of burst 1 had left.
-    assert workers == 4, output
+    # worker for 3 tasks, started only after every worker of burst 1 had left, and a second one
+    # if the first is busy while tasks still wait (the policy: busy workers + 1 per 4 waiting).
+    assert workers in (4, 5), output
     pools = {name: (int(done), int(sent)) for name, done, sent, _ in POOL_LINE.findall(output)}
     assert pools == {"default": (11, 11), SECOND_POOL: (3, 3)}, output
     # Every line fits 80 columns, and the label says what ran.
@@ -82,7 +83,7 @@ def test_two_bursts_on_two_pools_scale_up_and_in_with_every_task_on_its_own_pool
     assert re.search(r"scaler default: 3 waiting, 0 in flight, 0 running; wants 1, starts 1\n"
                      r".*worker default-3 started", text), text
     exits = re.findall(r"worker (default|gpu)-\d left after \d+ s, \d+ tasks?, exit 0:\s+idle\s+for\s+2\s+s", output)
-    assert sorted(exits) == ["default"] * 3 + [SECOND_POOL], output
+    assert sorted(exits) == ["default"] * (workers - 1) + [SECOND_POOL], output
     order = [line for line in events if "left after" in line or "the pause is over" in line or "started" in line]
     pause = next(i for i, line in enumerate(order) if "the pause is over" in line)
     assert sum("left after" in line for line in order[:pause]) == 3, order
