@@ -43,7 +43,12 @@ def pytest_collection_modifyitems(config, items):
     synthesized stacks (tests/infra/conftest.py) share one worker, so each stack is synthesized
     once; a file that synthesizes its own stacks gets a worker of its own, beside them."""
     for item in items:
-        if not item.nodeid.startswith("tests/infra/"):
-            continue
-        name = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
-        item.add_marker(pytest.mark.xdist_group(f"synth-{name}" if name in OWN_SYNTH else "synth"))
+        path = item.nodeid.split("::", 1)[0]
+        name = path.rsplit("/", 1)[-1]
+        if path.startswith("tests/infra/"):
+            item.add_marker(pytest.mark.xdist_group(f"synth-{name}" if name in OWN_SYNTH else "synth"))
+        elif item.get_closest_marker("slow") is None or path.startswith("tests/bench/"):
+            # Quick tests (and the benchmarks') stay with their file, so a module fixture (a
+            # synth, a simulation) runs once; the slow ones, which mostly wait on workers, spread
+            # over every worker.
+            item.add_marker(pytest.mark.xdist_group(f"file-{path}"))

@@ -6,6 +6,10 @@ import pytest
 
 from bench import prices, scaling
 
+# Synthesizes stacks of its own (several seconds of CPU each): make test runs it, make test-fast does not.
+pytestmark = pytest.mark.slow
+
+
 
 @pytest.fixture(scope="module")
 def template():

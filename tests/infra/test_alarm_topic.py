@@ -8,6 +8,10 @@ from batch_celery.props import pascal
 
 from .conftest import THREE_POOLS, Synth, strip_hash, synth
 
+# Synthesizes stacks of its own (several seconds of CPU each): make test runs it, make test-fast does not.
+pytestmark = pytest.mark.slow
+
+
 POOLS = tuple(THREE_POOLS)
 
 

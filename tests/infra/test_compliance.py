@@ -99,6 +99,7 @@ def _acknowledgments(synth: Synth, prefix: str = "AwsSolutions-") -> dict[tuple[
     return found
 
 
+@pytest.mark.slow  # cfn-lint: seconds of CPU per template
 @pytest.mark.parametrize("synth_name", SYNTHS)
 def test_cfn_lint_reports_nothing(request, synth_name: str) -> None:
     template = request.getfixturevalue(synth_name).template_file

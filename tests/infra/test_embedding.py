@@ -24,6 +24,10 @@ from batch_celery.props import CeleryBatchWorkersProps, PoolProps, SettingsError
 
 from .conftest import GPU_IMAGE, REPO, synth
 
+# Synthesizes stacks of its own (several seconds of CPU each): make test runs it, make test-fast does not.
+pytestmark = pytest.mark.slow
+
+
 ACCOUNT, REGION = "123456789012", "eu-west-1"
 VPC_ID = "vpc-0123456789abcdef0"
 # What Vpc.from_lookup returns offline, before the CDK CLI has looked the VPC up.

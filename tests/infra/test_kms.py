@@ -11,6 +11,10 @@ from batch_celery.props import SettingsError
 
 from .conftest import THREE_POOLS, Synth, grants, synth
 
+# Synthesizes stacks of its own (several seconds of CPU each): make test runs it, make test-fast does not.
+pytestmark = pytest.mark.slow
+
+
 KEY_ARN = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 

@@ -11,6 +11,10 @@ from batch_celery.settings import Settings
 
 from .conftest import THREE_POOLS, Synth, synth
 
+# Synthesizes stacks of its own (several seconds of CPU each): make test runs it, make test-fast does not.
+pytestmark = pytest.mark.slow
+
+
 FARGATE_POOLS = {name: pool for name, pool in THREE_POOLS.items() if pool.get("compute", "fargate").startswith("fargate")}
 
 

@@ -143,6 +143,7 @@ def test_interrupted_run_counts_every_finished_task_done_and_none_lost(tmp_path)
     assert not any(alive(pid) for pid in servers)
 
 
+@pytest.mark.slow  # a synth through app.py
 def test_queue_attributes_come_from_the_synthesized_stack(tmp_path):
     spec = template.read_spec(template.synthesize(tmp_path))
     (pool,) = spec.pools.values()
@@ -160,6 +161,7 @@ def test_queue_attributes_come_from_the_synthesized_stack(tmp_path):
     assert (pool.messages_per_worker, pool.max_workers, pool.tasks_per_worker) == (10, 48, 1)
 
 
+@pytest.mark.slow  # a synth through app.py
 def test_each_pool_of_a_two_pool_stack_is_read_with_its_own_settings(tmp_path):
     # What a user sets in cdk.json reaches each pool's local queue and workers as it reaches AWS.
     assert "@aws-cdk/aws-ec2:restrictDefaultSecurityGroup" in template.project_context()
