@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
 # Keep synth quiet, fast and offline: no instance metadata lookups, no version or notice checks.
 export AWS_EC2_METADATA_DISABLED := true
@@ -39,13 +41,21 @@ $(PY_STAMP): requirements.txt requirements-dev.txt batch_celery_container/requir
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
+# checkov gets a venv of its own (its pins would fight ours); built beside the others (-j).
+$(CHECKOV_STAMP): requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
+	touch $@
+
 $(NODE_STAMP): package.json package-lock.json
 	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' 2>/dev/null || \
 		{ echo "make: Node.js 20 or newer is needed (the pinned CDK supports 22 and 24); found: $$(node --version 2>/dev/null || echo none)"; exit 1; }
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: $(PY_STAMP) $(NODE_STAMP)
+# The three installs run side by side: they wait on the package index and disk more than the CPU.
+test:
+	@$(MAKE) --no-print-directory -j3 $(PY_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # No install step: for a checkout where `make test` has run once.
@@ -75,4 +85,4 @@ bench: $(PY_STAMP)
 	$(BIN)/python -m bench.worker
 
 clean:
-	rm -rf cdk.out .pytest_cache
+	rm -rf cdk.out .pytest_cache $(CHECKOV_VENV)
