@@ -17,12 +17,13 @@ from .conftest import REPO, THREE_POOLS, Synth, synth
 CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
 SKIPS = REPO / "checkov-skips.yaml"
 FARGATE_POOLS = {name: pool for name, pool in THREE_POOLS.items() if pool.get("compute", "fargate").startswith("fargate")}
-# The default stack and the options that change the template most.
+# The default stack and the options that change the template most (three synths and scans: each
+# costs seconds of CPU in make test).
 TEMPLATES = {
     "default": {},
-    "three-pools-alarms-mode": {"pools": THREE_POOLS, "scaling_mode": "alarms"},
     "kms-private-endpoints": {"pools": THREE_POOLS, "kms_key": True, "network": "private-endpoints"},
-    "public-no-results": {"pools": FARGATE_POOLS, "network": "public", "results": False},
+    "public-alarms-mode-no-results": {"pools": FARGATE_POOLS, "network": "public", "results": False,
+                                      "scaling_mode": "alarms"},
 }
 
 pytestmark = [
