@@ -89,6 +89,11 @@ class Network(Construct):
             max_azs=max_azs,
             nat_gateways=nat_gateways if mode == "private" else 0,
             subnet_configuration=subnets,
+            # The default security group lets its members reach each other and anything outside;
+            # nothing here uses it, so a custom resource removes its rules. Said here, not left to
+            # the app's @aws-cdk/aws-ec2:restrictDefaultSecurityGroup flag, which an app that embeds
+            # the construct may not set (NIST 800-53 VPCDefaultSecurityGroupClosed, Security Hub EC2.2).
+            restrict_default_security_group=True,
         )
 
         flow_log_group = logs.LogGroup(
