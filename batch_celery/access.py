@@ -1,18 +1,25 @@
 """Who may do what with the tasks: each pool's queue and dead-letter queue carry a resource policy
-that denies sending, receiving, deleting, hiding (visibility) and purging messages to every
-principal but the ones named, so SQS rights granted broadly elsewhere in the account (an
-``sqs:*`` admin policy, a compromised CI role) cannot read, plant or drop tasks. Planted tasks
-would also scale the workers out to their cap.
+that denies sending, receiving, deleting, hiding (visibility), purging and redriving messages to
+every principal but the ones it spares, so SQS rights granted broadly elsewhere (an ``sqs:*``
+policy in another account's role, a compromised CI role once operators are named) cannot read,
+plant or drop tasks. Planted tasks would also scale the workers out to their cap.
 
     task queue   send: its pool's workers (Celery retries), the filler, producers, operators
                  receive/delete/visibility/purge: its pool's workers, operators
     DLQ          send: its pool's workers (a malformed message goes there by design:
-                 dead_letter_consumer.py), operators; receive/delete/visibility/purge: operators
+                 dead_letter_consumer.py), operators
+                 receive/delete/visibility/purge/redrive: operators
 
-Everything else (GetQueueAttributes for the scaler and the dashboard, SetQueueAttributes, tags,
-deleting the queue) stays as IAM grants it: administrators still manage the queues. SQS's own
-move of a message to the DLQ after maxReceiveCount carries no principal, and the denials apply
-only where a principal ARN is present, so it is never blocked.
+Operators are the roles named in ``operator_role_arns``; when none are named, they are this
+account's principals whose IAM policies allow the action (its administrators), so failed tasks can
+always be inspected and redriven by somebody without a redeploy. Everything else
+(GetQueueAttributes for the scaler and the dashboard, SetQueueAttributes, tags, deleting the
+queue) stays as IAM grants it: administrators still manage the queues. SQS's own move of a
+message to the DLQ after maxReceiveCount carries no principal, and the denials apply only where a
+principal ARN is present, so it is never blocked.
+
+tests/infra/test_policy_evaluation.py evaluates these policies, the key policy and the trust
+policies as AWS does, for every kind of principal.
 """
 
 from __future__ import annotations
@@ -26,7 +33,15 @@ from aws_cdk import aws_sqs as sqs
 from constructs import IConstruct
 
 SEND = ("sqs:SendMessage",)
-READ = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:PurgeQueue")
+# StartMessageMoveTask (a redrive) reads the queue it moves from: only those who may read start one.
+READ = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:PurgeQueue",
+        "sqs:StartMessageMoveTask", "sqs:CancelMessageMoveTask")
+# What an operator of another account also needs from the queue's own policy to redrive: the move
+# reads the DLQ's attributes, and lists the moves under way.
+INSPECT = ("sqs:GetQueueAttributes", "sqs:ListMessageMoveTasks")
+# Producers and operators of another account use the deployment's key only through SQS, for what
+# sending (a new data key, or a cached one decrypted) and reading (decrypting) take.
+KEY_ACTIONS = ("kms:GenerateDataKey", "kms:Decrypt")
 
 
 @jsii.implements(IStableListProducer)
@@ -51,14 +66,23 @@ def arn_of(grantee: iam.IGrantable) -> str:
     raise TypeError(f"{principal} has no ARN a queue policy can name; grant a role, a user or an ArnPrincipal")
 
 
-def deny_all_but(queue: sqs.IQueue, actions: Sequence[str], spared: Callable[[], list[str]] | Sequence[str]) -> None:
+def deny_all_but(
+    queue: sqs.IQueue,
+    actions: Sequence[str],
+    spared: Callable[[], list[str]] | Sequence[str],
+    *,
+    account: str | None = None,
+) -> None:
     """Deny ``actions`` on ``queue`` to every principal whose ARN is not in ``spared`` (a list, or
-    a function giving it when the template is written)."""
+    a function giving it when the template is written) and, when ``account`` is given, that is
+    not of that account (whose IAM policies then decide)."""
     # No principal ARN (SQS moving a message to the DLQ itself): nothing to deny.
     conditions: dict = {"Null": {"aws:PrincipalArn": "false"}}
     if callable(spared) or spared:
         arns = Lazy.list(_Arns(spared)) if callable(spared) else list(spared)
         conditions["ArnNotEquals"] = {"aws:PrincipalArn": arns}
+    if account is not None:
+        conditions["StringNotEquals"] = {"aws:PrincipalAccount": account}
     queue.add_to_resource_policy(iam.PolicyStatement(
         sid=f"OnlyNamedPrincipals{'Send' if tuple(actions) == SEND else 'Read'}",
         effect=iam.Effect.DENY,

@@ -233,6 +233,18 @@ class CeleryBatchWorkers(Construct):
                 resources=["*"],
                 conditions={"StringEquals": {"aws:SourceAccount": stack.account}},
             ))
+        # Producers and operators named by ARN may be of another account, which only the key
+        # policy can let in (this account's principals get the key through IAM: CDK's default key
+        # policy trusts the account). They use it through SQS alone, for what sending and reading take.
+        named = list(dict.fromkeys([*self.props.producer_role_arns, *self.props.operator_role_arns]))
+        if named:
+            key.add_to_resource_policy(iam.PolicyStatement(
+                sid="NamedProducersAndOperatorsThroughSqs",
+                principals=[iam.ArnPrincipal(arn) for arn in named],
+                actions=list(access.KEY_ACTIONS),
+                resources=["*"],
+                conditions={"StringEquals": {"kms:ViaService": f"sqs.{stack.region}.amazonaws.com"}},
+            ))
         return key
 
     def _restrict_queue_access(self) -> None:
@@ -241,17 +253,24 @@ class CeleryBatchWorkers(Construct):
         # Producers: producer_role_arns, and every grantee of grant_send_tasks (added later).
         self._producer_arns: list[str] = list(props.producer_role_arns)
         operators = list(props.operator_role_arns)
+        # No operators named: this account's administrators are the operators (their IAM policies
+        # decide), so a failed task can be read and redriven without a redeploy.
+        account = None if operators else Stack.of(self).account
         filler = self.filler_role.role_arn
         for pool in self.pools.values():
             worker = pool.worker_role.role_arn
             access.deny_all_but(pool.queue, access.SEND,
-                                lambda worker=worker: [worker, filler, *self._producer_arns, *operators])
-            access.deny_all_but(pool.queue, access.READ, [worker, *operators])
-            access.deny_all_but(pool.dead_letter_queue, access.SEND, [worker, *operators])
-            access.deny_all_but(pool.dead_letter_queue, access.READ, operators)
+                                lambda worker=worker: [worker, filler, *self._producer_arns, *operators],
+                                account=account)
+            access.deny_all_but(pool.queue, access.READ, [worker, *operators], account=account)
+            access.deny_all_but(pool.dead_letter_queue, access.SEND, [worker, *operators], account=account)
+            access.deny_all_but(pool.dead_letter_queue, access.READ, operators, account=account)
             access.allow(pool.queue, access.SEND, props.producer_role_arns)
-            access.allow(pool.queue, access.SEND + access.READ, operators)
-            access.allow(pool.dead_letter_queue, access.SEND + access.READ, operators)
+            access.allow(pool.queue, access.SEND + access.READ + access.INSPECT, operators)
+            access.allow(pool.dead_letter_queue, access.SEND + access.READ + access.INSPECT, operators)
+        # The events EventBridge failed to deliver: IAM governs it; named operators of another
+        # account need the queue's word too.
+        access.allow(self.events_dead_letter_queue, access.READ + access.INSPECT, operators)
 
     def grant_send_tasks(self, grantee: iam.IGrantable) -> None:
         """An application that sends tasks (Celery with ``routing.producer_settings``): send to

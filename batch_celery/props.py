@@ -267,10 +267,13 @@ class CeleryBatchWorkersProps:
     result_expires_days: int = limits.DEFAULT_RESULT_EXPIRES_DAYS
     """Days a result is kept before DynamoDB's TTL deletes it (1-365)."""
     producer_role_arns: tuple[str, ...] = ()
-    """Roles of your applications (this or another account) that may send tasks: the only
-    principals besides this stack's roles the task queues accept messages from."""
+    """Roles of your applications (this or another account) that may send tasks (with kms_key:
+    true, they may use the key through SQS for that). With no operators named, any principal of
+    this account whose IAM policies allow it may send too."""
     operator_role_arns: tuple[str, ...] = ()
-    """Roles of the people who may read, redrive and purge tasks (and dead-lettered ones)."""
+    """Roles of the people who may read, redrive and purge tasks and dead-lettered tasks (this or
+    another account); once any is named, only they may. None named: this account's
+    administrators may (whoever its IAM policies allow), and no other account."""
     kms_key: bool | str = False
     """Encrypt the queues, dead-letter queues, log groups, result table and alarm topic with one
     customer-managed KMS key: true creates it (rotating yearly), a key ARN uses yours. false: the
