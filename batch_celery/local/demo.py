@@ -579,6 +579,10 @@ class LocalRun:
                               else "queues empty: each worker leaves when idle")
             on_tick(self.snapshots(counts))
             settled = sum(map(sum, counts.values())) == 0 and not self.running_workers()
+            if settled:
+                # A worker that left after this tick's report is told before what comes next
+                # (the next burst, or the summary).
+                self.report_exits()
             if settled and not pending:
                 return
             if time.monotonic() > deadline:
