@@ -1,10 +1,13 @@
-"""``python -m batch_celery COMMAND``: the operator's commands (``status``; ``make demo`` runs the local one)."""
+"""``python -m batch_celery COMMAND``: the operator's commands (``status``, ``doctor``; ``make demo`` runs the local one)."""
 
 from __future__ import annotations
 
 import sys
 
-COMMANDS = {"status": "where each pool stands: queues, worker jobs, the scaler's last decision"}
+COMMANDS = {
+    "status": "where each pool stands: queues, worker jobs, the scaler's last decision",
+    "doctor": "first-deploy check: a probe task through a real worker per pool, DLQs readable, alarm topic subscribed",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,9 +16,13 @@ def main(argv: list[str] | None = None) -> int:
         asked = bool(argv) and argv[0] in ("-h", "--help")
         given = f"unknown command {argv[0]!r}; " if argv and not asked else ""
         listed = "; ".join(f"{name}: {text}" for name, text in COMMANDS.items())
-        print(f"python -m batch_celery: {given}commands: {listed} (python -m batch_celery status --help)",
+        print(f"python -m batch_celery: {given}commands: {listed} (python -m batch_celery COMMAND --help)",
               file=sys.stdout if asked else sys.stderr)
         return 0 if asked else 2
+    if argv[0] == "doctor":
+        from batch_celery import doctor
+
+        return doctor.main(argv[1:])
     from batch_celery import status
 
     return status.main(argv[1:])

@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from batch_celery.local import runfile
 from batch_celery.props import pascal
@@ -216,18 +216,22 @@ def _decision_for(decisions: Mapping[str | None, dict[str, Any]], pool: str) -> 
 # -- the two sources -----------------------------------------------------------------------------
 
 
-def deployed_status(stack: str, region: str | None) -> Report:
+def aws_clients(region: str | None) -> tuple[str, Callable[[str], Any]]:
+    """(the region, a factory of boto3 clients in it) with short timeouts: an unreachable endpoint
+    is one line within seconds, not minutes of retries. Shared by status and doctor."""
     import boto3
     from botocore.config import Config
 
-    # Short: an unreachable endpoint is one line within seconds, not minutes of retries.
     config = Config(connect_timeout=5, read_timeout=10, retries={"mode": "standard", "max_attempts": 2})
     # AWS_REGION is what AWS runtimes and most shells set; boto3 itself reads AWS_DEFAULT_REGION.
     session = boto3.session.Session(region_name=region or os.environ.get("AWS_REGION") or None)
     if not session.region_name:
         raise StatusError("no AWS region: set AWS_REGION or AWS_DEFAULT_REGION (or a profile's region) or pass --region")
-    region = session.region_name
-    client = lambda name: session.client(name, config=config)  # noqa: E731
+    return session.region_name, lambda name: session.client(name, config=config)
+
+
+def deployed_status(stack: str, region: str | None) -> Report:
+    region, client = aws_clients(region)
     outputs = stack_outputs(client("cloudformation"), stack, region)
     now = time.time()
     statuses = [PoolStatus(pool) for pool in pool_names(outputs)]
@@ -249,31 +253,45 @@ def deployed_status(stack: str, region: str | None) -> Report:
     return Report(source, scaling, statuses)
 
 
-def local_status(run_file: Path | None = None) -> Report:
-    run_file = RUN_FILE if run_file is None else run_file
+def read_local_run(run_file: Path) -> dict[str, Any]:
+    """The run file of `make demo`: its endpoint, region, outputs, workers and decisions."""
     try:
         run = runfile.read(run_file)
-        endpoint, region, outputs = run["endpoint"], run["region"], run["outputs"]
-        workers, decisions = run.get("workers") or {}, run.get("decisions") or {}
+        for key in ("endpoint", "region", "outputs"):
+            run[key]  # noqa: B018 - a file without them cannot be used
+        run["workers"], run["decisions"] = run.get("workers") or {}, run.get("decisions") or {}
+        return run
     except FileNotFoundError:
         raise StatusError(f"no local run: start one with `make demo` (it writes {_shown_path(run_file)})") from None
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise StatusError(f"the run file {_shown_path(run_file)} cannot be read ({_reason(error)}); "
                           "it is rewritten while `make demo` runs, and removed when it ends") from None
-    pools = pool_names(outputs)
+
+
+def local_clients(run: Mapping[str, Any]) -> Callable[[str], Any]:
+    """A factory of boto3 clients on the local run's moto server, once it is known to answer."""
     import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError
 
-    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=region, aws_access_key_id="testing",
-                       aws_secret_access_key="testing",
-                       config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}))
+    config = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1})
+    client = lambda name: boto3.client(  # noqa: E731
+        name, endpoint_url=run["endpoint"], region_name=run["region"], aws_access_key_id="testing",
+        aws_secret_access_key="testing", config=config)
     try:
-        sqs.list_queues(MaxResults=1)
+        client("sqs").list_queues(MaxResults=1)
     except BotoCoreError:
         # The demo removes its file when it ends; one left behind is from a run that was killed.
-        raise StatusError(f"the local run at {endpoint} has ended (its moto server does not answer); "
+        raise StatusError(f"the local run at {run['endpoint']} has ended (its moto server does not answer); "
                           "start one with `make demo`") from None
+    return client
+
+
+def local_status(run_file: Path | None = None) -> Report:
+    run = read_local_run(RUN_FILE if run_file is None else run_file)
+    endpoint, outputs, workers, decisions = run["endpoint"], run["outputs"], run["workers"], run["decisions"]
+    pools = pool_names(outputs)
+    sqs = local_clients(run)("sqs")
     statuses = []
     for pool in pools:
         status = PoolStatus(pool, jobs={state: int(n) for state, n in (workers.get(pool) or {}).items()},
@@ -347,29 +365,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.local and (args.stack or args.region):
         parser.error("--local reads the local run: it takes no --stack or --region")
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
-
     try:
         if args.local:
             report = local_status()
         else:
             report = deployed_status(args.stack or _default_stack_name(), args.region)
-    except StatusError as error:
-        print(f"status: {error}", file=sys.stderr)
-        return 1
-    except NoCredentialsError:
-        print("status: no AWS credentials found (configure a profile, set AWS_PROFILE, or use --local for "
-              "the local run)", file=sys.stderr)
-        return 1
-    except NoRegionError:
-        print("status: no AWS region: set AWS_REGION or AWS_DEFAULT_REGION (or a profile's region) or pass --region",
-              file=sys.stderr)
-        return 1
-    except (ClientError, BotoCoreError) as error:
-        print(f"status: AWS could not be read: {_reason(error)}", file=sys.stderr)
+    except Exception as error:  # noqa: BLE001 - the known ones are one line, the rest raise
+        line = error_line(error)
+        if line is None:
+            raise
+        print(f"status: {line}", file=sys.stderr)
         return 1
     print(as_json(report) if args.json else render(report))
     return 0
+
+
+def error_line(error: BaseException) -> str | None:
+    """The one line for an error that stops a command before it can read anything (missing
+    credentials or region, no stack, no local run, AWS unreachable); None for any other error."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+
+    if isinstance(error, StatusError):
+        return str(error)
+    if isinstance(error, NoCredentialsError):
+        return "no AWS credentials found (configure a profile, set AWS_PROFILE, or use --local for the local run)"
+    if isinstance(error, NoRegionError):
+        return "no AWS region: set AWS_REGION or AWS_DEFAULT_REGION (or a profile's region) or pass --region"
+    if isinstance(error, (ClientError, BotoCoreError)):
+        return f"AWS could not be read: {_reason(error)}"
+    return None
 
 
 def _default_stack_name() -> str:

@@ -16,11 +16,13 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from celery import Celery
 
+import contract
 import task_metrics
 from worker_settings import WorkerSettings
 
@@ -97,3 +99,36 @@ def parallel_digest(self, megabytes: int = 64, rounds: int = 4) -> str:
         self.request.id, EXTERNAL_PROGRAM.name, threads, time.monotonic() - started,
     )
     return completed.stdout.strip()
+
+
+@app.task(name=contract.PROBE_TASK, time_limit=60, soft_time_limit=50)
+def probe(nonce: str) -> dict:
+    """What ``python -m batch_celery doctor`` asks each pool's worker: who it runs as, whether the
+    scratch volume takes a file (written and read back), whether the root filesystem is read-only,
+    and where it runs. It reports instead of raising, so a broken scratch volume is a finding with
+    a reason, not a retried task. It lives in this module, so every image that runs this app (the
+    bundled one, a pool's own image built on it) answers it."""
+    scratch = Path(tempfile.gettempdir())
+    written = None
+    try:
+        with tempfile.NamedTemporaryFile("w+", dir=scratch, prefix="batch-celery-probe-", encoding="utf-8") as file:
+            file.write(nonce)
+            file.flush()
+            file.seek(0)
+            written = file.read() == nonce
+        scratch_error = None if written else "read back something else"
+    except OSError as error:
+        scratch_error = f"{type(error).__name__}: {error.strerror or error}"
+    try:
+        # The mount flag, not a write attempt: nothing is left behind where it is writable.
+        root_read_only = bool(os.statvfs("/").f_flag & os.ST_RDONLY)
+    except OSError:
+        root_read_only = None
+    return {
+        "nonce": nonce, "uid": os.getuid(), "gid": os.getgid(), "scratch": str(scratch),
+        "scratch_writable": bool(written), "scratch_error": scratch_error, "root_read_only": root_read_only,
+        "pool": settings.pool, "queue": settings.queue_name,
+        # Set by Batch in every job's container; None in a local worker process.
+        "job_id": os.environ.get("AWS_BATCH_JOB_ID"),
+        "task_modules": list(settings.task_modules),
+    }

@@ -45,6 +45,9 @@ ENDPOINT_URL_SQS = "AWS_ENDPOINT_URL_SQS"
 # boto3 reads it by itself; the local run points the result backend at moto with it.
 ENDPOINT_URL_DYNAMODB = "AWS_ENDPOINT_URL_DYNAMODB"
 
+# --- the task every worker registers (celery_app.py) and `python -m batch_celery doctor` sends -----
+PROBE_TASK = "batch_celery.probe"
+
 WORKER_VARIABLES = (
     QUEUE_NAME, QUEUE_URL, REGION, POOL, IDLE_SECONDS, POLL_SECONDS, CONCURRENCY,
     TASK_TIME_LIMIT_SECONDS, VISIBILITY_TIMEOUT_SECONDS, STOP_GRACE_SECONDS,
