@@ -242,7 +242,9 @@ class Heartbeat:
                  "held": [asdict(m) for m in held]}
         write_json(self.run_dir / STATE_FILE, state)
         drained = self.run_dir / DRAINED_FILE
-        confirmed = all(source.drain_confirmed for source in list(self._sources))
+        # A channel closed by a consumer restart (it only keeps running tasks' messages) opens no
+        # poll again, so it never confirms a drain itself.
+        confirmed = all(source.drain_confirmed or getattr(source, "closed", False) for source in list(self._sources))
         if self.draining and confirmed and polls == 0:
             drained.touch()
         elif drained.exists():

@@ -274,6 +274,13 @@ def main() -> int:
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
+    # Before the worker starts: its transport overrides private kombu/celery members (kombu_contract.py).
+    import kombu_contract
+
+    release_problem = kombu_contract.problem()
+    if release_problem:
+        print(f"configuration error: {release_problem}", file=sys.stderr)
+        return 2
     print(
         f"{'pool ' + settings.pool + ', ' if settings.pool else ''}queue {settings.queue_name} in {settings.region}"
         f"{' via ' + settings.endpoint_url if settings.endpoint_url else ''}, "

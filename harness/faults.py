@@ -309,3 +309,85 @@ class ApiProxy:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# A container credential endpoint (what the ECS agent serves a Batch job's role from) that can fail.
+
+
+class CredentialServer:
+    """Serves AWS credentials the way a container's credential endpoint does; point a process at it
+    with ``env()`` (it replaces the static keys). ``outage()`` answers every request with HTTP 500.
+
+    The credentials it hands out expire in ``expires_in`` seconds; below botocore's mandatory
+    refresh window (10 minutes) every signed request fetches them again, so an outage here makes
+    every AWS call of the process fail with a BotoCoreError, as a failed refresh does near expiry.
+    """
+
+    def __init__(self, *, expires_in: int = 300) -> None:
+        self.expires_in = expires_in
+        self.requests = 0
+        self._down = threading.Event()
+        self._server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self._server.server_address[1]}/credentials"
+
+    def env(self, base: dict[str, str]) -> dict[str, str]:
+        """``base`` with the static keys removed and this endpoint as the credential source."""
+        env = {k: v for k, v in base.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
+        env["AWS_CONTAINER_CREDENTIALS_FULL_URI"] = self.url
+        return env
+
+    @contextmanager
+    def outage(self) -> Iterator["CredentialServer"]:
+        self._down.set()
+        try:
+            yield self
+        finally:
+            self._down.clear()
+
+    def start(self) -> "CredentialServer":
+        import datetime
+
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests += 1
+                if server._down.is_set():
+                    status, body = 500, b'{"message": "credential endpoint unavailable (injected)"}'
+                else:
+                    expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=server.expires_in)
+                    status, body = 200, json.dumps({
+                        "AccessKeyId": "testing", "SecretAccessKey": "testing", "Token": "testing",
+                        "Expiration": expiry.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    }).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+        self._server = Server((HOST, 0), Handler)
+        threading.Thread(target=self._server.serve_forever, name="credential-server", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> "CredentialServer":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
