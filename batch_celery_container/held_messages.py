@@ -18,9 +18,15 @@ Inside the worker (``Heartbeat``, started by the transport in outage_tolerant_sq
   ``drained``. A long poll left open by an exiting worker would otherwise take a message on the
   server and hide it for the whole window (seen on moto and reported for SQS, aws-sdk-js#2350).
 
+* **Dead-lettered originals.** A message the worker copied to the dead-letter queue is hidden for
+  the rest of SQS's 12 hours before the copy is sent; if deleting it then fails, the heartbeat
+  retries the delete (backing off to 30 s) and the state file lists it under ``dead_lettered``:
+  the worker is not idle while one is left, and ``release`` deletes those instead of showing them.
+
 From the lifecycle script (``python held_messages.py held|release``): print how many messages the
 worker holds (exit 1 when the state file is missing or stale: unknown is never idle), or make every
-message the state file lists visible again at once (after the worker was killed).
+message the state file lists visible again at once (after the worker was killed), except a
+dead-lettered original, which is deleted.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ TICK_SECONDS = 0.5
 STALE_AFTER_SECONDS = 5.0
 # ChangeMessageVisibilityBatch takes at most 10 entries.
 BATCH_SIZE = 10
+# Retries of a failed delete of a dead-lettered original: from 1 s, doubling, at most this far apart.
+DELETE_RETRY_MAX_SECONDS = 30.0
 # Codes of a receipt handle SQS will never accept again: the message was deleted, or its
 # visibility ran out and it was received elsewhere.
 GONE_CODES = {"ReceiptHandleIsInvalid", "InvalidParameterValue", "MessageNotInflight",
@@ -123,6 +131,8 @@ class Heartbeat:
         self._given_back: set[str] = set()
         self._refused: set[str] = set()            # SQS refused an extension: acked, or lost
         self._failing = False
+        # Message ID -> (original copied to the dead-letter queue, next try, seconds to the one after).
+        self._to_delete: dict[str, tuple[Held, float, float]] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sqs-heartbeat", daemon=True)
@@ -136,6 +146,21 @@ class Heartbeat:
     def given_back(self, receipt_handle: str) -> None:
         """Call with ``self.lock`` held, before changing the message's visibility yourself."""
         self._given_back.add(receipt_handle)
+
+    def resume(self, receipt_handle: str) -> None:
+        """Undo ``given_back``: the message stays held after all and is extended again."""
+        with self.lock:
+            self._given_back.discard(receipt_handle)
+
+    def delete_later(self, original: Held) -> None:
+        """Retry deleting ``original`` (its copy is in the dead-letter queue) until SQS takes it."""
+        with self.lock:
+            self._to_delete[original.message_id] = (original, time.time() + 1.0, 2.0)
+        self.poke()
+
+    def dead_lettered(self) -> list[Held]:
+        with self.lock:
+            return [original for original, _, _ in self._to_delete.values()]
 
     def _snapshot(self) -> list[Held]:
         held: dict[str, Held] = {}
@@ -195,7 +220,34 @@ class Heartbeat:
             if handle not in live:
                 del self._extended_at[handle]
         self._refused &= live  # refused handles the worker has since acked are no concern
+        self._delete_dead_lettered(now)
         self._write_state(held, now)
+
+    def _delete_dead_lettered(self, now: float) -> None:
+        with self.lock:
+            due = [(o, wait) for o, at, wait in self._to_delete.values() if at <= now]
+        if not due:
+            return
+        if self._client is None:
+            self._client = _sqs_client(self.region)
+        for original, wait in due:
+            outcome = delete(self._client, original)
+            with self.lock:
+                if outcome == "failed" and original.received + SQS_MAX_HOLD_SECONDS > now:
+                    self._to_delete[original.message_id] = (original, now + wait, min(2 * wait, DELETE_RETRY_MAX_SECONDS))
+                    continue
+                self._to_delete.pop(original.message_id, None)
+            if outcome == "deleted":
+                logger.warning("dead-lettered message %s (task %s %s) deleted from its queue at a later try",
+                               original.message_id, original.task, original.task_id)
+            elif outcome == "gone":
+                logger.error("dead-lettered message %s (task %s %s): SQS refuses its receipt handle (already deleted, "
+                             "or its 12 h hold ended and it was received again)", original.message_id, original.task,
+                             original.task_id)
+            else:
+                logger.error("dead-lettered message %s (task %s %s) could not be deleted within SQS's 12 h hold; it is "
+                             "visible again and may run although its copy is in the dead-letter queue",
+                             original.message_id, original.task, original.task_id)
 
     def _extend(self, due: list[Held], now: float) -> None:
         if not due:
@@ -239,7 +291,7 @@ class Heartbeat:
             return
         polls = self._open_polls()
         state = {"pid": os.getpid(), "written": now, "draining": self.draining, "open_polls": polls,
-                 "held": [asdict(m) for m in held]}
+                 "held": [asdict(m) for m in held], "dead_lettered": [asdict(m) for m in self.dead_lettered()]}
         write_json(self.run_dir / STATE_FILE, state)
         drained = self.run_dir / DRAINED_FILE
         # A channel closed by a consumer restart (it only keeps running tasks' messages) opens no
@@ -249,6 +301,19 @@ class Heartbeat:
             drained.touch()
         elif drained.exists():
             drained.unlink(missing_ok=True)
+
+
+def delete(client, message: Held) -> str:
+    """Delete one message: "deleted", "gone" (SQS refuses its handle) or "failed" (try again)."""
+    try:
+        client.delete_message(QueueUrl=message.queue_url, ReceiptHandle=message.receipt_handle)
+    except Exception as error:  # noqa: BLE001 - an outage or throttling: retried later
+        code = getattr(error, "response", {}).get("Error", {}).get("Code")
+        if code in GONE_CODES:
+            return "gone"
+        logger.debug("DeleteMessage of %s failed: %s", message.message_id, error)
+        return "failed"
+    return "deleted"
 
 
 def write_json(path: Path, value: dict) -> None:
@@ -276,9 +341,17 @@ def read_state(run_dir: str | Path, *, max_age: float = STALE_AFTER_SECONDS) -> 
     return state
 
 
+def _dead_lettered(state: dict) -> list[Held]:
+    items = state.get("dead_lettered")
+    if not isinstance(items, list):
+        return []
+    return [Held(**{k: v for k, v in item.items() if k in HELD_FIELDS}) for item in items if isinstance(item, dict)]
+
+
 def held_count(run_dir: str | Path) -> int | None:
+    """Held messages, and dead-lettered originals still to delete: the worker is not idle while either is left."""
     state = read_state(run_dir)
-    return None if state is None else len(state["held"])
+    return None if state is None else len(state["held"]) + len(_dead_lettered(state))
 
 
 def release(run_dir: str | Path, region: str | None) -> tuple[int, int]:
@@ -286,7 +359,15 @@ def release(run_dir: str | Path, region: str | None) -> tuple[int, int]:
     state = read_state(run_dir, max_age=float("inf"))
     if state is None:
         return 0, 0
+    # A dead-lettered original is deleted, never shown again: its copy is in the dead-letter queue.
+    dead = _dead_lettered(state)
+    for original in dead:
+        if delete(_sqs_client(region), original) == "failed" and delete(_sqs_client(region), original) == "failed":
+            logger.error("dead-lettered message %s could not be deleted; it stays hidden until 12 h after its "
+                         "receive", original.message_id)
+    dead_ids = {m.message_id for m in dead}
     messages = [Held(**{k: v for k, v in item.items() if k in HELD_FIELDS}) for item in state["held"]]
+    messages = [m for m in messages if not (m.message_id and m.message_id in dead_ids)]
     if not messages:
         return 0, 0
     gone, failed = change_visibility(_sqs_client(region), messages, lambda m: 0)

@@ -1,4 +1,4 @@
-"""kombu's SQS transport with four defects of kombu 5.7.0 fixed, so no message is lost, kills a worker or waits out a timeout.
+"""kombu's SQS transport with defects of kombu 5.7.0 fixed, so no message is lost, kills a worker or waits out a timeout.
 
 1. **An unreachable endpoint must not end the worker.** kombu's asynchronous ReceiveMessage turns
    a timeout, a 5xx answer or a connection that could not be made (pycurl reports HTTP 599) into
@@ -32,6 +32,18 @@
    or by a lost worker process is visible again at once, and a drain (the ``stop-consuming``
    file) stops polling without leaving a long poll open to take a message nobody will run.
 
+5. **Dead-lettering never leaves a task both in the dead-letter queue and running again.** A task
+   this worker sends to the dead-letter queue itself (a countdown beyond SQS's hold, Celery's
+   retries used up) was copied there and then deleted; a delete that failed left the original to
+   come back after the visibility timeout and run again (and be copied a second time), and the
+   copy dropped the original's message attributes. Here the original is first hidden for the rest
+   of SQS's 12 hours from its receive, then copied with all its message attributes (every receive
+   asks for them) plus ``batch_celery_reason`` and ``batch_celery_dead_lettered_from`` (its
+   MessageId) while SQS's 10 allow, then deleted; a failed delete is retried by the heartbeat
+   (held_messages.py) for the rest of the 12 hours, the worker is not idle meanwhile, and a
+   receive of a message this process dead-lettered deletes it instead of running it.
+   (tests/container/test_dead_lettering.py reproduces both.)
+
 6. **A consumer restart keeps the running tasks' messages and consumes again.** On a connection
    error in the event loop (e.g. a credential refresh that fails near expiry) Celery closes the
    channel and consumes on a new one, while running tasks go on. kombu's ``Channel.close`` gives
@@ -49,13 +61,16 @@ Remove a fix once kombu handles the case itself.
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
-from contextlib import contextmanager
+from collections import OrderedDict
+from contextlib import contextmanager, nullcontext
 
 from botocore.exceptions import BotoCoreError, ClientError
 from kombu.asynchronous import get_event_loop, set_event_loop
 from kombu.transport import SQS
+from kombu.transport.virtual import Channel as VirtualChannel
 
 from held_messages import Held, Heartbeat
 import kombu_contract
@@ -68,6 +83,45 @@ logger = logging.getLogger(__name__)
 
 # SQS's limit of a message's visibility timeout.
 MAX_VISIBILITY_SECONDS = 12 * 60 * 60
+# SQS's limit of message attributes per message.
+MAX_MESSAGE_ATTRIBUTES = 10
+# Message attributes of a copy in the dead-letter queue, in the order they get a free place.
+REASON_ATTRIBUTE = "batch_celery_reason"
+DEAD_LETTERED_FROM_ATTRIBUTE = "batch_celery_dead_lettered_from"
+
+# MessageIds this process copied to a dead-letter queue: received again (its delete failed, or SQS
+# delivered it once more), such a message is deleted, never run. The newest 10000 are kept.
+_dead_lettered_ids: OrderedDict[str, None] = OrderedDict()
+_DEAD_LETTERED_IDS_KEPT = 10_000
+
+
+def _remember_dead_lettered(message_id: str) -> None:
+    _dead_lettered_ids[message_id] = None
+    while len(_dead_lettered_ids) > _DEAD_LETTERED_IDS_KEPT:
+        _dead_lettered_ids.popitem(last=False)
+
+
+def copied_attributes(sqs_message: dict, reason: str) -> tuple[dict, list[str]]:
+    """The message attributes of a message's dead-letter copy: all of the original's, then ours while
+    SQS's 10 allow. Returns them and the names of ours that found no place."""
+    attributes = {}
+    for name, value in (sqs_message.get("MessageAttributes") or {}).items():
+        entry = {"DataType": value["DataType"]}
+        if "StringValue" in value:
+            entry["StringValue"] = value["StringValue"]
+        if "BinaryValue" in value:
+            binary = value["BinaryValue"]
+            # kombu's asynchronous receive parses SQS's JSON answer itself: binary comes as base64 text.
+            entry["BinaryValue"] = base64.b64decode(binary) if isinstance(binary, str) else binary
+        attributes[name] = entry
+    ours = {REASON_ATTRIBUTE: reason[:1000], DEAD_LETTERED_FROM_ATTRIBUTE: str(sqs_message.get("MessageId", ""))}
+    left_out = []
+    for name, value in ours.items():
+        if name in attributes or len(attributes) < MAX_MESSAGE_ATTRIBUTES:
+            attributes[name] = {"DataType": "String", "StringValue": value}
+        else:
+            left_out.append(name)
+    return attributes, left_out
 
 
 # One per worker process: the messages of every consuming channel, one writer of the state file.
@@ -83,10 +137,20 @@ class Channel(SQS.Channel):
     drain_confirmed = False
     # Running tasks' messages kept through a close (fix 6); read before _delivered by held().
     _kept_through_close: dict = {}
+    # Delivery tag -> MessageId of messages copied to the dead-letter queue, not yet acked (fix 5).
+    _dead_lettering: dict = {}
 
     @property
     def failed_task_retry_seconds(self) -> int:
         return int(self.transport_options.get("failed_task_retry_seconds", 30))
+
+    @property
+    def get_message_attributes(self) -> dict:
+        """Every receive asks for all message attributes too (fix 5: a dead-letter copy keeps them).
+        No extra request; kombu asks for none unless ``fetch_message_attributes`` names them."""
+        attributes = dict(super().get_message_attributes)
+        attributes["MessageAttributeNames"] = ["All"]
+        return attributes
 
     # -- fix 4: heartbeat, drain and instant release ------------------------------------------
 
@@ -131,8 +195,9 @@ class Channel(SQS.Channel):
             # the state file goes stale, and stale means "not idle" to the lifecycle script.
             raise RuntimeError("the worker's delivered messages changed on every copy attempt")
         held = []
+        dead_lettering = self._dead_lettering
         for tag, message in delivered:
-            if tag in dirty:
+            if tag in dirty or tag in dead_lettering:
                 continue
             info = message.delivery_info
             sqs_message = info.get("sqs_message") or {}
@@ -169,6 +234,8 @@ class Channel(SQS.Channel):
 
     def basic_ack(self, delivery_tag, multiple=False):
         try:
+            if delivery_tag in self._dead_lettering:
+                return self._ack_dead_lettered(delivery_tag)
             return super().basic_ack(delivery_tag, multiple=multiple)
         finally:
             if self._heartbeat is not None:
@@ -283,6 +350,8 @@ class Channel(SQS.Channel):
             if self._endpoint_unreachable:
                 self._endpoint_unreachable = False
                 logger.warning("SQS answers again for queue %s; consuming", qname)
+            if _dead_lettered_ids and messages.get("Messages"):
+                messages["Messages"] = self._without_dead_lettered(queue, qname, messages["Messages"])
             delivered = super()._on_messages_ready(queue, qname, messages)
             if delivered and self._heartbeat is not None:
                 self._heartbeat.poke()
@@ -328,29 +397,131 @@ class Channel(SQS.Channel):
     # -- fix 5: straight to the dead-letter queue, with the reason ---------------------------------
 
     def dead_letter(self, message, reason: str) -> bool:
-        """Send a copy of a held message to the queue's dead-letter queue now, with ``reason`` as its
-        message attribute ``batch_celery_reason``; the caller then acks (deletes) the original.
-        False if the copy could not be sent: the original is untouched (never lost)."""
+        """Copy a held message to its queue's dead-letter queue now, with ``reason``; the caller then
+        acks it, which deletes the original (retried until SQS takes it, see the module docstring).
+        False if it could not be copied: the original is untouched and held as before (never lost)."""
         info = message.delivery_info
         try:
             sqs_message, queue_url = info["sqs_message"], info["sqs_queue"]
+            receipt_handle = sqs_message["ReceiptHandle"]
         except KeyError:
             return False
+        message_id = sqs_message.get("MessageId", "")
         queue = self.canonical_queue_name(info["routing_key"]) if info.get("routing_key") else None
         client = self.sqs(queue=queue)
         try:
             dlq_url = self._dead_letter_url(client, queue_url)
-            client.send_message(
-                QueueUrl=dlq_url, MessageBody=sqs_message["Body"],
-                MessageAttributes={"batch_celery_reason": {"DataType": "String", "StringValue": reason[:1000]}},
-            )
         except (ClientError, BotoCoreError, KeyError, ValueError) as error:
-            logger.error("could not move message %s to the dead-letter queue (%s); it stays in the queue and "
-                         "reaches it after maxReceiveCount receives", sqs_message.get("MessageId"), error)
+            logger.error("could not find the dead-letter queue of %s (%s); message %s stays in the queue and reaches "
+                         "it after maxReceiveCount receives", queue_url, error, message_id)
             return False
-        logger.error("message %s (task %s %s) goes to the dead-letter queue: %s", sqs_message.get("MessageId"),
+        # Hidden first, for as long as SQS allows: if the delete after the copy fails (or this worker
+        # dies between the two), the original cannot come back and run while its copy is there.
+        received = float(sqs_message.get("_received_at", time.time()))
+        hide = max(1, min(MAX_VISIBILITY_SECONDS, int(received + MAX_VISIBILITY_SECONDS - time.time()) - 1))
+        heartbeat = self._heartbeat
+        try:
+            with heartbeat.lock if heartbeat is not None else nullcontext():
+                client.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=receipt_handle,
+                                                 VisibilityTimeout=hide)
+                if heartbeat is not None:
+                    heartbeat.given_back(receipt_handle)  # never extended (shortened) again
+        except (ClientError, BotoCoreError) as error:
+            logger.error("could not hide message %s before moving it to the dead-letter queue (%s); it stays in the "
+                         "queue and reaches it after maxReceiveCount receives", message_id, error)
+            return False
+        attributes, left_out = copied_attributes(sqs_message, reason)
+        try:
+            client.send_message(QueueUrl=dlq_url, MessageBody=sqs_message["Body"], MessageAttributes=attributes)
+        except (ClientError, BotoCoreError, KeyError, ValueError) as error:
+            if heartbeat is not None:
+                heartbeat.resume(receipt_handle)  # held and extended again, as before
+            else:
+                self._show_again(client, queue_url, receipt_handle)
+            logger.error("could not move message %s to the dead-letter queue (%s); it stays in the queue and "
+                         "reaches it after maxReceiveCount receives", message_id, error)
+            return False
+        _remember_dead_lettered(message_id)
+        self._dead_lettering = {**self._dead_lettering, message.delivery_tag: message_id}
+        if left_out:
+            logger.warning("message %s has %d message attributes already, SQS's limit: its dead-letter copy keeps "
+                           "them and goes without %s (the reason is in this log)", message_id,
+                           MAX_MESSAGE_ATTRIBUTES, ", ".join(left_out))
+        logger.error("message %s (task %s %s) goes to the dead-letter queue: %s", message_id,
                      (message.headers or {}).get("task"), (message.headers or {}).get("id"), reason)
         return True
+
+    def _show_again(self, client, queue_url: str, receipt_handle: str) -> None:
+        try:
+            client.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=receipt_handle,
+                                             VisibilityTimeout=int(self.visibility_timeout))
+        except (ClientError, BotoCoreError) as error:
+            logger.warning("could not shorten the hold of a message not dead-lettered after all: %s", error)
+
+    def _ack_dead_lettered(self, delivery_tag) -> None:
+        """Delete a dead-lettered original; on failure the heartbeat retries. Never raises: the
+        copy is in the dead-letter queue, and the original is hidden until it is deleted."""
+        message_id = self._dead_lettering.get(delivery_tag, "")
+        try:
+            message = self.qos.get(delivery_tag)
+            info = message.delivery_info
+            original = Held(receipt_handle=info["sqs_message"]["ReceiptHandle"], queue_url=info["sqs_queue"],
+                            message_id=message_id, task=str((message.headers or {}).get("task", "")),
+                            task_id=str((message.headers or {}).get("id", "")),
+                            received=float(info["sqs_message"].get("_received_at", time.time())))
+            queue = self.canonical_queue_name(info["routing_key"]) if info.get("routing_key") else None
+        except KeyError:
+            original = None
+        try:
+            if original is not None:
+                self._delete_original(queue, original)
+        finally:
+            self._dead_lettering = {t: m for t, m in self._dead_lettering.items() if t != delivery_tag}
+            VirtualChannel.basic_ack(self, delivery_tag)  # releases the prefetch slot
+
+    def _delete_original(self, queue, original: Held) -> bool:
+        """Delete a dead-lettered original now; False if it failed (the heartbeat retries it)."""
+        try:
+            self.sqs(queue=queue).delete_message(QueueUrl=original.queue_url, ReceiptHandle=original.receipt_handle)
+        except (ClientError, BotoCoreError) as error:
+            code = getattr(error, "response", {}).get("Error", {}).get("Code")
+            if code in ("ReceiptHandleIsInvalid", "InvalidParameterValue"):
+                logger.error("dead-lettered message %s: SQS refuses its receipt handle (%s)", original.message_id, code)
+                return True
+            heartbeat = _process_heartbeat
+            if heartbeat is None:
+                logger.error("could not delete dead-lettered message %s (%s); it stays hidden until 12 h after its "
+                             "receive, then may run although its copy is in the dead-letter queue",
+                             original.message_id, error)
+                return False
+            heartbeat.delete_later(original)
+            logger.warning("could not delete dead-lettered message %s (%s); it stays hidden and the delete is retried",
+                           original.message_id, error)
+            return False
+        return True
+
+    def _without_dead_lettered(self, queue_url: str, qname: str, messages: list) -> list:
+        """The received messages this process did not dead-letter; the others are deleted, not run."""
+        kept = []
+        for sqs_message in messages:
+            message_id = sqs_message.get("MessageId")
+            if message_id not in _dead_lettered_ids:
+                kept.append(sqs_message)
+                continue
+            logger.warning("message %s was received again, but its copy is in the dead-letter queue already; "
+                           "deleting it instead of running it", message_id)
+            received = float(sqs_message.get("_received_at", time.time()))
+            original = Held(receipt_handle=sqs_message["ReceiptHandle"], queue_url=queue_url, message_id=message_id,
+                            received=received)
+            client_queue = self.canonical_queue_name(qname)
+            if not self._delete_original(client_queue, original):
+                try:  # hidden while the heartbeat retries the delete
+                    self.sqs(queue=client_queue).change_message_visibility(
+                        QueueUrl=queue_url, ReceiptHandle=original.receipt_handle,
+                        VisibilityTimeout=max(1, int(received + MAX_VISIBILITY_SECONDS - time.time()) - 1))
+                except (ClientError, BotoCoreError) as error:
+                    logger.error("could not hide dead-lettered message %s either (%s)", message_id, error)
+        return kept
 
     def _dead_letter_url(self, client, queue_url: str) -> str:
         cache = self.__dict__.setdefault("_dead_letter_urls", {})

@@ -26,7 +26,7 @@ import sys
 import threading
 from collections import Counter
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 from batch_celery.local.motoserver import HOST
@@ -200,17 +200,33 @@ def api_action(path: str, headers, body: bytes) -> str:
     return urlsplit(path).path
 
 
+def api_params(headers, body: bytes) -> dict:
+    """The parameters of a request: the JSON document (JSON protocol) or the form, one value per key."""
+    if not body:
+        return {}
+    if headers.get("X-Amz-Target"):
+        try:
+            params = json.loads(body)
+        except ValueError:
+            return {}
+        return params if isinstance(params, dict) else {}
+    return {key: values[0] for key, values in parse_qs(body.decode("utf-8", "replace")).items()}
+
+
 class ApiProxy:
     """HTTP proxy on 127.0.0.1 in front of moto: ``counts`` of forwarded and answered calls by
-    action, and ``decide(action) -> None | THROTTLE | SERVER_ERROR | LOST_RESPONSE`` per call.
+    action, and ``decide(action) -> None | THROTTLE | SERVER_ERROR | LOST_RESPONSE`` per call, or
+    ``decide_call(action, params)`` to choose by the call's parameters (e.g. its QueueUrl).
+    Each HTTP attempt is one call: an SDK that retries a failed call is asked again.
 
         with ApiProxy(moto.endpoint) as proxy:
             ...clients use proxy.endpoint...; proxy.counts["ReceiveMessage"]
     """
 
-    def __init__(self, target: str, decide=None) -> None:
+    def __init__(self, target: str, decide=None, decide_call: Callable[[str, dict], str | None] | None = None) -> None:
         self.target = target
         self.decide = decide or (lambda action: None)
+        self.decide_call = decide_call
         self.counts: Counter = Counter()
         self.faults: Counter = Counter()
         self._lock = threading.Lock()
@@ -239,7 +255,10 @@ class ApiProxy:
             def _relay(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 action = api_action(self.path, self.headers, body)
-                fault = proxy.decide(action)
+                if proxy.decide_call is not None:
+                    fault = proxy.decide_call(action, api_params(self.headers, body))
+                else:
+                    fault = proxy.decide(action)
                 with proxy._lock:
                     proxy.counts[action] += 1
                     if fault:
@@ -391,3 +410,39 @@ class CredentialServer:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+class FailDeleteAfterSend:
+    """``decide_call`` for ApiProxy: the first DeleteMessage after a SendMessage to a queue whose URL
+    ends with ``/<queue_name>`` fails with HTTP 500, and so does every later DeleteMessage of the same
+    receipt handle (the SDK's retries, the caller's own) for ``seconds`` from the first. Other calls
+    pass. ``failed`` counts the failed attempts, ``deleted_at`` is when one of that handle passed.
+    """
+
+    def __init__(self, queue_name: str, seconds: float) -> None:
+        self.queue_name = queue_name
+        self.seconds = seconds
+        self.failed = 0
+        self.deleted_at: float | None = None
+        self._armed = False
+        self._handle: str | None = None
+        self._until = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, action: str, params: dict) -> str | None:
+        import time
+
+        with self._lock:
+            if action == "SendMessage" and str(params.get("QueueUrl", "")).endswith("/" + self.queue_name):
+                self._armed = True
+            elif action == "DeleteMessage" and self._armed:
+                handle = params.get("ReceiptHandle")
+                if self._handle is None:
+                    self._handle, self._until = handle, time.monotonic() + self.seconds
+                if handle == self._handle:
+                    if time.monotonic() < self._until:
+                        self.failed += 1
+                        return SERVER_ERROR
+                    if self.deleted_at is None:
+                        self.deleted_at = time.monotonic()
+        return None

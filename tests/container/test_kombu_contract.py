@@ -142,6 +142,15 @@ def test_hook_channel_basic_ack():
     assert "self.qos.get(delivery_tag).delivery_info" in source and "delete_message(" in source
 
 
+def test_hook_channel_get_message_attributes():
+    # A property both receive paths read (fix 5 adds MessageAttributeNames ["All"] to it).
+    assert isinstance(SQS.Channel.__dict__["get_message_attributes"], property)
+    assert "self.get_message_attributes" in _source(SQS.Channel._receive_message)
+    assert "self.get_message_attributes.get(" in _source(SQS.Channel.asynsqs)
+    # The SQS channel's own basic_ack calls virtual.Channel.basic_ack, which fix 5 calls directly.
+    assert "self.qos.ack(delivery_tag)" in _source(virtual.Channel.basic_ack)
+
+
 def test_hook_channel_basic_reject():
     assert _params(SQS.Channel.basic_reject) == ["self", "delivery_tag", "requeue"]
     assert "is_backoff_task(delivery_tag)" in _source(SQS.Channel.basic_reject)
