@@ -198,7 +198,7 @@ class CeleryBatchWorkers(Construct):
 
     def _key(self) -> kms.IKey | None:
         """kms_key: true makes the key here, with the key policy the services need; an ARN uses
-        the user's key, whose policy must say the same (README, Security)."""
+        the user's key, whose policy must say the same (docs/security.md)."""
         if self.props.kms_key is False:
             return None
         for family in ("kms:GenerateDataKey*", "kms:ReEncrypt*"):

@@ -308,7 +308,7 @@ def timed_out(target: Target, probe: Probe, timeout: float, submitted: bool) -> 
         fix = ("alarms mode starts workers at 5 waiting messages or after a task waited 300 s: run the "
                "doctor with --submit (its default in alarms mode)")
     elif states <= {"SUBMITTED", "PENDING", "RUNNABLE"}:
-        fix = ("the job never started: a full or short compute environment (README Troubleshooting, 'Worker "
+        fix = ("the job never started: a full or short compute environment (docs/operations.md, Troubleshooting, 'Worker "
                "jobs stay RUNNABLE'); an EC2 pool from zero may need a longer --timeout")
     elif "FAILED" in states and not states & {"STARTING", "RUNNING", "SUCCEEDED"}:
         fix = ("the worker job failed: its status reason above, its log in CloudWatch (CannotPullContainerError "
@@ -406,7 +406,7 @@ def check_dlq(target: Target, pool: str, caller: str | None) -> Check:
     try:
         waiting = int(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
                       ["Attributes"]["ApproximateNumberOfMessages"])
-        held = f"; it holds {waiting} failed task(s): see README 'A task lands in the DLQ'" if waiting else "; empty"
+        held = f"; it holds {waiting} failed task(s): see docs/operations.md, Troubleshooting, 'A task lands in the DLQ'" if waiting else "; empty"
     except Exception:  # noqa: BLE001
         held = ""
     return Check(name, OK, f"readable by {caller or 'the caller'}{held}")

@@ -19,6 +19,8 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from batch_celery_container.contract import EXIT_JOB_DEADLINE
+
 from .props import pascal
 
 
@@ -108,7 +110,8 @@ class Monitoring(Construct):
             alarm.add_alarm_action(notify)
 
         # A worker job that ended FAILED: its worker crashed or could not start (exit status and
-        # reason in the event), or Batch cancelled it after it waited RUNNABLE too long.
+        # reason in the event), or Batch cancelled it after it waited RUNNABLE too long (no
+        # container). A worker that left at its job's deadline (exit 7) is routine, not news.
         self.failed_jobs_rule = events.Rule(
             self,
             "WorkerJobFailedRule",
@@ -116,7 +119,12 @@ class Monitoring(Construct):
             event_pattern=events.EventPattern(
                 source=["aws.batch"],
                 detail_type=["Batch Job State Change"],
-                detail={"status": ["FAILED"], "jobQueue": [q.job_queue_arn for q in job_queues.values()]},
+                detail={
+                    "status": ["FAILED"],
+                    "jobQueue": [q.job_queue_arn for q in job_queues.values()],
+                    "$or": [{"container": {"exitCode": [{"anything-but": EXIT_JOB_DEADLINE}]}},
+                            {"container": {"exitCode": [{"exists": False}]}}],
+                },
             ),
             targets=[targets.SnsTopic(
                 self.topic,

@@ -46,7 +46,7 @@ KMS_ENDPOINT = {"Kms": ec2.InterfaceVpcEndpointAwsService.KMS}
 
 
 def interface_endpoints(*, ec2_pools: bool, kms_key: bool) -> dict[str, ec2.InterfaceVpcEndpointAwsService]:
-    """The interface endpoints a private-endpoints VPC needs (README prices them)."""
+    """The interface endpoints a private-endpoints VPC needs (docs/costs.md prices them)."""
     return {**BASE_ENDPOINTS, **(EC2_ENDPOINTS if ec2_pools else {}), **(KMS_ENDPOINT if kms_key else {})}
 
 

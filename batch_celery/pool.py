@@ -59,6 +59,8 @@ WORKER_RETRY_STRATEGIES = (
     batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.custom(on_status_reason="Task failed to start*")),
     # On EC2 an image pull that failed says so in the reason.
     batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.CANNOT_PULL_CONTAINER),
+    # Everything else exits, the lifecycle script's own statuses among them: 7 (the worker left
+    # before the job timeout) is not a failure to retry; the scaler replaces it if work remains.
     batch.RetryStrategy.of(batch.Action.EXIT, batch.Reason.custom(on_reason="*")),
 )
 
@@ -97,6 +99,8 @@ def worker_environment(
         task_time_limit_seconds=props.task_time_limit_seconds,
         visibility_timeout_seconds=props.visibility_timeout_seconds,
         stop_grace_seconds=props.stop_grace_seconds,
+        # The same setting as the job definition's timeout below: the worker plans its end by it.
+        job_timeout_seconds=props.job_timeout_seconds,
     )
 
 

@@ -42,7 +42,7 @@ FARGATE_MEMORY_MIB: dict[float, tuple[int, ...]] = {
 }
 # EC2 jobs reserve whole vCPUs. The largest instances Batch launches have 192 vCPUs, 8 GPUs
 # (p5, g6e.48xlarge) and a few TiB of memory; an instance keeps some memory for the ECS agent, so a
-# job that asks for all of an instance's nominal memory waits RUNNABLE forever (see the README).
+# job that asks for all of an instance's nominal memory waits RUNNABLE forever (see docs/operations.md, Troubleshooting).
 EC2_VCPUS_RANGE = (1, 192)
 EC2_MEMORY_RANGE = (512, 2_097_152)
 GPUS_RANGE = (0, 8)
@@ -63,10 +63,9 @@ LOG_RETENTION_DAYS = (
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731,
     1096, 1827, 2192, 2557, 2922, 3288, 3653,
 )
-# Batch's smallest job timeout; a worker must also fit one full task and its idle window
-# (plus start-up) before Batch stops it, or every long task would be cut off and redelivered.
+# Batch's smallest job timeout. A worker must also be able to take tasks for its idle window and
+# finish each before Batch stops it (limits.job_timeout_problem); it stops taking tasks in time.
 BATCH_MIN_TIMEOUT_SECONDS = 60
-WORKER_STARTUP_HEADROOM_SECONDS = 60
 # The dead-letter queue keeps messages for the SQS maximum. SQS counts retention from the
 # original enqueue time, so the task queue must keep messages for less than the DLQ does.
 DLQ_RETENTION_DAYS = 14
@@ -156,8 +155,9 @@ class PoolProps:
     # --- worker ------------------------------------------------------------------------------
     concurrency: int = 1
     """Celery worker processes inside one job (1..64)."""
-    task_time_limit_seconds: int = 900
-    """Hard time limit of one Celery task (up to 12 h minus the visibility timeout)."""
+    task_time_limit_seconds: int = limits.DEFAULT_TASK_TIME_LIMIT_SECONDS
+    """Hard time limit of one Celery task (up to 12 h minus the visibility timeout); 3 h: tasks of
+    minutes to hours run, and a runaway task holds its worker at most this long."""
     visibility_timeout_seconds: int = limits.DEFAULT_VISIBILITY_TIMEOUT_SECONDS
     """SQS visibility timeout = the crash-recovery window: the worker extends what it holds by a
     heartbeat; a dead worker's messages return within this long."""
@@ -166,8 +166,10 @@ class PoolProps:
     for this long."""
     poll_seconds: int = 10
     """How often the worker job checks whether its worker is idle (<= idle_seconds)."""
-    job_timeout_seconds: int = 4 * 3600
-    """Batch stops a worker job after this long (>= task limit + idle window + 60 s)."""
+    job_timeout_seconds: int = limits.DEFAULT_JOB_TIMEOUT_SECONDS
+    """Batch stops a worker job after this long; its worker takes no task it could not finish
+    before then (job timeout - task limit - stop grace - 40 s), then leaves by itself (exit 7)
+    and the scaler replaces it if work remains (>= task limit + stop grace + 40 s + idle window)."""
     job_attempts: int = 3
     """Attempts of a worker job on infrastructure failures (1-10); app errors exit at once."""
     stop_grace_seconds: int = limits.DEFAULT_STOP_GRACE_SECONDS
@@ -427,17 +429,15 @@ def _validate_pool(p: PoolProps) -> None:
     _check(p, "task_time_limit_seconds", limits.task_time_limit_problem(limit, visibility))
     idle = _int(p, "idle_seconds", 1)
     _int(p, "poll_seconds", 1, idle)
-    timeout = _int(p, "job_timeout_seconds", BATCH_MIN_TIMEOUT_SECONDS)
-    needed = limit + idle + WORKER_STARTUP_HEADROOM_SECONDS
-    if timeout < needed:
-        raise _fail(
-            "job_timeout_seconds", timeout,
-            f"must be >= task_time_limit_seconds ({limit}) + idle_seconds ({idle})"
-            f" + {WORKER_STARTUP_HEADROOM_SECONDS} s start-up = {needed}",
-        )
-    _int(p, "job_attempts", 1, 10)
     grace = _int(p, "stop_grace_seconds")
     _check(p, "stop_grace_seconds", limits.stop_grace_problem(grace))
+    timeout = _int(p, "job_timeout_seconds", BATCH_MIN_TIMEOUT_SECONDS)
+    problem = limits.job_timeout_problem(timeout, limit, grace, idle)
+    if problem:
+        raise _fail("job_timeout_seconds", timeout,
+                    f"{problem} (keys: job_timeout_seconds, task_time_limit_seconds, stop_grace_seconds, "
+                    "idle_seconds)")
+    _int(p, "job_attempts", 1, 10)
 
     # Task queue.
     tasks = p.tasks

@@ -22,6 +22,8 @@ CONCURRENCY = "WORKER_CONCURRENCY"
 TASK_TIME_LIMIT_SECONDS = "TASK_TIME_LIMIT_SECONDS"
 VISIBILITY_TIMEOUT_SECONDS = "VISIBILITY_TIMEOUT_SECONDS"
 STOP_GRACE_SECONDS = "STOP_GRACE_SECONDS"
+# The job definition's timeout (the same setting): the worker stops taking tasks in time for it.
+JOB_TIMEOUT_SECONDS = "JOB_TIMEOUT_SECONDS"
 
 # --- set by the stack on worker jobs, the filler and the scaler when the feature is on ----------
 # Where task results go (a DynamoDB table name; unset: results off) and how long they are kept.
@@ -45,12 +47,16 @@ ENDPOINT_URL_SQS = "AWS_ENDPOINT_URL_SQS"
 # boto3 reads it by itself; the local run points the result backend at moto with it.
 ENDPOINT_URL_DYNAMODB = "AWS_ENDPOINT_URL_DYNAMODB"
 
+# --- the lifecycle script's exit statuses the stack acts on (run_celery_worker.sh's header) -------
+# The worker left at its job's deadline: routine, not retried, not reported as a failure.
+EXIT_JOB_DEADLINE = 7
+
 # --- the task every worker registers (celery_app.py) and `python -m batch_celery doctor` sends -----
 PROBE_TASK = "batch_celery.probe"
 
 WORKER_VARIABLES = (
     QUEUE_NAME, QUEUE_URL, REGION, POOL, IDLE_SECONDS, POLL_SECONDS, CONCURRENCY,
-    TASK_TIME_LIMIT_SECONDS, VISIBILITY_TIMEOUT_SECONDS, STOP_GRACE_SECONDS,
+    TASK_TIME_LIMIT_SECONDS, VISIBILITY_TIMEOUT_SECONDS, STOP_GRACE_SECONDS, JOB_TIMEOUT_SECONDS,
 )
 FILLER_VARIABLES = (QUEUE_NAME, QUEUE_URL, REGION, ROUTES)
 # Set by the stack when metrics and results are on (they are by default).
@@ -69,6 +75,7 @@ def worker_environment(
     task_time_limit_seconds: int,
     visibility_timeout_seconds: int,
     stop_grace_seconds: int,
+    job_timeout_seconds: int,
     metrics_namespace: str | None = None,
     result_table: str | None = None,
     result_expires_days: int | None = None,
@@ -87,6 +94,7 @@ def worker_environment(
         TASK_TIME_LIMIT_SECONDS: str(task_time_limit_seconds),
         VISIBILITY_TIMEOUT_SECONDS: str(visibility_timeout_seconds),
         STOP_GRACE_SECONDS: str(stop_grace_seconds),
+        JOB_TIMEOUT_SECONDS: str(job_timeout_seconds),
     }
 
 

@@ -13,6 +13,8 @@ task is SQS: a received message can stay invisible for at most 12 hours from its
 
 from __future__ import annotations
 
+import sys
+
 # A message stays invisible at most this long after it was received, however often it is extended.
 SQS_MAX_HOLD_SECONDS = 12 * 60 * 60
 # The crash-recovery window: a message whose worker died returns to the queue within this long.
@@ -29,6 +31,60 @@ STOP_RELEASE_SECONDS = 5
 LONG_POLL_SECONDS = 2
 DEFAULT_STOP_GRACE_SECONDS = 20
 MAX_STOP_GRACE_SECONDS = BATCH_KILL_AFTER_TERM_SECONDS - STOP_RELEASE_SECONDS
+
+
+# A task's hard time limit by default: tasks of minutes to hours, a 2-hour task with an hour to
+# spare. The cost: a runaway task holds its worker (and a message) this long before it is killed.
+DEFAULT_TASK_TIME_LIMIT_SECONDS = 3 * 3600
+# Batch stops a worker job this long after its start (attemptDurationSeconds). The worker takes
+# tasks until one more could not finish before then (see take_window_seconds), so with the default
+# task limit a worker takes tasks for about 5 h, leaves by itself and is replaced if work remains.
+DEFAULT_JOB_TIMEOUT_SECONDS = 8 * 3600
+# Batch counts the job timeout from the attempt's startedAt (the container started); the lifecycle
+# script counts from its own first line, a few seconds later. Kept in hand for that difference.
+JOB_START_MARGIN_SECONDS = 30
+# After the last task it took has ended: the drain (one 2 s long poll), Celery's warm shutdown
+# (about 3 s) and giving back what it held, all before Batch's timeout.
+JOB_STOP_MARGIN_SECONDS = 10
+
+
+def soft_time_limit(time_limit: int) -> int:
+    """Celery's soft time limit: a little below the hard limit, so a task can clean up before it
+    is killed (worker_settings.py's ``task_soft_time_limit_seconds``)."""
+    return max(1, time_limit - max(1, min(60, time_limit // 10)))
+
+
+def take_window_seconds(job_timeout: int, time_limit: int, stop_grace: int,
+                        start_margin: int = JOB_START_MARGIN_SECONDS,
+                        stop_margin: int = JOB_STOP_MARGIN_SECONDS) -> int:
+    """Seconds from the lifecycle script's start during which its worker may take a task.
+
+    A task taken at the end of the window ends (its hard time limit) and the worker is stopped
+    before Batch's job timeout would cut it: ``job timeout - start margin - task time limit -
+    stop grace - stop margin``. The stop grace stays in hand too, so even a TERM that comes at
+    the timeout finds no task to cut."""
+    return job_timeout - start_margin - time_limit - stop_grace - stop_margin
+
+
+def min_job_timeout(time_limit: int, stop_grace: int, idle_seconds: int) -> int:
+    """The shortest job timeout whose worker may take tasks for at least its idle window."""
+    return time_limit + stop_grace + JOB_START_MARGIN_SECONDS + JOB_STOP_MARGIN_SECONDS + idle_seconds
+
+
+def job_timeout_problem(job_timeout: int, time_limit: int, stop_grace: int, idle_seconds: int,
+                        start_margin: int = JOB_START_MARGIN_SECONDS,
+                        stop_margin: int = JOB_STOP_MARGIN_SECONDS) -> str | None:
+    """A job must be able to take tasks for at least its idle window, or it would start, take at
+    most a task or two and leave (a start latency and a replacement for each)."""
+    window = take_window_seconds(job_timeout, time_limit, stop_grace, start_margin, stop_margin)
+    if window < idle_seconds:
+        needed = job_timeout - window + idle_seconds
+        return (
+            f"must be >= {needed}: the task time limit ({time_limit} s) + the stop grace ({stop_grace} s) + "
+            f"{start_margin + stop_margin} s to start and stop + the idle window ({idle_seconds} s), so that a "
+            f"worker can take tasks for at least its idle window and finish each before the job timeout"
+        )
+    return None
 
 
 # Celery processes in one worker job: beyond this a job should be split into more jobs.
@@ -103,3 +159,24 @@ def max_eta_delay_seconds(time_limit: int, visibility_timeout: int) -> int:
     """How far in the future a countdown/eta may lie when the worker receives it: the task must
     still run and be acked within SQS's 12 hours from that receive."""
     return max(0, SQS_MAX_HOLD_SECONDS - time_limit - visibility_timeout)
+
+
+def _main(argv: list[str]) -> int:
+    """``python limits.py take-window JOB_TIMEOUT TIME_LIMIT STOP_GRACE IDLE [START_MARGIN STOP_MARGIN]``:
+    print the worker's take window in seconds (the lifecycle script's deadline), or one line on
+    stderr saying what is wrong and exit 2."""
+    if len(argv) not in (5, 7) or argv[0] != "take-window" or not all(a.isdigit() for a in argv[1:]):
+        print("usage: limits.py take-window JOB_TIMEOUT TIME_LIMIT STOP_GRACE IDLE [START_MARGIN STOP_MARGIN]",
+              file=sys.stderr)
+        return 2
+    job_timeout, time_limit, grace, idle, *margins = (int(a) for a in argv[1:])
+    problem = job_timeout_problem(job_timeout, time_limit, grace, idle, *margins)
+    if problem:
+        print(f"configuration error: JOB_TIMEOUT_SECONDS={job_timeout} is not allowed; {problem}", file=sys.stderr)
+        return 2
+    print(take_window_seconds(job_timeout, time_limit, grace, *margins))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -8,6 +8,13 @@
 # fresh state file, queue unreadable) never counts as idle. Before it stops, the worker drains:
 # it opens no new long poll and gives back what an open one still brings.
 #
+# The job's end: Batch stops the job JOB_TIMEOUT_SECONDS after it started, whatever it runs. The
+# script counts from its own start (minus a margin for the container's start) and takes no task it
+# could not finish before then: once the take window (limits.take_window_seconds: job timeout -
+# task time limit - stop grace - margins) has passed, it drains, lets the worker finish what it
+# runs, gives back what it held unstarted and exits 7; the scaler starts another worker if work
+# remains. So the timeout never cuts a task. Unset: no deadline (a local run).
+#
 # Exit status (the job's exit code; Batch's retry strategy can match on it):
 #   0    idle for IDLE_SECONDS; the worker stopped cleanly, holding nothing
 #   2    configuration error, or the worker did not start
@@ -16,21 +23,32 @@
 #   5    the worker did not stop within STOP_TIMEOUT_SECONDS after TERM and was killed
 #   6    the worker wrote no state (held.json) for MAX_FAILED_READINGS polls in a row (wedged, or
 #        its consumer never started); it was stopped and what it last reported holding given back
+#   7    the job's deadline: no more task could finish before JOB_TIMEOUT_SECONDS; it took no more,
+#        every task it had started finished, what it held unstarted was given back at once
+#        (Batch does not retry it; the scaler replaces the worker if work remains)
 #   130  stopped by SIGINT, 143 stopped by SIGTERM (Batch stop, job timeout, Spot reclaim): the
 #        running task had STOP_GRACE_SECONDS to finish; if it did not, it was stopped and its
-#        message made visible at once, so another worker starts it within seconds
+#        message made visible at once, so another worker starts it within seconds. Every wait of
+#        this script (start, drain, the stops of statuses 0, 4, 5, 6 and 7) ends within a second of
+#        the signal and takes this path.
 # Nothing is lost at any exit: the worker acks a message only after its task has finished, keeps
 # what it holds invisible by a heartbeat, and what it gives back unfinished is visible at once;
 # only if the whole container dies does a message wait out the queue's visibility timeout.
 #
 # Environment (defaults in brackets): IDLE_SECONDS [60], POLL_SECONDS [10],
 # STOP_GRACE_SECONDS [20], MAX_FAILED_READINGS [30], STOP_TIMEOUT_SECONDS [TASK_TIME_LIMIT_SECONDS
-# + 30], START_TIMEOUT_SECONDS [60], DRAIN_TIMEOUT_SECONDS [10],
+# + 30], START_TIMEOUT_SECONDS [60], DRAIN_TIMEOUT_SECONDS [10], JOB_TIMEOUT_SECONDS [unset: no
+# deadline], JOB_START_MARGIN_SECONDS [30] and JOB_STOP_MARGIN_SECONDS [10] (limits.py),
 # WORKER_RUN_DIR [a new temporary folder], PYTHON [python3], LOG_LEVEL [INFO]; the queue and
 # worker settings (HEARTBEAT_SECONDS among them) are read by worker_settings.py.
 set -euo pipefail
 
+# Batch's clock for the job timeout started a moment before this line (JOB_START_MARGIN_SECONDS).
+started_realtime="${EPOCHREALTIME/[.,]/}"
+readonly STARTED_MS=$(( started_realtime / 1000 ))
+
 readonly EXIT_DRAINED=0 EXIT_CONFIG=2 EXIT_WORKER_DIED=3 EXIT_QUEUE_UNREADABLE=4 EXIT_STOP_TIMEOUT=5 EXIT_NO_STATE=6
+readonly EXIT_JOB_DEADLINE=7
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly SCRIPT_DIR
@@ -38,12 +56,15 @@ PYTHON="${PYTHON:-python3}"
 IDLE_SECONDS="${IDLE_SECONDS:-60}"
 POLL_SECONDS="${POLL_SECONDS:-10}"
 MAX_FAILED_READINGS="${MAX_FAILED_READINGS:-30}"
-STOP_TIMEOUT_SECONDS="${STOP_TIMEOUT_SECONDS:-$(( ${TASK_TIME_LIMIT_SECONDS:-900} + 30 ))}"
+# The job sets it; the default is limits.DEFAULT_TASK_TIME_LIMIT_SECONDS (a test holds them equal).
+TASK_LIMIT_SECONDS="${TASK_TIME_LIMIT_SECONDS:-10800}"
+STOP_TIMEOUT_SECONDS="${STOP_TIMEOUT_SECONDS:-$(( TASK_LIMIT_SECONDS + 30 ))}"
 START_TIMEOUT_SECONDS="${START_TIMEOUT_SECONDS:-60}"
 STOP_GRACE_SECONDS="${STOP_GRACE_SECONDS:-20}"
 # Well above the worker's long poll (limits.LONG_POLL_SECONDS), which a drain waits out.
 DRAIN_TIMEOUT_SECONDS="${DRAIN_TIMEOUT_SECONDS:-10}"
 LOG_LEVEL="${LOG_LEVEL:-INFO}"
+JOB_TIMEOUT_SECONDS="${JOB_TIMEOUT_SECONDS:-}"
 
 log() { printf '%s run_celery_worker: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*"; }
 
@@ -55,15 +76,90 @@ for name in IDLE_SECONDS POLL_SECONDS MAX_FAILED_READINGS STOP_TIMEOUT_SECONDS S
     fi
 done
 
+# The job's deadline: the last moment to take a task (take_until_ms) and Batch's timeout
+# (job_end_ms), both counted from this script's start. The rule is limits.py's, as at synth.
+take_until_ms=""
+job_end_ms=""
+if [[ -n "$JOB_TIMEOUT_SECONDS" ]]; then
+    for name in JOB_TIMEOUT_SECONDS JOB_START_MARGIN_SECONDS JOB_STOP_MARGIN_SECONDS; do
+        if [[ -n "${!name:-}" && ! "${!name}" =~ ^[0-9]+$ ]]; then
+            log "configuration error: ${name}=${!name} is not allowed; expected a whole number of seconds"
+            exit "$EXIT_CONFIG"
+        fi
+    done
+    margins=()
+    if [[ -n "${JOB_START_MARGIN_SECONDS:-}${JOB_STOP_MARGIN_SECONDS:-}" ]]; then
+        margins=("${JOB_START_MARGIN_SECONDS:-30}" "${JOB_STOP_MARGIN_SECONDS:-10}")
+    fi
+    take_window="$("$PYTHON" "$SCRIPT_DIR/limits.py" take-window "$JOB_TIMEOUT_SECONDS" \
+        "${TASK_LIMIT_SECONDS}" "$STOP_GRACE_SECONDS" "$IDLE_SECONDS" "${margins[@]}" 2>&1)" || {
+        log "$take_window"
+        exit "$EXIT_CONFIG"
+    }
+    take_until_ms=$(( STARTED_MS + take_window * 1000 ))
+    job_end_ms=$(( STARTED_MS + (JOB_TIMEOUT_SECONDS - ${JOB_START_MARGIN_SECONDS:-30}) * 1000 ))
+fi
+
+# Stop signals are trapped from here on: every wait below ends within a second of one.
+stop_signal=""
+stop_signal_ms=""
+sleep_pid=""
+on_signal() {
+    stop_signal="$1"
+    # The grace counts from the signal, not from when the loop gets to it.
+    stop_signal_ms="${stop_signal_ms:-$(now_ms)}"
+    # The poll loop may be sleeping: end the sleep so the signal is acted on at once.
+    if [[ -n "$sleep_pid" ]]; then
+        kill "$sleep_pid" 2>/dev/null || true
+    fi
+}
+trap 'on_signal TERM' TERM
+trap 'on_signal INT' INT
+
+now_ms() {
+    local now="${EPOCHREALTIME/[.,]/}"
+    echo $(( now / 1000 ))
+}
+
+# Run a command in the background and wait for it, so that a stop signal ends the wait at once
+# (bash runs a trap only once a foreground command has ended). Returns its status, or 143/130
+# with the command ended if a stop signal came first.
+interruptible() {
+    local pid status=0
+    "$@" &
+    pid=$!
+    wait "$pid" || status=$?
+    if [[ -n "$stop_signal" ]]; then
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        [[ "$stop_signal" == "INT" ]] && return 130
+        return 143
+    fi
+    return "$status"
+}
+
+# Stopped before the worker was started: nothing was taken, nothing to give back.
+exit_if_stopped_early() {
+    if [[ -n "$stop_signal" ]]; then
+        log "received SIG$stop_signal before the worker started; exiting"
+        [[ "$stop_signal" == "INT" ]] && exit 130
+        exit 143
+    fi
+}
+
 # One line about the settings, or one line about what is wrong with them.
-if ! "$PYTHON" "$SCRIPT_DIR/worker_settings.py"; then
+settings_status=0
+interruptible "$PYTHON" "$SCRIPT_DIR/worker_settings.py" || settings_status=$?
+exit_if_stopped_early
+if (( settings_status != 0 )); then
     exit "$EXIT_CONFIG"
 fi
 
 # Failed tasks are left for the queue's redrive policy to move to the dead-letter queue; without
 # one, kombu deletes them. A policy that cannot be read now is checked again by kombu itself.
 dlq_status=0
-"$PYTHON" "$SCRIPT_DIR/queue_depth.py" --require-dead-letter-queue || dlq_status=$?
+interruptible "$PYTHON" "$SCRIPT_DIR/queue_depth.py" --require-dead-letter-queue || dlq_status=$?
+exit_if_stopped_early
 if (( dlq_status == 2 )); then
     exit "$EXIT_CONFIG"
 elif (( dlq_status != 0 )); then
@@ -84,9 +180,6 @@ export WORKER_RUN_DIR="$RUN_DIR" STOP_GRACE_SECONDS
 worker_pid=""
 worker_pgid=""
 tail_pid=""
-sleep_pid=""
-stop_signal=""
-stop_signal_ms=""
 
 # True while the worker process exists and is not a zombie. A detached worker is not our child:
 # once killed it is reparented and stays a zombie until PID 1 reaps it, and kill -0 still succeeds.
@@ -134,20 +227,24 @@ finish_log() {
     fi
 }
 
-# Warm shutdown: the worker finishes its running task, then exits. Returns 1 if it had to be killed.
+# Warm shutdown: the worker finishes its running task, then exits, within $1 seconds (default
+# STOP_TIMEOUT_SECONDS). Returns 1 if it had to be killed. A stop signal meanwhile is acted on at
+# once (handle_stop_signal: the running task gets the grace, counted from the signal).
 stop_worker() {
-    local deadline
+    local timeout="${1:-$STOP_TIMEOUT_SECONDS}" deadline_ms
     worker_alive || return 0
-    log "sending TERM to worker $worker_pid (warm shutdown, up to ${STOP_TIMEOUT_SECONDS} s)"
+    [[ -n "$stop_signal" ]] && handle_stop_signal
+    log "sending TERM to worker $worker_pid (warm shutdown, up to ${timeout} s)"
     kill -TERM "$worker_pid" 2>/dev/null || true
-    deadline=$(( SECONDS + STOP_TIMEOUT_SECONDS ))
+    deadline_ms=$(( $(now_ms) + timeout * 1000 ))
     while worker_alive; do
-        if (( SECONDS >= deadline )); then
-            log "worker $worker_pid did not stop within ${STOP_TIMEOUT_SECONDS} s; killing it (its task returns to the queue)"
+        [[ -n "$stop_signal" ]] && handle_stop_signal
+        if (( $(now_ms) >= deadline_ms )); then
+            log "worker $worker_pid did not stop within ${timeout} s; killing it (its task returns to the queue)"
             kill_worker_group
             return 1
         fi
-        sleep 0.2
+        pause 0.2
     done
     log "worker $worker_pid stopped"
     return 0
@@ -169,7 +266,7 @@ drain_worker() {
             log "the worker's long poll did not end within ${DRAIN_TIMEOUT_SECONDS} s; stopping it anyway"
             return 0
         fi
-        sleep 0.2
+        pause 0.2
     done
 }
 
@@ -179,18 +276,6 @@ finish() {
     log "exiting with status $status"
     exit "$status"
 }
-
-on_signal() {
-    stop_signal="$1"
-    # The grace counts from the signal, not from when the loop gets to it.
-    stop_signal_ms="${stop_signal_ms:-$(now_ms)}"
-    # The poll loop may be sleeping: end the sleep so the signal is acted on at once.
-    if [[ -n "$sleep_pid" ]]; then
-        kill "$sleep_pid" 2>/dev/null || true
-    fi
-}
-trap 'on_signal TERM' TERM
-trap 'on_signal INT' INT
 
 # Batch stops a job with SIGTERM and kills it 30 s later. The running task gets STOP_GRACE_SECONDS;
 # a task that cannot finish in time is stopped and its message given back at once.
@@ -218,13 +303,37 @@ handle_stop_signal() {
     finish "$status"
 }
 
-# Sleep that a trapped signal interrupts (bash runs traps only between commands).
+# Sleep that a trapped signal interrupts (bash runs traps only between commands). A signal that
+# lands before sleep_pid is set finds no sleep to end: the flag, checked once it is set, ends it.
 pause() {
     [[ -z "$stop_signal" ]] || return 0
     sleep "$1" &
     sleep_pid=$!
+    if [[ -n "$stop_signal" ]]; then
+        kill "$sleep_pid" 2>/dev/null || true
+    fi
     wait "$sleep_pid" 2>/dev/null || true
     sleep_pid=""
+}
+
+# The job's deadline: take no more tasks, let the worker finish what it runs (each task ends by its
+# hard time limit, in time for Batch's timeout), give back what it held unstarted, exit 7.
+leave_before_job_timeout() {
+    local left_s
+    log "job deadline: a task taken now could not finish before the job timeout (${JOB_TIMEOUT_SECONDS} s); taking no more tasks, finishing those it runs"
+    drain_worker
+    [[ -n "$stop_signal" ]] && handle_stop_signal
+    # Whatever is left before Batch's TERM, less the grace that TERM would give.
+    left_s=$(( (job_end_ms - $(now_ms)) / 1000 - STOP_GRACE_SECONDS ))
+    (( left_s >= 1 )) || left_s=1
+    if ! stop_worker "$left_s"; then
+        release_held
+        finish "$EXIT_STOP_TIMEOUT"
+    fi
+    # Messages it held but never started (a countdown, a prefetched one) are visible at once; what
+    # it acked is refused by SQS and skipped.
+    release_held
+    finish "$EXIT_JOB_DEADLINE"
 }
 
 # Set held to the number of messages the worker holds, from its state file; fails when the file is
@@ -253,12 +362,8 @@ read_total() {
     [[ "$total" =~ ^[0-9]+$ ]]
 }
 
-now_ms() {
-    local now="${EPOCHREALTIME/[.,]/}"
-    echo $(( now / 1000 ))
-}
-
 cd "$SCRIPT_DIR"
+exit_if_stopped_early
 log "starting Celery worker (run folder $RUN_DIR)"
 # --workdir keeps imports of task modules relative to this folder after the worker detaches.
 "$PYTHON" -m celery --workdir="$SCRIPT_DIR" -A celery_app worker \
@@ -290,6 +395,9 @@ if ! worker_alive; then
     finish "$EXIT_CONFIG"
 fi
 log "worker $worker_pid running; stopping it after ${IDLE_SECONDS} s holding no message with nothing waiting in the queue (checked every ${POLL_SECONDS} s)"
+if [[ -n "$take_until_ms" ]]; then
+    log "taking tasks for $(( (take_until_ms - $(now_ms)) / 1000 )) s more: the job timeout is ${JOB_TIMEOUT_SECONDS} s from the job's start and a task may run ${TASK_LIMIT_SECONDS} s"
+fi
 
 empty_since_ms=""
 failed_readings=0
@@ -303,6 +411,9 @@ while true; do
         kill_worker_group
         release_held
         finish "$EXIT_WORKER_DIED"
+    fi
+    if [[ -n "$take_until_ms" ]] && (( $(now_ms) >= take_until_ms )); then
+        leave_before_job_timeout
     fi
 
     poll_started_ms="$(now_ms)"
@@ -375,9 +486,13 @@ while true; do
         fi
     fi
 
-    # Keep a steady cadence: the reading's own time counts towards the poll interval.
+    # Keep a steady cadence: the reading's own time counts towards the poll interval. The take
+    # window's end cuts a pause short: the drain starts on time, not up to a poll late.
     elapsed_ms=$(( $(now_ms) - poll_started_ms ))
     remaining_ms=$(( POLL_SECONDS * 1000 - elapsed_ms ))
+    if [[ -n "$take_until_ms" ]] && (( take_until_ms - $(now_ms) < remaining_ms )); then
+        remaining_ms=$(( take_until_ms - $(now_ms) ))
+    fi
     if (( remaining_ms > 0 )); then
         pause "$(printf '%d.%03d' $(( remaining_ms / 1000 )) $(( remaining_ms % 1000 )))"
     fi

@@ -40,7 +40,7 @@ class WorkerSettings:
     concurrency: int = 1
     # Messages each worker process holds besides the running one's; 1 for long tasks (see below).
     prefetch_multiplier: int = 1
-    task_time_limit_seconds: int = 900
+    task_time_limit_seconds: int = limits.DEFAULT_TASK_TIME_LIMIT_SECONDS
     # The queue's visibility timeout: held messages are extended to it every heartbeat, so it is
     # the window in which a crashed worker's messages return to the queue.
     visibility_timeout_seconds: int = limits.DEFAULT_VISIBILITY_TIMEOUT_SECONDS
@@ -67,8 +67,7 @@ class WorkerSettings:
     @property
     def task_soft_time_limit_seconds(self) -> int:
         """A little below the hard limit, so a task can clean up before it is killed."""
-        hard = self.task_time_limit_seconds
-        return max(1, hard - max(1, min(60, hard // 10)))
+        return limits.soft_time_limit(self.task_time_limit_seconds)
 
     @property
     def broker_url(self) -> str:
@@ -201,7 +200,7 @@ class WorkerSettings:
                 )
         visibility = _int(env, contract.VISIBILITY_TIMEOUT_SECONDS, limits.DEFAULT_VISIBILITY_TIMEOUT_SECONDS)
         _check(contract.VISIBILITY_TIMEOUT_SECONDS, visibility, limits.visibility_timeout_problem(visibility))
-        time_limit = _int(env, contract.TASK_TIME_LIMIT_SECONDS, 900)
+        time_limit = _int(env, contract.TASK_TIME_LIMIT_SECONDS, limits.DEFAULT_TASK_TIME_LIMIT_SECONDS)
         _check(contract.TASK_TIME_LIMIT_SECONDS, time_limit, limits.task_time_limit_problem(time_limit, visibility))
         heartbeat = _int(env, contract.HEARTBEAT_SECONDS, limits.default_heartbeat_seconds(visibility))
         _check(contract.HEARTBEAT_SECONDS, heartbeat, limits.heartbeat_problem(heartbeat, visibility))

@@ -4,7 +4,7 @@ on the same workloads.
 
     python -m bench.scaling                 # readable table, start-latency sweep, targets
     python -m bench.scaling --json          # JSON rows
-    python -m bench.scaling --markdown      # the tables as markdown (the README's)
+    python -m bench.scaling --markdown      # the tables as markdown (docs/scaling.md's)
     python -m bench.scaling --plot docs/scaling-burst.png
     python -m bench.scaling --cost          # and the idle stack's monthly cost (synthesizes it)
 
@@ -53,6 +53,16 @@ The worker, as the lifecycle script behaves (issue 9)
                            stops. Batch's retry strategy retries a Spot-interrupted job
                            (batch_celery/workers.py): the same job becomes RUNNABLE again and starts
                            a new worker with the full start latency; it counts as active throughout.
+    Job timeout            Batch stops a job job_timeout_seconds after it started RUNNING, whatever it
+                           runs (SIGTERM, the grace, then the task is cut: given back and run again,
+                           a rerun); Batch does not retry a timed-out job. The worker's deadline rule
+                           (the lifecycle script, exit 7): it takes no task after its take window
+                           (limits.take_window_seconds: job timeout - task time limit - stop grace -
+                           40 s, from its start), finishes what it runs and leaves; the scaler
+                           replaces it if work remains. ``deadline_rule=False`` (--no-deadline-rule)
+                           models the script before it, for comparison.
+    Task time limit        every workload's tasks fit the pool's task_time_limit_seconds (checked:
+                           a workload that needs another setting names it, and its row shows it).
 
 Model parameters (each with its source)
     METRIC_PERIOD_SECONDS = 60   SQS pushes its CloudWatch metrics at one-minute intervals
@@ -103,7 +113,7 @@ Model parameters (each with its source)
     prefetch 1, concurrency 1    one task at a time per worker (worker_prefetch_multiplier=1), picked
                                  up as soon as it is visible (SQS long polling).
     SLA_SECONDS = 300            default SLA (age_alarm_seconds): the alarms mode's SLA rule.
-    HORIZON_SECONDS = 6 h        a task not started within it counts as stranded.
+    HORIZON_SECONDS = 6 h        a task not started within it (after the last arrival) counts as stranded.
 
 Cost (bench/prices.py, list prices of --region, no free tier)
     $ Fargate, $ Spot            the row's worker-seconds (each worker billed at least a minute)
@@ -170,6 +180,10 @@ class Params:
     visibility_timeout_seconds: int = STACK.visibility_timeout_seconds   # the crash-recovery window
     stop_grace_seconds: int = STACK.stop_grace_seconds
     job_attempts: int = STACK.job_attempts
+    task_time_limit_seconds: int = STACK.task_time_limit_seconds
+    job_timeout_seconds: int = STACK.job_timeout_seconds
+    # The lifecycle script's take window (exit 7); False: the script before it, cut by the timeout.
+    deadline_rule: bool = True
     batch_schedule_seconds: int = BATCH_SCHEDULE_SECONDS
     fargate_start_seconds: int = FARGATE_START_SECONDS
     low_threshold: int = STACK.low_threshold  # the sample's alarms and array size
@@ -191,6 +205,11 @@ class Params:
     @property
     def heartbeat_seconds(self) -> int:
         return limits.default_heartbeat_seconds(self.visibility_timeout_seconds)
+
+    @property
+    def take_window_seconds(self) -> int:
+        return limits.take_window_seconds(self.job_timeout_seconds, self.task_time_limit_seconds,
+                                          self.stop_grace_seconds)
 
 
 # ---------------------------------------------------------------- workloads
@@ -215,6 +234,11 @@ class Workload:
     arrivals: Callable[[random.Random], Arrivals]
     faults: tuple[Fault, ...] = ()
     baseline: str | None = None   # the same arrivals without the fault
+    # Settings (Params fields) this workload changes from the shipped defaults; its row names them.
+    settings: tuple[tuple[str, int], ...] = ()
+
+    def settings_text(self) -> str:
+        return ", ".join(f"{key}={value}" for key, value in self.settings) or "defaults"
 
 
 def _burst(count: int, seconds: float = TASK_SECONDS) -> Callable[[random.Random], Arrivals]:
@@ -247,6 +271,22 @@ def _ramp(rng: random.Random) -> Arrivals:
         arrivals.append((t, TASK_SECONDS))
 
 
+def _stream(every: float, seconds: float, until: float, count: int = 1) -> Callable[[random.Random], Arrivals]:
+    """``count`` tasks of ``seconds`` every ``every`` seconds from t = 0 until ``until``."""
+    return lambda rng: [(float(t), seconds) for t in range(0, int(until), int(every)) for _ in range(count)]
+
+
+# Longer than the job timeout: a worker that lived through it would be cut with a task in hand.
+TWICE_THE_JOB_TIMEOUT = 2 * STACK.job_timeout_seconds
+LONG_TASK_SECONDS = 2 * 3600   # the product's long task: it must run on the shipped defaults
+
+
+def _long_stream(rng: random.Random) -> Arrivals:
+    every = 100 * 60
+    return [(float(t), float(d)) for t in range(0, TWICE_THE_JOB_TIMEOUT, every)
+            for d in (every,) * 4 + (LONG_TASK_SECONDS,) * 4]
+
+
 WORKLOADS: dict[str, Workload] = {
     "burst-1000x30s": Workload("1000 tasks of 30 s at t=0", _burst(1000)),
     "burst-4": Workload("4 tasks of 30 s at t=0 (below the seed's 5-message alarm)", _burst(4)),
@@ -260,6 +300,14 @@ WORKLOADS: dict[str, Workload] = {
     # is stopped, given back and run again from the start (the costly case; 15 s in, all finish).
     "spot-reclaim": Workload("burst-1000x30s; a quarter of the workers TERMed (Spot) at half-way, 5 s into their tasks",
                              _burst(1000), (Fault("term", 0.25, delay=5.0),), baseline="burst-1000x30s"),
+    # One worker always has work (a task every 40 s; idle 10 s at a time, never its idle window):
+    # it lives until its job's end, twice over.
+    "stream-2x-timeout": Workload(f"one 30 s task every 40 s for {TWICE_THE_JOB_TIMEOUT // 3600} h (2x the job timeout)",
+                                  _stream(40, TASK_SECONDS, TWICE_THE_JOB_TIMEOUT)),
+    # Long tasks that do not divide the job timeout (a 100 min task taken at 400 min would run past
+    # 480 min), and 2-hour tasks, the product's long ones, on the shipped task time limit.
+    "long-stream": Workload(f"every 100 min 4 tasks of 100 min and 4 of 2 h, for {TWICE_THE_JOB_TIMEOUT // 3600} h "
+                            "(2x the job timeout)", _long_stream),
 }
 
 
@@ -287,6 +335,8 @@ class Worker:
     idle_since: float = 0.0          # start of its back-to-back long polls
     empty_since: float | None = None
     stop_requested: bool = False     # SIGTERM: finish (within the grace), take nothing new
+    taking: bool = True              # False past its take window (the deadline rule): finish, leave
+    timed_out: bool = False          # Batch's job timeout stopped it (not retried)
     exited_at: float | None = None
     since: float = 0.0               # when it entered its current state (for the breakdown)
 
@@ -305,6 +355,9 @@ class Result:
     jobs_submitted: float
     stranded: int
     reruns: float = 0
+    timeout_cuts: float = 0                  # tasks cut by Batch's job timeout (each also a rerun)
+    deadline_exits: float = 0                # workers that left at their take window (exit 7)
+    settings: str = "defaults"               # what the workload changes from the shipped defaults
     recovery_seconds: float | None = None   # fault -> every task it interrupted running again
     start_seconds: int = 0
     phases: int = 1
@@ -319,7 +372,7 @@ class Result:
 # Event kinds, in the order they are handled when they share a timestamp: the queue changes
 # first, then the observers (lifecycle polls, metric samples, scaler) see the new state.
 (ARRIVAL, VISIBLE, COMPLETE, FAULT, RUNNABLE, RUNNING, DRAINED, GRACE_END, EXITED,
- POLL, MINUTE, SCALER) = range(12)
+ TAKE_END, JOB_TIMEOUT, POLL, MINUTE, SCALER) = range(14)
 PERIODIC = (MINUTE, SCALER)
 
 
@@ -329,9 +382,20 @@ class Simulation:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
         self.policy = policy
+        params = replace(params, **dict(workload.settings))
         self.params = params
         self.phase = phase
+        self.settings = workload.settings_text()
         self.tasks = [Task(a, d) for a, d in sorted(workload.arrivals(random.Random(params.seed)))]
+        longest = max((task.duration for task in self.tasks), default=0)
+        soft = limits.soft_time_limit(params.task_time_limit_seconds)
+        if longest >= soft:
+            raise ValueError(f"{workload.description}: a {longest:.0f} s task is stopped at its soft time limit "
+                             f"({soft} s, task_time_limit_seconds {params.task_time_limit_seconds}); name the "
+                             "setting it needs in the workload's settings")
+        self.horizon = (self.tasks[-1].arrival if self.tasks else 0.0) + HORIZON_SECONDS
+        self.timeout_cuts = 0
+        self.deadline_exits = 0
         self.faults = list(workload.faults)
         self.events: list[tuple[float, int, int, object]] = []
         self.sequence = 0
@@ -408,7 +472,24 @@ class Simulation:
         self.workers.append(worker)
         self.peak = max(self.peak, len(self.workers))
         self.become_idle(worker)
+        self.schedule_job_end(worker)
         self.schedule(self.now, POLL, worker)
+
+    def schedule_job_end(self, worker: Worker) -> None:
+        """Batch's timeout, counted from RUNNING, and (deadline rule) the end of the take window."""
+        self.schedule(worker.running_at + self.params.job_timeout_seconds, JOB_TIMEOUT, (worker, None))
+        if self.params.deadline_rule:
+            self.schedule(worker.running_at + self.params.take_window_seconds, TAKE_END, (worker, None))
+
+    def end_take_window(self, worker: Worker) -> None:
+        """The lifecycle script's deadline: no new task; an idle worker drains and leaves at once,
+        a busy one when its task is done (exit 7, not retried)."""
+        worker.taking = False
+        if worker.state == IDLE:
+            self.deadline_exits += 1
+            self.drain(worker)
+        elif worker.state == BUSY:
+            self.deadline_exits += 1
 
     # -- workers and messages
     def set_state(self, worker: Worker, state: str) -> None:
@@ -480,7 +561,7 @@ class Simulation:
         self.schedule(self.open_poll_end(worker), DRAINED, (worker, worker.epoch))
 
     def drained(self, worker: Worker) -> None:
-        if self.waiting and not worker.stop_requested:
+        if self.waiting and not worker.stop_requested and worker.taking:
             # Work arrived while draining (or the last poll brought some and gave it back): serve.
             worker.empty_since = None
             self.become_idle(worker)
@@ -603,7 +684,7 @@ class Simulation:
             self.schedule(start + first * step, SCALER, (start, first))
         while self.events:
             at, kind, _, payload = heapq.heappop(self.events)
-            if at > HORIZON_SECONDS:
+            if at > self.horizon:
                 break
             self.now = at
             self.handle(kind, payload)
@@ -611,7 +692,7 @@ class Simulation:
             if self.quiet() and all(k in PERIODIC for _, k, _, _ in self.events):
                 break
         for worker in self.workers:  # still alive at the horizon: billed up to it
-            self.now = min(self.now, HORIZON_SECONDS)
+            self.now = min(self.now, self.horizon)
             self.bill(worker, self.now)
         return self.result()
 
@@ -623,10 +704,12 @@ class Simulation:
             self.state_seconds["minimum"] = self.state_seconds.get("minimum", 0.0) + BILLING_MINIMUM_SECONDS - life
 
     def handle(self, kind: int, payload: object) -> None:
-        if kind in (COMPLETE, RUNNING, DRAINED, GRACE_END, EXITED):
+        if kind in (COMPLETE, RUNNING, DRAINED, GRACE_END, EXITED, TAKE_END, JOB_TIMEOUT):
             worker, epoch = payload
-            if worker.exited_at is not None or epoch != worker.epoch:
-                return  # stale: the worker moved on since this was scheduled
+            # The job's end applies whatever the worker did since (epoch None); the rest are stale
+            # once the worker moved on.
+            if worker.exited_at is not None or (epoch is not None and epoch != worker.epoch):
+                return
         elif kind == POLL:
             worker = payload
             if worker.exited_at is not None:
@@ -645,9 +728,10 @@ class Simulation:
             self.busy_seconds += worker.task.duration
             self.last_done = self.now
             worker.epoch += 1
-            if worker.stop_requested:
+            if worker.stop_requested or not worker.taking:
                 worker.task = None
-                self.stop(worker, self.now + SHUTDOWN_SECONDS)
+                # Past its take window: the drain (one long poll) and the warm shutdown.
+                self.stop(worker, self.now + SHUTDOWN_SECONDS + (0 if worker.stop_requested else LONG_POLL_SECONDS))
             else:
                 self.become_idle(worker)
             self.maybe_fault()
@@ -659,8 +743,20 @@ class Simulation:
             self.place()
         elif kind == RUNNING:
             self.become_idle(worker)
+            self.schedule_job_end(worker)
             self.dispatch()
             self.schedule(self.now, POLL, worker)
+        elif kind == TAKE_END:
+            if worker.state in (IDLE, BUSY) and worker.taking and not worker.stop_requested:
+                self.end_take_window(worker)
+                self.dispatch()
+        elif kind == JOB_TIMEOUT:
+            if worker.state in (IDLE, BUSY, DRAINING) and not worker.stop_requested:
+                worker.timed_out = True
+                if worker.state == DRAINING:
+                    worker.stop_requested = True   # its drain ends in the exit it was heading for
+                else:
+                    self.terminate(worker)
         elif kind == DRAINED:
             self.drained(worker)
             self.dispatch()
@@ -669,11 +765,13 @@ class Simulation:
             task, worker.task = worker.task, None
             self.held -= 1
             self.interrupted[id(task)] = self.now - self.params.stop_grace_seconds
+            self.timeout_cuts += worker.timed_out
             self.release(task)
-            self.exit(worker, retry=True)
+            # Batch retries a Spot reclaim, never a timeout.
+            self.exit(worker, retry=not worker.timed_out)
             self.dispatch()
         elif kind == EXITED:
-            self.exit(worker, retry=worker.stop_requested)
+            self.exit(worker, retry=worker.stop_requested and not worker.timed_out)
             self.dispatch()
         elif kind == POLL:
             self.poll(worker)
@@ -701,6 +799,9 @@ class Simulation:
             jobs_submitted=self.jobs_submitted,
             stranded=total - len(self.waits),
             reruns=self.reruns,
+            timeout_cuts=self.timeout_cuts,
+            deadline_exits=self.deadline_exits,
+            settings=self.settings,
             recovery_seconds=round(max(self.recovery), 1) if self.recovery else None,
             start_seconds=self.params.start_seconds if self.policy != "oracle" else 0,
             billed_by_state={k: round(v, 1) for k, v in sorted(self.state_seconds.items())},
@@ -741,6 +842,9 @@ def pool(runs: list[Result]) -> Result:
         jobs_submitted=_mean([r.jobs_submitted for r in runs]),
         stranded=max(r.stranded for r in runs),
         reruns=_mean([r.reruns for r in runs]),
+        timeout_cuts=_mean([r.timeout_cuts for r in runs]),
+        deadline_exits=_mean([r.deadline_exits for r in runs]),
+        settings=first.settings,
         recovery_seconds=max(recoveries) if recoveries else None,
         start_seconds=first.start_seconds,
         phases=len(runs),
@@ -783,7 +887,8 @@ COLUMNS = (("scenario", "scenario"), ("policy", "policy"), ("start_seconds", "st
            ("drain_seconds", "drain s"), ("p50_wait_seconds", "p50 wait s"), ("p95_wait_seconds", "p95 wait s"),
            ("worker_seconds", "worker-s billed"), ("busy_seconds", "busy s"), ("cost_ratio", "worker-s / busy"),
            ("peak_workers", "peak workers"), ("jobs_submitted", "jobs"), ("reruns", "reruns"),
-           ("stranded", "stranded"), ("cost_fargate", "$ Fargate"), ("cost_fargate_spot", "$ Spot"))
+           ("timeout_cuts", "cut by timeout"), ("stranded", "stranded"), ("cost_fargate", "$ Fargate"),
+           ("cost_fargate_spot", "$ Spot"), ("settings", "settings"))
 
 # The worker every row pays for: the pool's defaults.
 WORKER_VCPUS = STACK.vcpus
@@ -874,6 +979,11 @@ def targets(results: list[Result], swept: list[Result], params: Params) -> list[
                        f"{ratio:.2f}x, worker-s {r.worker_seconds / r.busy_seconds:.2f}x busy; no reactive policy "
                        f"beats (150 + {o.drain_seconds:.0f}) / {o.drain_seconds:.0f} = {bound:.2f}x: the oracle "
                        f"starts workers with no latency"))
+    long_ones = [s for s in ("stream-2x-timeout", "long-stream") if (s, "scaler") in by]
+    if long_ones:
+        cut = {s: by[s, "scaler"].reruns for s in long_ones}
+        checks.append((f"longer than the job timeout ({params.job_timeout_seconds} s): no task cut, 0 reruns",
+                       not any(cut.values()), ", ".join(f"{s} {n:g}" for s, n in cut.items())))
     stranding = [s for (s, p), r in by.items() if p == "scaler" and r.stranded]
     if any(p == "scaler" for _, p in by):
         checks.append(("scaler: no task stranded in any workload", not stranding,
@@ -960,6 +1070,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="scaler: 'busy' (the policy) or 'keda' (ceil((visible + in flight) / mpw)), to compare")
     parser.add_argument("--idle-rule", choices=("worker", "queue"), default=defaults.idle_rule,
                         help="'worker' (the lifecycle script) or 'queue' (any in-flight message keeps every worker)")
+    parser.add_argument("--job-timeout", type=_positive("--job-timeout", 60), default=defaults.job_timeout_seconds,
+                        help="Batch's job timeout (default %(default)s)")
+    parser.add_argument("--task-time-limit", type=_positive("--task-time-limit", 1),
+                        default=defaults.task_time_limit_seconds, help="task hard time limit (default %(default)s)")
+    parser.add_argument("--no-deadline-rule", action="store_true",
+                        help="model the lifecycle script before its take window: the job timeout cuts tasks")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed of the ramp workload")
     parser.add_argument("--sweep", action="store_true",
                         help="also run the scaler for messages_per_worker in %s" % (SWEEP,))
@@ -976,6 +1092,8 @@ def main(argv: list[str] | None = None) -> int:
                      visibility_timeout_seconds=args.visibility_timeout,
                      fargate_start_seconds=args.start_seconds - BATCH_SCHEDULE_SECONDS, seed=args.seed,
                      in_flight_count=args.in_flight_count, idle_rule=args.idle_rule,
+                     job_timeout_seconds=args.job_timeout, task_time_limit_seconds=args.task_time_limit,
+                     deadline_rule=not args.no_deadline_rule,
                      phases=(args.phase,) if args.phase is not None else PHASES)
     scenarios = args.scenario or list(WORKLOADS)
     policies = args.policy or list(POLICIES)

@@ -54,7 +54,10 @@ MARKER_VARIABLE = "BATCH_CELERY_LOCAL_RUN"
 # Celery's own line for a finished task: "Task NAME[ID] succeeded in 0.25s: VALUE".
 SUCCEEDED = re.compile(r"Task (?P<name>[\w.]+)\[(?P<id>[0-9a-f-]+)\] succeeded in")
 # What the lifecycle script says when it decides to stop its worker (run_celery_worker.sh).
-STOP_REASONS = ("idle for", "received SIG", "unreadable for", "no state from the worker", "exited on its own")
+STOP_REASONS = ("idle for", "received SIG", "unreadable for", "no state from the worker", "exited on its own",
+                "job deadline")
+# The lifecycle script's exits of a worker that left by itself: idle (0), at its job's deadline (7).
+LEFT_BY_ITSELF = (0, 7)
 # Celery's key of a task's result in the DynamoDB table.
 RESULT_KEY = re.compile(r"celery-task-meta-([0-9a-f-]+)")
 # The second pool the demo adds when the project configures one pool: the worked GPU example.
@@ -208,7 +211,7 @@ class Outcome:
             and not self.unsent
             and self.done == self.tasks
             and self.lost == 0
-            and all(code == 0 for code in self.worker_exit_codes)
+            and all(code in LEFT_BY_ITSELF for code in self.worker_exit_codes)
         )
 
     def pool_lines(self) -> list[str]:
@@ -1052,7 +1055,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if isinstance(failure, UsageError) else 1
 
     for worker in run.workers if run else []:
-        if worker.process.returncode != 0:
+        if worker.process.returncode not in LEFT_BY_ITSELF:
             progress.say(f"worker {worker.pool}-{worker.index} exited with {worker.process.returncode}; log: {worker.log_path}")
     if outcome.dead_lettered:
         progress.say(f"{outcome.dead_lettered} task(s) failed and wait in the dead-letter queues")

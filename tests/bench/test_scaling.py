@@ -209,11 +209,48 @@ def test_messages_per_worker_sizes_the_first_response():
 def test_the_targets_are_checked_and_the_one_out_of_reach_is_named(results, latency):
     checks = scaling.targets(list(results.values()), latency, Params())
 
-    assert len(checks) == 10
+    assert len(checks) == 11
     # Out of reach, for the reason the README gives: nothing reactive can start 150 s sooner than
     # it does (the oracle has no start latency: 1.24x at best). The burst's 1.16x busy is met only
     # since the worker's long poll (and so its drain) is 2 s: 48 x (35 + 60 + 2 + 3) s.
     assert [name for name, met, _ in checks if not met] == ["150 s start: drain <= 1.2x oracle"]
+
+
+@pytest.mark.parametrize("scenario", ["stream-2x-timeout", "long-stream"])
+def test_a_backlog_longer_than_the_job_timeout_has_no_task_cut(results, scenario):
+    scaler = results[scenario, "scaler"]
+    # The workers left at their take window and were replaced: no rerun, every task done once.
+    assert (scaler.reruns, scaler.timeout_cuts, scaler.stranded) == (0, 0, 0)
+    assert scaler.deadline_exits >= 2
+    # The script before the take window: Batch's timeout cut a task in hand, which ran again.
+    before = scaling.simulate(scenario, "scaler", replace(SINGLE, deadline_rule=False))
+    assert before.timeout_cuts >= 1 and before.reruns >= before.timeout_cuts
+
+
+def test_leaving_at_the_take_window_costs_about_what_the_timeout_did(results):
+    # A replacement's start instead of a cut task run again: worker-seconds within 2 %.
+    for scenario in ("stream-2x-timeout", "long-stream"):
+        now = results[scenario, "scaler"]
+        before = scaling.simulate(scenario, "scaler", replace(Params(), deadline_rule=False))
+        assert now.worker_seconds <= 1.02 * before.worker_seconds, scenario
+
+
+def test_every_workload_runs_on_the_shipped_defaults_or_names_what_it_changes(results):
+    for scenario, workload in scaling.WORKLOADS.items():
+        assert results[scenario, "scaler"].settings == workload.settings_text()
+        if not workload.settings:
+            assert workload.settings_text() == "defaults"
+    # A 2-hour task runs on the shipped defaults (below the soft time limit of the default limit).
+    assert results["long-stream", "scaler"].settings == "defaults"
+
+
+def test_rejects_a_workload_whose_tasks_exceed_the_task_time_limit():
+    too_long = Workload("one 2 h task", lambda rng: [(0.0, 7200.0)])
+    with pytest.raises(ValueError, match="stopped at its soft time limit"):
+        Simulation("scaler", too_long, replace(SINGLE, task_time_limit_seconds=900))
+    named = Workload("one 2 h task, limit raised", lambda rng: [(0.0, 7200.0)],
+                     settings=(("task_time_limit_seconds", 7300),))
+    assert Simulation("scaler", named, replace(SINGLE, task_time_limit_seconds=900)).run().reruns == 0
 
 
 def test_is_deterministic():
@@ -248,7 +285,7 @@ def test_table_names_every_scenario_and_prints_each_target(capsys):
     for scenario in scaling.WORKLOADS:
         assert scenario in out
     assert "Start-latency sweep" in out
-    assert out.count("met  ") + out.count("NOT MET") == 10
+    assert out.count("met  ") + out.count("NOT MET") == 11
 
 
 def test_plot_writes_a_png(tmp_path):

@@ -359,3 +359,162 @@ def test_message_taken_by_the_last_long_poll_of_a_stopping_worker_is_given_back(
     assert "work arrived while draining; serving again" in run.output, run.output[-3000:]
     assert list(run.events()["done"].values()) == [1]
     assert total_messages(sqs, queues.url) == 0
+
+
+# --- the job's deadline: the worker leaves before Batch's timeout would cut a task --------------
+
+
+def _deadline_env(moto_server, queues, tmp_path, **overrides):
+    """A 30 s job timeout, 10 s task limit, 3 s grace; margins of 2 s (start) and 5 s (stop), so
+    the worker may take tasks for 30 - 2 - 10 - 3 - 5 = 10 s after the script's start."""
+    settings = dict(JOB_TIMEOUT_SECONDS=30, TASK_TIME_LIMIT_SECONDS=10, STOP_GRACE_SECONDS=3,
+                    JOB_START_MARGIN_SECONDS=2, JOB_STOP_MARGIN_SECONDS=5)
+    return worker_env(moto_server, queues, tmp_path, **{**settings, **overrides})
+
+
+def test_leaves_before_its_job_deadline_with_every_started_task_finished(moto_server, sqs, make_queues, tmp_path):
+    queues = make_queues(visibility_timeout=30)
+    env = _deadline_env(moto_server, queues, tmp_path)
+    # More 4 s tasks than 10 s of taking (and 30 s in all) can finish.
+    fill(env, 12, "probe.record", args=["deadline", 4])
+
+    started = time.monotonic()
+    with running_script(env, tmp_path / "out.log") as run:
+        status = run.wait(timeout=60)
+        left_after = time.monotonic() - started
+
+    assert status == 7, run.output[-3000:]
+    assert left_after < 30, f"left {left_after:.1f} s after its start, past the 30 s job timeout"
+    assert "job deadline: a task taken now could not finish" in run.output
+    events = run.events()
+    started_ids, done_ids = events.get("start", {}), events.get("done", {})
+    # Every task it started, it finished, once; it did not just leave without working.
+    assert started_ids and started_ids == done_ids, events
+    assert set(done_ids.values()) == {1}, events
+    done = len(done_ids)
+    # Nothing held back: the rest wait visible, none in flight for a visibility timeout.
+    assert message_counts(sqs, queues.url) == (12 - done, 0, 0)
+    print(f"deadline worker: exit 7 after {left_after:.1f} s (job timeout 30 s, take window 10 s), "
+          f"{done} tasks of 4 s started and finished, {12 - done} left visible")
+
+    # A worker with no deadline runs the rest: every task ran exactly once in all.
+    with running_script(dict(env, JOB_TIMEOUT_SECONDS=""), tmp_path / "second.log") as second:
+        assert second.wait(timeout=120) == 0, second.output[-3000:]
+    events = second.events()  # both workers record to the same file
+    assert len(events["start"]) == 12 and set(events["start"].values()) == {1}, events
+    assert events["done"] == events["start"], events
+    assert total_messages(sqs, queues.url) == 0
+
+
+def test_rejects_a_job_timeout_that_leaves_no_time_to_take_tasks(moto_server, make_queues, tmp_path):
+    queues = make_queues(visibility_timeout=30)
+    env = _deadline_env(moto_server, queues, tmp_path, JOB_TIMEOUT_SECONDS=20)
+    with running_script(env, tmp_path / "out.log") as run:
+        assert run.wait(timeout=30) == 2
+    assert "JOB_TIMEOUT_SECONDS=20 is not allowed; must be >= 23" in run.output
+    assert "starting Celery worker" not in run.output
+
+
+# --- TERM is acted on in every wait ------------------------------------------------------------
+
+
+def _wait_for_output(run, text: str, timeout: float = 60) -> None:
+    wait_until(lambda: text in run.output, timeout=timeout, interval=0.1, what=repr(text))
+
+
+def _term_and_time(run, timeout: float) -> tuple[int, float]:
+    signalled = time.monotonic()
+    run.signal(signal.SIGTERM)
+    status = run.wait(timeout=timeout)
+    return status, time.monotonic() - signalled
+
+
+def test_term_during_the_start_checks_exits_before_starting_a_worker(moto_server, make_queues, tmp_path):
+    from harness.faults import ApiProxy
+
+    queues = make_queues(visibility_timeout=30)
+    # The dead-letter check hangs (each GetQueueAttributes answered after 30 s; the helper gives up
+    # after about 10 s): a TERM then must not wait for it, nor start a worker afterwards.
+    import threading
+
+    checking = threading.Event()
+
+    def slow(action):
+        if action == "GetQueueAttributes":
+            checking.set()
+            time.sleep(30)
+
+    with ApiProxy(moto_server.endpoint, decide=slow) as proxy:
+        env = worker_env(moto_server, queues, tmp_path, endpoint=proxy.endpoint)
+        with running_script(env, tmp_path / "out.log") as run:
+            assert checking.wait(timeout=30), run.output[-3000:]
+            status, took = _term_and_time(run, timeout=30)
+    assert status == 143, run.output[-3000:]
+    assert took < 3, f"exited {took:.1f} s after TERM"
+    assert "received SIGTERM before the worker started" in run.output
+    assert "starting Celery worker" not in run.output
+
+
+@pytest.mark.parametrize("path", ["no state", "unreadable queue"])
+def test_term_during_a_stop_that_does_not_end_is_acted_on_at_once(moto_server, make_queues, tmp_path, path):
+    # The worker is frozen (SIGSTOP): its state goes stale, the script decides to stop it (exit 6,
+    # or exit 4 with the queue unreachable too) and waits for a warm stop that never comes (up to
+    # STOP_TIMEOUT_SECONDS, 10 minutes here). Batch's TERM must end that wait within the grace.
+    queues = make_queues(visibility_timeout=30)
+    with FaultProxy(moto_server.port) as proxy:
+        env = worker_env(moto_server, queues, tmp_path, endpoint=proxy.endpoint, MAX_FAILED_READINGS=2,
+                         STOP_TIMEOUT_SECONDS=600, STOP_GRACE_SECONDS=3)
+        with running_script(env, tmp_path / "out.log") as run:
+            worker_pid = run.worker_pid()
+            _wait_for_output(run, "worker {} running".format(worker_pid))
+            if path == "unreadable queue":
+                proxy.go_down()
+            os.kill(worker_pid, signal.SIGSTOP)
+            _wait_for_output(run, "(warm shutdown, up to 600 s)", timeout=60)
+            status, took = _term_and_time(run, timeout=30)
+    assert status == 143, run.output[-3000:]
+    expected = "queue unreadable for 2 polls" if path == "unreadable queue" else "no state from the worker for 2 polls"
+    assert expected in run.output
+    assert took < 3 + 5, f"exited {took:.1f} s after TERM (grace 3 s)"
+
+
+def test_term_while_finishing_before_the_job_deadline_is_acted_on_at_once(moto_server, sqs, make_queues, tmp_path):
+    # Past the take window the worker finishes its running task; Batch's TERM (a Spot reclaim)
+    # meanwhile gives it the grace and gives its message back, as anywhere else.
+    queues = make_queues(visibility_timeout=60)
+    env = _deadline_env(moto_server, queues, tmp_path, JOB_TIMEOUT_SECONDS=60, TASK_TIME_LIMIT_SECONDS=40)
+    fill(env, 1, "probe.record", args=["finishing", 30])
+    with running_script(env, tmp_path / "out.log") as run:
+        _wait_for_output(run, "job deadline: a task taken now could not finish", timeout=60)
+        assert run.events().get("start")
+        status, took = _term_and_time(run, timeout=30)
+        visible_after = _seconds_until_visible(sqs, queues, since=time.monotonic(), timeout=5)
+    assert status == 143, run.output[-3000:]
+    assert took < 3 + 5, f"exited {took:.1f} s after TERM (grace 3 s)"
+    assert "done" not in run.events()
+    print(f"TERM while finishing: exit 143 {took:.1f} s after it; task visible {visible_after:.1f} s later")
+
+
+@pytest.mark.parametrize("command", ['sleep "$1"', "sleep_pid=$!"])
+def test_pause_ends_on_a_term_that_lands_before_its_sleep_is_known(tmp_path, command):
+    # The script's own on_signal and pause, with a DEBUG trap that sends TERM just before the
+    # command given runs: before the sleep starts, or after it started but before its pid is kept.
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "batch_celery_container" / "run_celery_worker.sh"
+    harness = f"""
+set -euo pipefail
+set -T
+eval "$(sed -n '/^on_signal() {{/,/^}}/p; /^now_ms() {{/,/^}}/p; /^pause() {{/,/^}}/p' '{script}')"
+stop_signal="" stop_signal_ms="" sleep_pid=""
+trap 'on_signal TERM' TERM
+target={command!r}
+trap '[[ "$BASH_COMMAND" == "$target" && -z "$stop_signal" ]] && kill -TERM $$ || true' DEBUG
+start=$SECONDS
+pause 20
+trap - DEBUG
+echo "paused $(( SECONDS - start )) s, signal ${{stop_signal:-none}}"
+"""
+    result = subprocess.run(["bash", "-c", harness], capture_output=True, text=True, timeout=40)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() in ("paused 0 s, signal TERM", "paused 1 s, signal TERM"), result.stdout

@@ -53,7 +53,7 @@ def test_broker_speaks_to_real_sqs_with_default_credentials():
     # The visibility timeout is the crash-recovery window; held messages are extended every third.
     assert config["broker_transport_options"]["visibility_timeout"] == 300
     assert config["broker_transport_options"]["heartbeat_seconds"] == 100
-    assert (config["task_time_limit"], config["task_soft_time_limit"]) == (900, 840)
+    assert (config["task_time_limit"], config["task_soft_time_limit"]) == (10800, 10740)  # 3 h, a minute below
     assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
     assert config["task_acks_on_failure"] is False and config["task_acks_on_timeout"] is False
 
@@ -160,3 +160,19 @@ def test_held_count_unknown_without_a_fresh_state_file(tmp_path):
     (tmp_path / "held.json").write_text(json.dumps({"written": time.time(), "held": [{"receipt_handle": "r", "queue_url": "u"}]}))
     fresh = subprocess.run([sys.executable, "held_messages.py", "held"], cwd=CONTAINER, env=env, capture_output=True, text=True)
     assert (fresh.returncode, fresh.stdout.strip()) == (0, "1")
+
+
+def test_script_default_task_limit_is_the_workers():
+    # A local run without the job's environment: the script's stop timeout and deadline must
+    # count with the same task limit the worker applies (limits.py writes it once).
+    import limits
+
+    script = (CONTAINER / "run_celery_worker.sh").read_text()
+    assert f'TASK_LIMIT_SECONDS="${{TASK_TIME_LIMIT_SECONDS:-{limits.DEFAULT_TASK_TIME_LIMIT_SECONDS}}}"' in script
+
+
+def test_script_exit_statuses_the_stack_acts_on_are_the_contracts():
+    import contract
+
+    script = (CONTAINER / "run_celery_worker.sh").read_text()
+    assert f"readonly EXIT_JOB_DEADLINE={contract.EXIT_JOB_DEADLINE}\n" in script

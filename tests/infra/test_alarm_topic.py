@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from batch_celery.props import pascal
@@ -90,3 +92,27 @@ def test_alarm_email_subscribes_one_address(subscribed: Synth, three_pools: Synt
     assert subscription["Properties"]["TopicArn"] == {"Ref": _topic(subscribed)}
     assert not three_pools.of_type("AWS::SNS::Subscription")
     assert subscribed.outputs["AlarmTopicArn"]["Value"] == {"Ref": _topic(subscribed)}
+
+
+def test_a_worker_that_left_at_its_job_deadline_is_not_told_as_a_failure(three_pools: Synth) -> None:
+    """The rule's pattern, matched by moto's implementation of EventBridge patterns on the events
+    Batch sends: a crash (exit 3) and a job cancelled while RUNNABLE (no container) are told; the
+    routine exit at the job's deadline is not."""
+    from moto.events.models import EventPattern
+
+    from batch_celery_container.contract import EXIT_JOB_DEADLINE
+
+    _, rule = three_pools.one("AWS::Events::Rule", "WorkersMonitoringWorkerJobFailedRule")
+    queue = "arn:aws:batch:us-east-1:123456789012:job-queue/default"
+    pattern = json.loads(json.dumps(rule["Properties"]["EventPattern"]))
+    pattern["detail"]["jobQueue"] = [queue]
+    matcher = EventPattern(None, pattern)
+
+    def event(**detail: object) -> dict:
+        return {"source": "aws.batch", "detail-type": "Batch Job State Change",
+                "detail": {"status": "FAILED", "jobQueue": queue, **detail}}
+
+    assert matcher.matches_event(event(container={"exitCode": 3}))
+    assert matcher.matches_event(event(statusReason="Job cancelled: RUNNABLE too long"))
+    assert not matcher.matches_event(event(container={"exitCode": EXIT_JOB_DEADLINE}))
+    assert not matcher.matches_event({**event(container={"exitCode": 3}), "detail": {"status": "SUCCEEDED", "jobQueue": queue}})

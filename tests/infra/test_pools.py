@@ -161,8 +161,8 @@ def test_worker_environment_is_the_contract_with_its_own_pool_and_queue(three_po
     queue_id = _queue(three_pools, pool)
     role_id, _ = three_pools.pool(pool, "WorkerRole", "AWS::IAM::Role")
     _, worker = _worker(three_pools, pool)
-    defaults = dict(idle_seconds=60, poll_seconds=10, concurrency=1, task_time_limit_seconds=900,
-                    visibility_timeout_seconds=300, stop_grace_seconds=20)
+    defaults = dict(idle_seconds=60, poll_seconds=10, concurrency=1, task_time_limit_seconds=3 * 3600,
+                    visibility_timeout_seconds=300, stop_grace_seconds=20, job_timeout_seconds=8 * 3600)
     assert env_of(worker) == contract.worker_environment(
         pool=pool,
         queue_name={"Fn::GetAtt": [queue_id, "QueueName"]},  # type: ignore[arg-type]
@@ -307,3 +307,27 @@ def test_filler_may_only_send_to_the_pools_queues(three_pools: Synth) -> None:
     assert {g for g in grants(three_pools.statements_of_role("WorkersFillerRole"))
             if not g[2].startswith("WorkersResultsTable")} == {
         ("Allow", a, f"{strip_hash(_queue(three_pools, p))}.Arn") for a in SEND_ACTIONS for p in POOLS}
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_worker_learns_its_job_timeout_from_the_setting_that_sets_it(three_pools: Synth, pool: str) -> None:
+    # One setting, written once: the job definition's timeout and the worker's deadline agree.
+    _, definition = three_pools.pool(pool, "WorkerJobDefinition", "AWS::Batch::JobDefinition")
+    _, worker = _worker(three_pools, pool)
+    timeout = definition["Properties"]["Timeout"]["AttemptDurationSeconds"]
+    assert env_of(worker)[contract.JOB_TIMEOUT_SECONDS] == str(timeout)
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_worker_leaving_at_its_deadline_is_not_retried(three_pools: Synth, pool: str) -> None:
+    # Exit 7 (the job's deadline) ends the job FAILED with "Essential container in task exited".
+    # Batch applies the first rule that matches (glob patterns): it must be the catch-all EXIT,
+    # or Batch would restart a worker the scaler replaces anyway.
+    from fnmatch import fnmatchcase
+
+    _, definition = three_pools.pool(pool, "WorkerJobDefinition", "AWS::Batch::JobDefinition")
+    rules = definition["Properties"]["RetryStrategy"]["EvaluateOnExit"]
+    exit_7 = {"OnExitCode": "7", "OnStatusReason": "Essential container in task exited", "OnReason": ""}
+    first = next(rule for rule in rules
+                 if all(fnmatchcase(exit_7[key], pattern) for key, pattern in rule.items() if key != "Action"))
+    assert first == {"Action": "EXIT", "OnReason": "*"}

@@ -41,8 +41,8 @@ def test_defaults_are_a_small_cheap_deployment() -> None:
     assert (p.compute, p.platform, p.vcpus, p.memory_mib, p.gpus, p.instance_types, p.image) == (
         "fargate", "linux/amd64", 1, 2048, 0, (), None)
     assert (p.max_workers, p.max_vcpus, p.concurrency, p.tasks) == (48, 48, 1, ())
-    assert (p.task_time_limit_seconds, p.visibility_timeout_seconds, p.stop_grace_seconds) == (900, 300, 20)
-    assert (p.idle_seconds, p.poll_seconds, p.job_timeout_seconds, p.job_attempts) == (60, 10, 4 * 3600, 3)
+    assert (p.task_time_limit_seconds, p.visibility_timeout_seconds, p.stop_grace_seconds) == (3 * 3600, 300, 20)
+    assert (p.idle_seconds, p.poll_seconds, p.job_timeout_seconds, p.job_attempts) == (60, 10, 8 * 3600, 3)
     assert (p.message_retention_days, p.max_receive_count) == (4, 3)
     assert (p.low_threshold, p.high_threshold, p.high_array_size, p.age_alarm_seconds, p.messages_per_worker) == (
         5, 50, 10, 300, 10)
@@ -53,6 +53,29 @@ def test_worker_rules_come_from_the_shared_limits_module() -> None:
     p = PoolProps()
     assert p.visibility_timeout_seconds == limits.DEFAULT_VISIBILITY_TIMEOUT_SECONDS
     assert p.stop_grace_seconds == limits.DEFAULT_STOP_GRACE_SECONDS
+    assert p.task_time_limit_seconds == limits.DEFAULT_TASK_TIME_LIMIT_SECONDS
+    assert p.job_timeout_seconds == limits.DEFAULT_JOB_TIMEOUT_SECONDS
+
+
+def test_a_two_hour_task_runs_on_the_defaults_with_room() -> None:
+    p = PoolProps()
+    # Celery's soft limit (the task's own stop) is 59 minutes past a 2-hour task.
+    assert limits.soft_time_limit(p.task_time_limit_seconds) - 2 * 3600 == 59 * 60
+    # A worker takes tasks for about 5 h of its 8 h job: a 2-hour task taken at the last moment
+    # still ends (hard limit) before Batch's timeout, and a job serves at least two such tasks.
+    window = limits.take_window_seconds(p.job_timeout_seconds, p.task_time_limit_seconds, p.stop_grace_seconds)
+    assert window == 8 * 3600 - 3 * 3600 - 20 - 40
+    assert window >= 2 * 2 * 3600
+
+
+def test_job_timeout_rule_is_the_one_the_worker_checks() -> None:
+    # Synth refuses exactly what the lifecycle script (limits.py take-window) refuses.
+    shortest = limits.min_job_timeout(3600, 20, 60)
+    assert PoolProps(task_time_limit_seconds=3600, job_timeout_seconds=shortest).job_timeout_seconds == shortest
+    assert limits.job_timeout_problem(shortest, 3600, 20, 60) is None
+    assert limits.job_timeout_problem(shortest - 1, 3600, 20, 60) is not None
+    with pytest.raises(SettingsError, match="job_timeout_seconds"):
+        PoolProps(task_time_limit_seconds=3600, job_timeout_seconds=shortest - 1)
 
 
 def test_task_time_limit_may_exceed_the_visibility_timeout() -> None:
@@ -189,12 +212,16 @@ INVALID = [
     ({"pools": {"default": {"task_time_limit_seconds": 0}}},
      f"{P}.default.task_time_limit_seconds = 0: allowed: 1..42900 seconds (SQS keeps a received message for at"
      " most 12 h = 43200 s, minus one visibility timeout of 300 s)"),
-    ({"pools": {"default": {"task_time_limit_seconds": 4 * 3600}}},
-     f"{P}.default.job_timeout_seconds = 14400: must be >= task_time_limit_seconds (14400) + idle_seconds (60)"
-     " + 60 s start-up = 14520"),
-    ({"pools": {"default": {"job_timeout_seconds": 900}}},
-     f"{P}.default.job_timeout_seconds = 900: must be >= task_time_limit_seconds (900) + idle_seconds (60)"
-     " + 60 s start-up = 1020"),
+    ({"pools": {"default": {"task_time_limit_seconds": 4 * 3600, "job_timeout_seconds": 4 * 3600}}},
+     f"{P}.default.job_timeout_seconds = 14400: must be >= 14520: the task time limit (14400 s) + the stop grace"
+     " (20 s) + 40 s to start and stop + the idle window (60 s), so that a worker can take tasks for at least its"
+     " idle window and finish each before the job timeout (keys: job_timeout_seconds, task_time_limit_seconds,"
+     " stop_grace_seconds, idle_seconds)"),
+    ({"pools": {"default": {"job_timeout_seconds": 3 * 3600}}},
+     f"{P}.default.job_timeout_seconds = 10800: must be >= 10920: the task time limit (10800 s) + the stop grace"
+     " (20 s) + 40 s to start and stop + the idle window (60 s), so that a worker can take tasks for at least its"
+     " idle window and finish each before the job timeout (keys: job_timeout_seconds, task_time_limit_seconds,"
+     " stop_grace_seconds, idle_seconds)"),
     ({"pools": {"default": {"stop_grace_seconds": 26}}}, f"{P}.default.stop_grace_seconds = 26: {GRACE}"),
     ({"pools": {"default": {"stop_grace_seconds": 0}}}, f"{P}.default.stop_grace_seconds = 0: {GRACE}"),
     ({"pools": {"default": {"stop_grace_seconds": 2.5}}},
@@ -332,21 +359,49 @@ def test_app_prints_one_error_line_and_exits_2(tmp_path: Path, block: dict, line
     assert lines == [line]
 
 
-def test_the_readme_tables_list_every_key_with_its_default() -> None:
-    # The README is where users look keys up: a key missing there does not exist for them.
+def _table_rows(text: str) -> dict[str, str]:
+    return {line.split("|")[1].strip(" `"): line for line in text.splitlines() if line.startswith("| `")}
+
+
+def _defaults() -> dict[str, object]:
+    from dataclasses import fields
+
+    from batch_celery.props import CeleryBatchWorkersProps, PoolProps
+
+    return {f.name: f.default for props in (PoolProps, CeleryBatchWorkersProps) for f in fields(props)
+            if isinstance(f.default, int) and not isinstance(f.default, bool)}
+
+
+def test_the_configuration_reference_lists_every_key_with_its_default() -> None:
+    # docs/configuration.md is where users look keys up: a key missing there does not exist for them.
     from dataclasses import fields
 
     from batch_celery.props import CeleryBatchWorkersProps, PoolProps
     from batch_celery.settings import DEPLOYMENT_KEYS, STACK_KEYS
 
-    readme = (REPO / "README.md").read_text()
-    pools_table = readme[readme.index("### Pools"):readme.index("### Deployment settings")]
-    deployment_table = readme[readme.index("### Deployment settings"):readme.index("## Use it in your own CDK app")]
-    rows = {line.split("|")[1].strip(" `"): line for line in pools_table.splitlines() if line.startswith("| `")}
+    reference = (REPO / "docs" / "configuration.md").read_text()
+    pools_table = reference[reference.index("### Pools"):reference.index("### Deployment settings")]
+    deployment_table = reference[reference.index("### Deployment settings"):]
+    rows = _table_rows(pools_table)
     assert set(rows) == set(PoolProps.keys())
     for f in fields(PoolProps):
         if isinstance(f.default, int) and not isinstance(f.default, bool):
-            assert f"| {f.default} |" in rows[f.name], f"{f.name}: the README's default is not {f.default}"
-    listed = {line.split("|")[1].strip(" `") for line in deployment_table.splitlines() if line.startswith("| `")}
+            assert f"| {f.default} |" in rows[f.name], f"{f.name}: the reference's default is not {f.default}"
+    listed = set(_table_rows(deployment_table))
     assert listed == {"pools", *STACK_KEYS, *DEPLOYMENT_KEYS}
     assert {f.name for f in fields(CeleryBatchWorkersProps)} - {"vpc"} <= listed
+
+
+def test_the_readmes_settings_are_keys_with_their_defaults() -> None:
+    # The README shows the settings most changed: each is a real key, with its real default.
+    from dataclasses import fields
+
+    from batch_celery.props import CeleryBatchWorkersProps, PoolProps
+
+    readme = (REPO / "README.md").read_text()
+    rows = _table_rows(readme[readme.index("## Configuration"):readme.index("## What it costs")])
+    keys = {f.name for props in (PoolProps, CeleryBatchWorkersProps) for f in fields(props)}
+    assert 8 <= len(rows) <= 12 and set(rows) <= keys, sorted(set(rows) - keys)
+    for name, row in rows.items():
+        if name in _defaults():
+            assert f"| {_defaults()[name]} |" in row, f"{name}: the README's default is not {_defaults()[name]}"

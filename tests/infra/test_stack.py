@@ -187,7 +187,7 @@ def test_worker_job_runs_the_lifecycle_script_without_public_ip(default: Synth) 
                                 "awslogs-region": {"Ref": "AWS::Region"}},
                 },
             }),
-            "Timeout": {"AttemptDurationSeconds": 4 * 3600},
+            "Timeout": {"AttemptDurationSeconds": 8 * 3600},
         },
     )
     _, worker = default.pool("default", "WorkerJobDefinition", "AWS::Batch::JobDefinition")
@@ -222,7 +222,8 @@ def test_worker_environment_is_the_container_contract(default: Synth) -> None:
         "IDLE_SECONDS": "60",
         "POLL_SECONDS": "10",
         "WORKER_CONCURRENCY": "1",
-        "TASK_TIME_LIMIT_SECONDS": "900",
+        "TASK_TIME_LIMIT_SECONDS": "10800",
+        "JOB_TIMEOUT_SECONDS": "28800",
         "VISIBILITY_TIMEOUT_SECONDS": "300",
         "STOP_GRACE_SECONDS": "20",
         "METRICS_NAMESPACE": "BatchCelery/BatchCelery",

@@ -148,10 +148,10 @@ def test_queue_attributes_come_from_the_synthesized_stack(tmp_path):
     spec = template.read_spec(template.synthesize(tmp_path))
     (pool,) = spec.pools.values()
     # The stack's defaults (batch_celery/props.py); the local queue is created with exactly these.
-    # The visibility timeout is the crash window (300 s), shorter than a task may run (900 s): the
+    # The visibility timeout is the crash window (300 s), shorter than a task may run (3 h): the
     # worker's heartbeat keeps what it holds invisible.
     assert pool.name == "default"
-    assert (pool.queue.visibility_timeout, pool.worker_environment["TASK_TIME_LIMIT_SECONDS"]) == (300, "900")
+    assert (pool.queue.visibility_timeout, pool.worker_environment["TASK_TIME_LIMIT_SECONDS"]) == (300, "10800")
     assert pool.worker_environment["STOP_GRACE_SECONDS"] == "20"
     assert pool.worker_environment["WORKER_POOL"] == "default"
     assert pool.queue.max_receive_count >= 1
