@@ -75,7 +75,7 @@ destroy: $(PY_STAMP) $(NODE_STAMP)
 	npx cdk destroy --no-notices
 
 demo: $(PY_STAMP)
-	$(BIN)/python -m batch_celery.local $(DEMO_ARGS)
+	$(BIN)/python -m batch_celery_local $(DEMO_ARGS)
 
 reliability: $(PY_STAMP)
 	$(BIN)/python -m bench.reliability

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from batch_celery import status
-from batch_celery.local import runfile
+from batch_celery import runfile
 from batch_celery.props import pascal
 from batch_celery_container import contract, routing
 
@@ -140,7 +140,7 @@ def producer_app(target: Target):
     if target.local and target.endpoint:
         from urllib.parse import urlsplit
 
-        from batch_celery.local.motoserver import ACCESS_KEY, SECRET_KEY
+        from batch_celery_local.motoserver import ACCESS_KEY, SECRET_KEY
 
         endpoint = urlsplit(target.endpoint)
         settings["broker_url"] = f"sqs://{ACCESS_KEY}:{SECRET_KEY}@{endpoint.hostname}:{endpoint.port}//"

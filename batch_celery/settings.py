@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Mapping
 
 from .props import (
@@ -23,6 +24,8 @@ from .props import (
 )
 
 CONTEXT_KEY = "batch-celery"
+# The checkout: where cdk.json is for the commands that read it without the CDK CLI (status, the demo).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PREFIX = f"{CONTEXT_KEY}."
 DEFAULT_STACK_NAME = "BatchCelery"
 VPC_ID = re.compile(r"^vpc-[0-9a-f]{8}([0-9a-f]{9})?$")
@@ -138,3 +141,14 @@ def _pools(raw: Any) -> dict[str, PoolProps] | None:
 
 
 __all__ = ["CONTEXT_KEY", "Settings", "SettingsError", "describe"]
+
+
+def project_context(root: Path = PROJECT_ROOT) -> dict[str, Any]:
+    """The context the CDK CLI would pass: cdk.json's ``context``, then cdk.context.json over it."""
+    context: dict[str, Any] = {}
+    for name, key in (("cdk.json", "context"), ("cdk.context.json", None)):
+        path = root / name
+        if path.exists():
+            data = json.loads(path.read_text())
+            context.update(data.get(key, {}) if key else data)
+    return context

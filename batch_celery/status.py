@@ -12,7 +12,7 @@ cloudformation:DescribeStacks, sqs:GetQueueAttributes, batch:ListJobs, batch:Des
 logs:FilterLogEvents.
 
 ``--local`` reads the run file the demo keeps up to date (``.demo/run.json``, see
-local/runfile.py): the same output names pointing at the demo's moto server, whose queues are read
+batch_celery/runfile.py): the same output names pointing at the demo's moto server, whose queues are read
 live, and the demo's worker processes and decisions in place of Batch's and the scaler's log group.
 
 Exit status: 0; 1 with one line when credentials, the region, the stack or the local run are
@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from batch_celery.local import runfile
+from batch_celery import runfile
 from batch_celery.props import pascal
 from batch_celery_container import routing
 
@@ -398,8 +398,7 @@ def error_line(error: BaseException) -> str | None:
 
 def _default_stack_name() -> str:
     """The stack name `cdk deploy` would use: cdk.json's setting, as app.py reads it."""
-    from batch_celery.local.template import project_context
-    from batch_celery.settings import CONTEXT_KEY, Settings, SettingsError
+    from batch_celery.settings import CONTEXT_KEY, Settings, SettingsError, project_context
 
     try:
         return Settings.from_context(project_context().get(CONTEXT_KEY)).stack_name

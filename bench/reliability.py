@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Callable
 
 from batch_celery import CONTAINER_DIR
-from batch_celery.local import motoserver
-from batch_celery.local.queues import QueuePair, create_queue_pair, message_counts, total_messages
+from batch_celery_local import motoserver
+from batch_celery_local.queues import QueuePair, create_queue_pair, message_counts, total_messages
 from batch_celery_container import limits
 from harness.faults import LOST_RESPONSE, SERVER_ERROR, THROTTLE, ApiProxy, FaultProxy
 from harness.lifecycle import ScriptRun, poll_until, start_script, worker_env

@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from batch_celery.local import motoserver
-from batch_celery.local.queues import create_queue_pair, create_result_table, total_messages, via_endpoint
+from batch_celery_local import motoserver
+from batch_celery_local.queues import create_queue_pair, create_result_table, total_messages, via_endpoint
 from batch_celery_container import contract
 from harness.faults import ApiProxy
 from harness.lifecycle import fill, running_script, wait_until, worker_env

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
-from batch_celery.local.motoserver import HOST
+from batch_celery_local.motoserver import HOST
 
 _TICK = 0.2  # how often blocked threads look at the stop flags
 

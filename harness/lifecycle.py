@@ -1,7 +1,7 @@
 """Run the real worker container code on this machine: the lifecycle script, the filler, probes.
 
 Shared by the container tests, the reliability suite and the benchmarks (the demo streams each
-script's output live instead: batch_celery/local/demo.py). Everything talks to moto server on
+script's output live instead: batch_celery_local/demo.py). Everything talks to moto server on
 127.0.0.1 (optionally through a FaultProxy) with real worker processes.
 """
 
@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from batch_celery import CONTAINER_DIR
-from batch_celery.local import REPO_ROOT
-from batch_celery.local.motoserver import MotoServer
-from batch_celery.local.queues import QueuePair
+from batch_celery_local import REPO_ROOT
+from batch_celery_local.motoserver import MotoServer
+from batch_celery_local.queues import QueuePair
 from harness.probe_tasks import read_events
 
 SCRIPT = CONTAINER_DIR / "run_celery_worker.sh"

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from batch_celery.local import motoserver
+from batch_celery_local import motoserver
 from harness.processes import live_pids
 
 

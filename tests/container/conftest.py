@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from batch_celery.local.queues import create_queue_pair
+from batch_celery_local.queues import create_queue_pair
 
 _names = itertools.count()
 

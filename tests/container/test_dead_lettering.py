@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from batch_celery.local.queues import message_counts, total_messages
+from batch_celery_local.queues import message_counts, total_messages
 from harness.faults import ApiProxy, FailDeleteAfterSend
 from harness.lifecycle import fill, running_script, worker_env
 

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from batch_celery import CONTAINER_DIR as CONTAINER
-from batch_celery.local.motoserver import free_port
-from batch_celery.local.queues import message_counts
+from batch_celery_local.motoserver import free_port
+from batch_celery_local.queues import message_counts
 from harness.lifecycle import environment, load_filler, worker_env
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from batch_celery import CONTAINER_DIR
-from batch_celery.local import REPO_ROOT
-from batch_celery.local.queues import message_counts, total_messages
+from batch_celery_local import REPO_ROOT
+from batch_celery_local.queues import message_counts, total_messages
 from harness.lifecycle import environment, fill, running_script, wait_until, worker_env
 
 EXAMPLE = REPO_ROOT / "examples" / "gpu-pool"

@@ -15,7 +15,7 @@ from kombu.transport import SQS
 from kombu.transport.virtual import base as virtual
 
 from batch_celery import CONTAINER_DIR
-from batch_celery.local import REPO_ROOT
+from batch_celery_local import REPO_ROOT
 
 sys.path.insert(0, str(CONTAINER_DIR))
 import kombu_contract  # noqa: E402

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from batch_celery.local.queues import message_counts, total_messages
+from batch_celery_local.queues import message_counts, total_messages
 from harness.faults import FaultProxy
 from harness.lifecycle import fill, running_script, wait_until, worker_env
 from harness.processes import alive

@@ -13,7 +13,7 @@ import pytest
 from celery import Celery
 
 from batch_celery import CONTAINER_DIR
-from batch_celery.local.queues import create_result_table
+from batch_celery_local.queues import create_result_table
 from batch_celery_container import contract, limits
 from harness.lifecycle import environment, fill, running_script, wait_until, worker_env
 from tests.emf_spec import emf_lines

@@ -105,7 +105,7 @@ def test_rejects_bad_settings(overrides, expected):
 
 
 def test_queue_depth_reports_failure_in_one_line(moto_server, make_queues, tmp_path):
-    from batch_celery.local.motoserver import free_port
+    from batch_celery_local.motoserver import free_port
 
     env = worker_env(moto_server, make_queues(), tmp_path, endpoint=f"http://127.0.0.1:{free_port()}")
     result = subprocess.run([sys.executable, "queue_depth.py", "--total"], cwd=CONTAINER, env=env, capture_output=True, text=True)

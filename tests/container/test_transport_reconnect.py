@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from batch_celery.local.queues import message_counts, total_messages
+from batch_celery_local.queues import message_counts, total_messages
 from harness.faults import CredentialServer
 from harness.lifecycle import fill, running_script, wait_until, worker_env
 

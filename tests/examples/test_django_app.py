@@ -22,8 +22,8 @@ import redis
 from fakeredis import TcpFakeServer
 
 from batch_celery import CONTAINER_DIR
-from batch_celery.local import REPO_ROOT
-from batch_celery.local.queues import create_queue_pair, create_result_table
+from batch_celery_local import REPO_ROOT
+from batch_celery_local.queues import create_queue_pair, create_result_table
 from batch_celery_container import contract, routing
 from harness.lifecycle import running_script, worker_env
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from batch_celery.local import REPO_ROOT, template
-from batch_celery.local.demo import SECOND_POOL, SECOND_POOL_SETTINGS, demo_overrides, parse_args
+from batch_celery_local import REPO_ROOT, template
+from batch_celery_local.demo import SECOND_POOL, SECOND_POOL_SETTINGS, demo_overrides, parse_args
 from batch_celery.settings import Settings
 from harness.processes import alive, live_pids
 
@@ -45,7 +45,7 @@ def run_demo(*args: str, tmpdir: Path | None = None) -> subprocess.Popen:
     if tmpdir:
         env["TMPDIR"] = str(tmpdir)  # where the demo makes its run's folder
     return subprocess.Popen(
-        [sys.executable, "-m", "batch_celery.local", "--plain", *args],
+        [sys.executable, "-m", "batch_celery_local", "--plain", *args],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,

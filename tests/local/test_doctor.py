@@ -18,10 +18,10 @@ import pytest
 from botocore.exceptions import ClientError
 
 from batch_celery import doctor
-from batch_celery.local import REPO_ROOT
-from batch_celery.local.demo import LocalRun, demo_overrides
-from batch_celery.local.queues import create_queue_pair, create_result_table
-from batch_celery.local.template import project_context, read_spec, synthesize
+from batch_celery_local import REPO_ROOT
+from batch_celery_local.demo import LocalRun, demo_overrides
+from batch_celery_local.queues import create_queue_pair, create_result_table
+from batch_celery_local.template import project_context, read_spec, synthesize
 from batch_celery.settings import CONTEXT_KEY, Settings
 from batch_celery_container import contract, routing
 from harness.lifecycle import running_script, worker_env

@@ -14,8 +14,9 @@ import uuid
 import pytest
 
 from batch_celery import status
-from batch_celery.local import REPO_ROOT, runfile
-from batch_celery.local.queues import create_queue_pair
+from batch_celery import runfile
+from batch_celery_local import REPO_ROOT
+from batch_celery_local.queues import create_queue_pair
 from batch_celery_container import routing
 
 DECISION = {"scaler": "batch-celery", "outcome": "ok", "in_flight": 0, "delayed": 0, "level": "INFO"}

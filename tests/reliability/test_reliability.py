@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from batch_celery.local import motoserver
+from batch_celery_local import motoserver
 from bench import reliability
 
 pytestmark = pytest.mark.slow

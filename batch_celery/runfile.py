@@ -14,10 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from batch_celery.local import REPO_ROOT
+from batch_celery import CONTAINER_DIR
 
-# Where `make demo` keeps it (.demo/ is git-ignored).
-DEFAULT_PATH = REPO_ROOT / ".demo" / "run.json"
+# Where `make demo` keeps it in the checkout (.demo/ is git-ignored).
+DEFAULT_PATH = CONTAINER_DIR.parent / ".demo" / "run.json"
 
 
 def write(path: Path, *, endpoint: str, region: str, outputs: Mapping[str, str],

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from batch_celery.local import REPO_ROOT
-from batch_celery.local.queues import QueuePair, create_queue_pair
+from batch_celery.settings import project_context
+from batch_celery_local import REPO_ROOT
+from batch_celery_local.queues import QueuePair, create_queue_pair
 from batch_celery.settings import Settings
 from batch_celery_container import contract
 
@@ -66,17 +67,6 @@ class StackSpec:
     @property
     def default_pool(self) -> PoolSpec:
         return next(iter(self.pools.values()))
-
-
-def project_context() -> dict[str, Any]:
-    """The context the CDK CLI would pass: cdk.json's ``context``, then cdk.context.json over it."""
-    context: dict[str, Any] = {}
-    for name, key in (("cdk.json", "context"), ("cdk.context.json", None)):
-        path = REPO_ROOT / name
-        if path.exists():
-            data = json.loads(path.read_text())
-            context.update(data.get(key, {}) if key else data)
-    return context
 
 
 def synthesize(outdir: Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ itself is played by this module: it launches the workers the policy asks for, up
 With one pool configured, the demo adds a second one, the GPU pool of examples/gpu-pool, whose
 ``gpu.matmul`` runs on NumPy here.
 
-Run it with ``make demo`` or ``python -m batch_celery.local --help``.
+Run it with ``make demo`` or ``python -m batch_celery_local --help``.
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ import psutil
 from botocore.config import Config
 
 from batch_celery import CONTAINER_DIR
-from batch_celery.local import REPO_ROOT, motoserver, runfile
-from batch_celery.local.queues import QueuePair, create_result_table, message_counts, total_messages
-from batch_celery.local.template import (
+from batch_celery import runfile
+from batch_celery_local import REPO_ROOT, motoserver
+from batch_celery_local.queues import QueuePair, create_result_table, message_counts, total_messages
+from batch_celery_local.template import (
     PoolSpec, StackSpec, TemplateError, create_queues, project_context, read_spec, synthesize,
 )
 from batch_celery.props import pascal
@@ -818,7 +819,7 @@ def _json(kind: type, example: str) -> Callable[[str], object]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = _Parser(
-        prog="python -m batch_celery.local",
+        prog="python -m batch_celery_local",
         description=(
             "Run the whole batch-celery loop locally with two pools: moto server as SQS, the real "
             "filler and routing, the scaler's real policy, and the real lifecycle script as workers. "
