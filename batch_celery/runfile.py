@@ -3,7 +3,7 @@
 The demo rewrites it on every tick (write to a temporary file, then rename: a reader never sees
 half a file): the moto server's endpoint and region, outputs named as the stack names them (with
 the local queues' URLs), each pool's worker processes by the Batch state they stand for, and each
-pool's last scaling decision.
+pool's last scaling decision, and each pool's last failed task run with its reason.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ DEFAULT_PATH = CONTAINER_DIR.parent / ".demo" / "run.json"
 
 
 def write(path: Path, *, endpoint: str, region: str, outputs: Mapping[str, str],
-          workers: Mapping[str, Mapping[str, int]], decisions: Mapping[str, Mapping[str, Any]]) -> None:
+          workers: Mapping[str, Mapping[str, int]], decisions: Mapping[str, Mapping[str, Any]],
+          failures: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {"endpoint": endpoint, "region": region, "outputs": dict(outputs),
                 "workers": {pool: dict(states) for pool, states in workers.items()},
-                "decisions": {pool: dict(decision) for pool, decision in decisions.items()}}
+                "decisions": {pool: dict(decision) for pool, decision in decisions.items()},
+                "failures": {pool: dict(failure) for pool, failure in (failures or {}).items()}}
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".run.", suffix=".json")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:

@@ -14,6 +14,8 @@ logs:FilterLogEvents.
 ``--local`` reads the run file the demo keeps up to date (``.demo/run.json``, see
 batch_celery/runfile.py): the same output names pointing at the demo's moto server, whose queues are read
 live, and the demo's worker processes and decisions in place of Batch's and the scaler's log group.
+It also shows each pool's last failed task run with its reason (the exception's last line, from the
+run's metrics line: task_metrics.py).
 
 Exit status: 0; 1 with one line when credentials, the region, the stack or the local run are
 missing or AWS cannot be reached; 2 on bad arguments. One pool's failed reading is shown in that
@@ -62,6 +64,8 @@ class PoolStatus:
     dead_lettered: int | None = None
     jobs: dict[str, int] = field(default_factory=dict)
     decision: dict[str, Any] | None = None
+    # The last failed task run: task, task_id, reason (its exception's last line), count, time.
+    last_failure: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)
 
 
@@ -260,6 +264,7 @@ def read_local_run(run_file: Path) -> dict[str, Any]:
         for key in ("endpoint", "region", "outputs"):
             run[key]  # noqa: B018 - a file without them cannot be used
         run["workers"], run["decisions"] = run.get("workers") or {}, run.get("decisions") or {}
+        run["failures"] = run.get("failures") or {}
         return run
     except FileNotFoundError:
         raise StatusError(f"no local run: start one with `make demo` (it writes {_shown_path(run_file)})") from None
@@ -295,7 +300,7 @@ def local_status(run_file: Path | None = None) -> Report:
     statuses = []
     for pool in pools:
         status = PoolStatus(pool, jobs={state: int(n) for state, n in (workers.get(pool) or {}).items()},
-                            decision=decisions.get(pool))
+                            decision=decisions.get(pool), last_failure=run["failures"].get(pool))
         read_queues(sqs, outputs, status)
         statuses.append(status)
     return Report(f"local run on {endpoint} (worker processes stand in for Batch jobs)", LOCAL, statuses)
@@ -326,6 +331,12 @@ def render(report: Report) -> str:
             lines.append(line)
         else:
             lines.append("  scaler: no decision in the last 15 minutes")
+        if s.last_failure:
+            f = s.last_failure
+            when = datetime.fromtimestamp(f.get("time") or 0, timezone.utc).strftime("%H:%M:%S UTC")
+            runs = f.get("count") or 1
+            lines.append(f"  last failure at {when} ({runs} failed run{'s' if runs != 1 else ''}): "
+                         f"{f.get('task')}[{str(f.get('task_id') or '')[:8]}]: {f.get('reason') or 'no reason given'}")
         lines.extend(f"  error: {error}" for error in s.errors)
     return "\n".join(lines)
 

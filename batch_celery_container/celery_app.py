@@ -1,12 +1,19 @@
-"""The Celery app of the Batch workers and the example tasks (its settings: worker_settings.py).
+"""The worker's Celery app: yours (CELERY_APP), or this module's own when there is none, with this
+project's transport, lifecycle, results and metrics layered onto it. `celery -A celery_app worker`
+(run_celery_worker.sh) starts it; its settings: worker_settings.py.
 
-Configured once from the job's environment (worker_settings.py). The worker consumes only the
-batch queue, acknowledges a message after its task has finished, and never acknowledges a task
-that failed: the message stays in SQS, is received again after 30 s times its receive count
-(at most the visibility timeout; outage_tolerant_sqs.py) and, after the queue's maxReceiveCount
-receives, SQS moves it to the dead-letter queue, where it can be inspected and redriven. A
-malformed message is rejected the same way (dead_letter_consumer.py). Nothing a worker
-receives vanishes without a trace.
+One path for both: the app is found (your ``proj``, as `celery -A proj` finds it, Django included;
+or a new app named batch_celery_worker), WorkerSettings.apply_to layers the settings the runtime
+depends on onto it and keeps the rest of yours (task modules, routes, serializers), then the task
+metrics signals and the doctor's probe task are added. The example tasks below are registered on
+the bundled app only.
+
+The worker consumes only its pool's queue, acknowledges a message after its task has finished,
+and never acknowledges a task that failed: the message stays in SQS, is received again after 30 s
+times its receive count (at most the visibility timeout; outage_tolerant_sqs.py) and, after the
+queue's maxReceiveCount receives, SQS moves it to the dead-letter queue, where it can be inspected
+and redriven. A malformed message is rejected the same way (dead_letter_consumer.py). Nothing a
+worker receives vanishes without a trace.
 """
 
 from __future__ import annotations
@@ -19,28 +26,39 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from celery import Celery
 
 import contract
 import task_metrics
-from worker_settings import WorkerSettings
+from worker_settings import WorkerSettings, load_app
 
 logger = logging.getLogger(__name__)
 
 settings = WorkerSettings.from_env()
 
-app = Celery("batch_celery_worker")
-app.conf.update(settings.celery_config())
+# Your app when CELERY_APP names one; else the bundled app, "the user's app when there is none".
+app = load_app(settings.app) if settings.app else Celery("batch_celery_worker")
+BUNDLED = settings.app is None
+settings.apply_to(app)
 # One EMF line per task run into the worker's log (CloudWatch turns it into metrics).
 task_metrics.install(app, namespace=settings.metrics_namespace, pool=settings.pool)
+
+
+def bundled_task(**options) -> Callable:
+    """``@app.task(**options)`` on the bundled app; on your app (CELERY_APP) the function stays a
+    plain function: your app gets the probe, not this module's examples."""
+    def register(function: Callable) -> Callable:
+        return app.task(**options)(function) if BUNDLED else function
+    return register
 
 
 # --------------------------------------------------------------------------------------------
 # Tasks. Names are explicit so a rename of this module never strands queued messages.
 
 
-@app.task(name="batch.calculate_pi")
+@bundled_task(name="batch.calculate_pi")
 def calculate_pi(terms: int = 2_000_000) -> float:
     """Compute-bound example: pi from the first ``terms`` terms of the Leibniz series."""
     if not 1 <= terms <= 10**10:
@@ -73,7 +91,7 @@ def threads_for_external_program() -> int:
 EXTERNAL_PROGRAM = Path(__file__).resolve().parent / "parallel_digest.py"
 
 
-@app.task(name="batch.parallel_digest", bind=True)
+@bundled_task(name="batch.parallel_digest", bind=True)
 def parallel_digest(self, megabytes: int = 64, rounds: int = 4) -> str:
     """The blog's pattern: Celery runs one process, which hands the work to a multi-threaded
     external program sized to the container's remaining CPUs (FFmpeg in the blog; here a small
@@ -101,13 +119,13 @@ def parallel_digest(self, megabytes: int = 64, rounds: int = 4) -> str:
     return completed.stdout.strip()
 
 
-@app.task(name=contract.PROBE_TASK, time_limit=60, soft_time_limit=50)
 def probe(nonce: str) -> dict:
     """What ``python -m batch_celery doctor`` asks each pool's worker: who it runs as, whether the
     scratch volume takes a file (written and read back), whether the root filesystem is read-only,
     and where it runs. It reports instead of raising, so a broken scratch volume is a finding with
-    a reason, not a retried task. It lives in this module, so every image that runs this app (the
-    bundled one, a pool's own image built on it) answers it."""
+    a reason, not a retried task. It is registered on every worker's app, yours or the bundled one
+    (below), so every image that runs this module (the bundled one, a pool's own image built on
+    it) answers it."""
     scratch = Path(tempfile.gettempdir())
     written = None
     try:
@@ -132,3 +150,7 @@ def probe(nonce: str) -> dict:
         "job_id": os.environ.get("AWS_BATCH_JOB_ID"),
         "task_modules": list(settings.task_modules),
     }
+
+
+# The doctor's probe, on every worker's app (yours too).
+probe = app.task(name=contract.PROBE_TASK, time_limit=60, soft_time_limit=50)(probe)

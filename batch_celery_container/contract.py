@@ -40,6 +40,9 @@ ROUTES = "CELERY_ROUTES"
 
 # --- optional, never set by the stack (an image or a local run sets them) ---------------------
 TASK_MODULES = "CELERY_TASK_MODULES"
+# Your own Celery app, as `celery -A` takes it ("proj", "proj.celery:app"); unset: the bundled app.
+# The worker imports it and layers this project's settings onto it (worker_settings.apply_to).
+APP = "CELERY_APP"
 PREFETCH_MULTIPLIER = "WORKER_PREFETCH_MULTIPLIER"
 HEARTBEAT_SECONDS = "HEARTBEAT_SECONDS"
 RUN_DIR = "WORKER_RUN_DIR"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import traceback
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,6 +26,9 @@ import emf
 # Set by outage_tolerant_sqs.py on each received message: SQS's SentTimestamp, in seconds.
 SENT_AT_HEADER = "batch_celery_sent_at"
 OTHER_TASK = "other"
+# The EMF member with a failed run's reason (not a dimension), and its longest form.
+REASON = "reason"
+MAX_REASON_CHARS = 300
 
 logger = logging.getLogger("batch_celery.metrics")
 logger.propagate = False
@@ -70,12 +74,18 @@ def due_at(request: Any) -> float | None:
     return sent
 
 
+def reason_of(error: BaseException) -> str:
+    """An exception as a traceback's last line shows it (``module.Type: message``), on one line."""
+    text = " ".join("".join(traceback.format_exception_only(type(error), error)).split())
+    return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS - 3] + "..."
+
+
 def started(task_id: str) -> None:
     _started[task_id] = (time.time(), time.monotonic())
 
 
 def finished(*, namespace: str, pool: str, task: Any, task_id: str, state: str | None,
-             registered: Any) -> dict[str, Any] | None:
+             registered: Any, error: BaseException | None = None) -> dict[str, Any] | None:
     """Write the run's line; returns the document (None if the run's start was not seen)."""
     start = _started.pop(task_id, None)
     if start is None:
@@ -93,6 +103,8 @@ def finished(*, namespace: str, pool: str, task: Any, task_id: str, state: str |
         timestamp_ms=int(wall_start * 1000),
         task_id=task_id,
     )
+    if error is not None and doc[emf.OUTCOME] == emf.FAILED:
+        doc[REASON] = reason_of(error)
     logger.info(emf.line(doc))
     return doc
 
@@ -114,9 +126,11 @@ def install(app: Any, *, namespace: str | None, pool: str | None) -> None:
         started(task_id)
 
     @signals.task_postrun.connect(weak=False)
-    def _postrun(task_id=None, task=None, state=None, **_: Any) -> None:
+    def _postrun(task_id=None, task=None, state=None, retval=None, **_: Any) -> None:
+        # A failed task's retval is its exception (Celery's task_postrun).
+        error = retval if isinstance(retval, BaseException) else None
         try:
             finished(namespace=namespace, pool=pool_name, task=task, task_id=task_id, state=state,
-                     registered=app.tasks)
+                     registered=app.tasks, error=error)
         except Exception:  # noqa: BLE001 - a metric must never fail a task
             logging.getLogger(__name__).exception("could not write the metrics line of task %s", task_id)

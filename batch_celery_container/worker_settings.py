@@ -54,6 +54,9 @@ class WorkerSettings:
     result_expires_days: int = limits.DEFAULT_RESULT_EXPIRES_DAYS
     # CloudWatch namespace of the per-task EMF lines (task_metrics.py); None: none written.
     metrics_namespace: str | None = None
+    # Your own Celery app (CELERY_APP, as `celery -A` takes it: "proj" or "proj.celery:app");
+    # None: the bundled app of celery_app.py. Either way apply_to() layers the settings below onto it.
+    app: str | None = None
 
     @property
     def result_backend(self) -> str | None:
@@ -123,6 +126,9 @@ class WorkerSettings:
             # Every task goes to the batch queue unless routed elsewhere; "batch.*" says it twice
             # on purpose, so a changed default cannot send the compute tasks anywhere else.
             task_default_queue=self.queue_name,
+            # The worker consumes that queue alone: an app's own task_queues (its Redis queues) are
+            # not this pool's and are not predefined, so kombu would refuse them.
+            task_queues=None,
             task_routes={"batch.*": {"queue": self.queue_name}},
             task_serializer="json",
             accept_content=["json"],
@@ -159,6 +165,26 @@ class WorkerSettings:
             worker_cancel_long_running_tasks_on_connection_loss=False,
             include=list(self.task_modules),
         )
+
+    def apply_to(self, app) -> None:
+        """Layer this worker's settings onto ``app`` (yours, or the bundled one): the settings the
+        transport, the lifecycle and the stack depend on replace the app's own (RUNTIME_OWNED); the
+        app keeps its routes and serializers, and gets this worker's only where it left Celery's
+        default (APP_DEFAULTS); its task modules are kept and CELERY_TASK_MODULES' added."""
+        from celery.app.defaults import DEFAULTS
+
+        config = self.celery_config()
+        conf = app.conf
+        layered = {key: config[key] for key in RUNTIME_OWNED}
+        # Without a result table the stack stores no results: an app's own backend stays yours.
+        if self.result_backend is None and conf.result_backend != DEFAULTS["result_backend"]:
+            layered.pop("result_backend")
+            layered.pop("task_ignore_result")
+        for key in APP_DEFAULTS:
+            if _same(conf[key], DEFAULTS[key]):
+                layered[key] = config[key]
+        layered["include"] = list(dict.fromkeys([*(conf.include or ()), *self.task_modules]))
+        conf.update(layered)
 
     def sqs_client(self):
         """A boto3 SQS client with short timeouts (boto3 honours AWS_ENDPOINT_URL_SQS itself)."""
@@ -229,7 +255,67 @@ class WorkerSettings:
             result_table=result_table,
             result_expires_days=expires,
             metrics_namespace=env.get(contract.METRICS_NAMESPACE, "").strip() or None,
+            app=_app_spec(env),
         )
+
+
+# What a worker's app always gets from this runtime, whatever the app sets, and why (the comments
+# in celery_config say more): the broker is the pool's SQS queue through this project's transport
+# (another broker or queue would never see the pool's tasks); acks, rejects and prefetch are what
+# keep a task from being lost or stuck in a buffer; the time limits are the ones the job's deadline
+# is computed from; the consumer routes undecodable messages to the dead-letter queue; remote
+# control and events need a fanout exchange SQS lacks; results go where the stack's producers and
+# the doctor read them (the result table; without one, an app's own backend is kept).
+RUNTIME_OWNED = (
+    "broker_url", "broker_transport", "broker_transport_options", "broker_connection_retry_on_startup",
+    "broker_connection_max_retries", "task_default_queue", "task_queues",
+    "result_backend", "task_ignore_result",
+    "task_acks_late", "task_reject_on_worker_lost", "task_acks_on_failure", "task_acks_on_timeout",
+    "worker_prefetch_multiplier", "worker_consumer", "worker_concurrency",
+    "task_time_limit", "task_soft_time_limit",
+    "worker_enable_remote_control", "worker_send_task_events", "task_send_sent_event",
+    "worker_cancel_long_running_tasks_on_connection_loss",
+)
+# What an app keeps when it sets it (its own routes, its serializers); this runtime's otherwise.
+APP_DEFAULTS = ("task_routes", "task_serializer", "accept_content", "result_serializer")
+
+
+def load_app(spec: str):
+    """Your Celery app, found as `celery -A` finds it (``proj``: proj.app, proj.celery or
+    proj.celery.app; ``proj.celery:app``). Its module runs as it does under `celery -A proj`: a
+    Django project's proj/celery.py sets DJANGO_SETTINGS_MODULE before it builds the app, and
+    Celery's Django fixup calls django.setup() when the worker starts. A failing import is one
+    line naming CELERY_APP and the error's last line."""
+    import traceback
+
+    from celery import Celery
+    from celery.app.utils import find_app
+
+    try:
+        app = find_app(spec)
+    except Exception as error:  # noqa: BLE001 - whatever the user's module raises, one line
+        reason = "".join(traceback.format_exception_only(type(error), error)).strip().splitlines()[-1]
+        raise ConfigError(f"{contract.APP}={spec!r} cannot be loaded: {reason}") from None
+    if not isinstance(app, Celery):
+        raise ConfigError(f"{contract.APP}={spec!r} is a {type(app).__name__}, not a Celery app; "
+                          "allowed: a module with a Celery app (proj), or module:attribute (proj.celery:app)")
+    return app
+
+
+def _same(value, default) -> bool:
+    """An app setting left at Celery's default (a tuple default may read back as a list)."""
+    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+        return list(value) == list(default)
+    return value == default
+
+
+def _app_spec(env: Mapping[str, str]) -> str | None:
+    """CELERY_APP as `celery -A` takes it: a module ("proj"), or "module:attribute"."""
+    spec = env.get(contract.APP, "").strip() or None
+    if spec is not None and not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?", spec):
+        raise ConfigError(f"{contract.APP}={spec!r} is not an app; allowed: a module (proj) or module:attribute "
+                          "(proj.celery:app), as `celery -A` takes it")
+    return spec
 
 
 def _table_name_problem(name: str) -> str | None:
@@ -280,8 +366,17 @@ def main() -> int:
     if release_problem:
         print(f"configuration error: {release_problem}", file=sys.stderr)
         return 2
+    if settings.app:
+        # Your app is imported here first, so a wrong name or a failing import is one line, not a
+        # worker that never starts.
+        try:
+            app = load_app(settings.app)
+        except ConfigError as error:
+            print(f"configuration error: {error}", file=sys.stderr)
+            return 2
     print(
-        f"{'pool ' + settings.pool + ', ' if settings.pool else ''}queue {settings.queue_name} in {settings.region}"
+        (f"app {settings.app} ({app.main}), " if settings.app else "")
+        + f"{'pool ' + settings.pool + ', ' if settings.pool else ''}queue {settings.queue_name} in {settings.region}"
         f"{' via ' + settings.endpoint_url if settings.endpoint_url else ''}, "
         f"concurrency {settings.concurrency}, prefetch {settings.prefetch_multiplier}, task time limit {settings.task_time_limit_seconds} s "
         f"(soft {settings.task_soft_time_limit_seconds} s), visibility timeout {settings.visibility_timeout_seconds} s "

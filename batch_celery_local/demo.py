@@ -126,6 +126,8 @@ class LocalWorker:
     metrics: list[dict] = field(default_factory=list)
     # Why the lifecycle script stopped its worker (its own words), once it said so.
     reason: str | None = None
+    # How many of its failed task runs (metrics lines with a reason) the event log has told.
+    failures_told: int = 0
     started: float = field(default_factory=time.monotonic)
     reported: bool = False
     _reader: threading.Thread | None = None
@@ -153,6 +155,10 @@ class LocalWorker:
     @property
     def running(self) -> bool:
         return self.process.poll() is None
+
+    def failures(self) -> list[dict]:
+        """Its failed task runs, from their metrics lines (task_metrics.py: ``reason``)."""
+        return [m for m in list(self.metrics) if m.get("outcome") == "failed"]
 
     def worker_pid(self) -> int | None:
         try:
@@ -474,18 +480,31 @@ class LocalRun:
         return counts
 
     def report_exits(self) -> None:
-        """One event per worker that exited since the last tick: its status, tasks and reason."""
+        """One event per task run that failed and per worker that exited since the last tick: the
+        failure's reason (its exception's last line), the exit's status, tasks and reason."""
+        for worker in self.workers:
+            self.report_failures(worker)
         for worker in self.workers:
             if worker.reported or worker.running:
                 continue
             worker.reported = True
             worker.finish_reading(timeout=1.0)
+            self.report_failures(worker)  # a failure written just before it left
             tasks = len(worker.metrics) or len(worker.done_ids)
             self.event(
                 f"worker {worker.pool}-{worker.index} left after {time.monotonic() - worker.started:.0f} s, "
                 f"{tasks} task{'s' if tasks != 1 else ''}, exit {worker.process.returncode}: "
                 f"{worker.reason or 'no reason logged'}"
             )
+
+    def report_failures(self, worker: LocalWorker) -> None:
+        """One event per failed task run the worker wrote since the last one told: the task, its
+        id and the reason its metrics line carries (the exception's last line)."""
+        failures = worker.failures()
+        for failure in failures[worker.failures_told:]:
+            self.event(f"task {failure.get('task')}[{str(failure.get('task_id') or '')[:8]}] failed on worker "
+                       f"{worker.pool}-{worker.index}: {failure.get('reason') or 'no reason given'}")
+        worker.failures_told = len(failures)
 
     def outputs(self) -> dict[str, str]:
         """The stack's outputs as they would read for this run (the queues and table on moto)."""
@@ -506,8 +525,17 @@ class LocalRun:
                    "FAILED": sum(w.process.returncode not in (None, 0) for w in pool.workers)}
             for name, pool in self.pools.items()
         }
+        # Each pool's last failed task run, with its reason, for status's "last failure" line.
+        failures = {}
+        for name, pool in self.pools.items():
+            runs = [m for worker in pool.workers for m in worker.failures()]
+            if runs:
+                last = max(runs, key=lambda m: m.get("_aws", {}).get("Timestamp", 0))
+                failures[name] = {"task": last.get("task"), "task_id": last.get("task_id"),
+                                  "reason": last.get("reason"), "count": len(runs),
+                                  "time": last.get("_aws", {}).get("Timestamp", 0) / 1000}
         runfile.write(self.run_file, endpoint=self.server.endpoint, region=self.server.region,
-                      outputs=self.outputs(), workers=workers, decisions=self.decisions)
+                      outputs=self.outputs(), workers=workers, decisions=self.decisions, failures=failures)
 
     def _results(self):
         """(task id, Celery's result document) of every result in the result table."""

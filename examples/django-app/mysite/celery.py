@@ -1,4 +1,6 @@
-"""The project's main Celery app: Redis, its own workers, its light tasks (Celery's Django guide)."""
+"""The project's Celery app, as Celery's Django guide has it: the web tier's workers run it on
+Redis, and batch-celery's workers run it too (CELERY_APP=mysite, as `celery -A mysite`), with
+their SQS transport, lifecycle, results and metrics layered onto it."""
 
 import os
 
@@ -8,4 +10,5 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
 
 app = Celery("mysite")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+# videos/tasks.py; Celery's Django fixup calls django.setup() when a worker starts.
 app.autodiscover_tasks()

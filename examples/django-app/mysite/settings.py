@@ -1,7 +1,8 @@
 """A Django project whose Celery broker is Redis, with its heavy tasks on batch-celery.
 
-Only what the example needs; a real project has more. Everything the two Celery apps need comes
-from the environment.
+Only what the example needs; a real project has more. Everything the two Celery apps and the
+database need comes from the environment, so the web tier and the batch-celery worker image run
+the same settings.
 """
 
 import os
@@ -13,10 +14,22 @@ DEBUG = False
 ALLOWED_HOSTS = ["localhost", "127.0.0.1", "testserver"]
 INSTALLED_APPS = ["videos"]
 ROOT_URLCONF = "mysite.urls"
-DATABASES = {}
 USE_TZ = True
 
-# The project's own Celery (mysite/celery.py): light tasks, on Redis, as before.
+# The web tier and the batch-celery workers share the database: the encode task reads and updates
+# the Video row the upload created. SQLite (a file both can reach) is for this example and its
+# test; a real worker job needs a database it can reach from the pool's private subnets (RDS, with
+# the pool's security group allowed on its port and the credentials from Secrets Manager).
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("DJANGO_DATABASE_PATH", str(BASE_DIR / "db.sqlite3")),
+    }
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# The project's own Celery app (mysite/celery.py): light tasks, on Redis, as before. On a
+# batch-celery worker (CELERY_APP=mysite) the same app runs with SQS as its broker instead.
 CELERY_BROKER_URL = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
 CELERY_TASK_SERIALIZER = "json"
 
