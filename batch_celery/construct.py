@@ -150,6 +150,7 @@ class CeleryBatchWorkers(Construct):
                 "Scaling",
                 pools=list(self.pools.values()),
                 poll_seconds=props.scaler_poll_seconds,
+                idle_check=props.scaler_idle_check,
                 events_dead_letter_queue=self.events_dead_letter_queue,
                 log_retention=retention,
                 metrics_namespace=self.metrics_namespace,

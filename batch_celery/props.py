@@ -77,6 +77,8 @@ SCALING_MODES = ("scaler", "alarms")
 # Below 5 s a decision (per pool: one GetQueueAttributes, five ListJobs, DescribeJobs) may not be
 # done before the next one starts; 60 s is one decision per invocation.
 SCALER_POLL_RANGE = (5, 60)
+# What a scaler run does with nothing to watch: one check and end ("minute"), or decide its minute ("loop").
+SCALER_IDLE_CHECKS = ("minute", "loop")
 # One scaler decides for every pool within its poll interval (each pool costs about a second), and
 # its POOLS variable must fit Lambda's 4 KB of environment (about 500 bytes a pool once resolved).
 MAX_POOLS = 6
@@ -262,6 +264,10 @@ class CeleryBatchWorkersProps:
     Lambda, each pool's alarm rules submit its workers (the original sample's design)."""
     scaler_poll_seconds: int = 10
     """How often the scaler decides, for every pool, within its one invocation a minute (5-60)."""
+    scaler_idle_check: str = "minute"
+    """When no pool has work (no message, no active worker job, for 5 minutes): "minute", each
+    run makes one check and ends (a first message then waits up to a minute to be seen); "loop",
+    each run still decides every scaler_poll_seconds (seen within that; about $9 a month more)."""
     alarm_email: str | None = None
     """An address subscribed to the alarm topic (it confirms by mail); None: subscribe your own."""
     results: bool = True
@@ -493,6 +499,10 @@ def _validate_deployment(d: CeleryBatchWorkersProps) -> None:
             " alarm rules submit workers themselves)",
         )
     _int(d, "scaler_poll_seconds", *SCALER_POLL_RANGE)
+    if d.scaler_idle_check not in SCALER_IDLE_CHECKS:
+        raise _fail("scaler_idle_check", d.scaler_idle_check,
+                    'must be "minute" (an idle run makes one check and ends) or "loop" (every run decides '
+                    "every scaler_poll_seconds, work or none)")
     if d.alarm_email is not None and (not isinstance(d.alarm_email, str) or not EMAIL.match(d.alarm_email)):
         raise _fail("alarm_email", d.alarm_email, "must be null or one e-mail address, e.g. ops@example.com")
     if not isinstance(d.results, bool):

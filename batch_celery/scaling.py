@@ -1,9 +1,11 @@
 """What starts workers: queue alarms, EventBridge rules, and (by default) the proportional scaler.
 
 One brain decides how many workers run. In ``scaler`` mode (the default) only the scaler Lambda
-submits workers: one function serves every pool; it runs once a minute and decides every
-``poll_seconds`` within that run, sizing each pool's fleet from that pool's backlog and deducting
-its jobs already active, never beyond the pool's ``max_workers``. The alarms' rules only start the
+submits workers: one function serves every pool; it runs once a minute and, while there is work,
+decides every ``poll_seconds`` within that run, sizing each pool's fleet from that pool's backlog
+and deducting its jobs already active, never beyond the pool's ``max_workers``. With
+``idle_check`` "minute" (the default) a run that finds no work, SCALER_COOLDOWN_SECONDS after it
+last found some, ends after that one check (handler.run). The alarms' rules only start the
 scaler early; they have no Batch target, so nothing outside the scaler's count can add a worker.
 
 ``alarms`` mode is the original sample's design, for users who want no Lambda: per pool, the low
@@ -60,6 +62,12 @@ SUBMIT_RETRY_ATTEMPTS = 0
 # it back: reserved concurrency 1 throttles it and Lambda retries it until SCALER_MAX_EVENT_AGE.
 SCHEDULE_PERIOD = Duration.minutes(1)
 SCALER_LOOP_SECONDS = 55
+# After a decision last found work (a message, an active worker job), the runs go on deciding every
+# poll_seconds this long before an idle run makes one check and ends: more work often follows, and
+# a message arriving then is seen within poll_seconds rather than a minute. In the simulator
+# (python -m bench.scaling) 300 s keeps the loop's p95 wait for one task every 5 minutes (50 s;
+# 95-100 s with none); a quiet spell's cool-down costs 300 s of the function, about $0.001.
+SCALER_COOLDOWN_SECONDS = 300
 # Time left for the last decision of a run. A decision takes about a second; one held up by a slow
 # AWS answer (handler.py: 5 s connect, 10 s read, 3 attempts) can outlast it, and the run then
 # times out, which counts as a failed run like any other.
@@ -124,6 +132,7 @@ class Scaler(Construct):
         pools: list[WorkerPool],
         poll_seconds: int,
         events_dead_letter_queue: sqs.IQueue,
+        idle_check: str = "minute",
         log_retention: logs.RetentionDays,
         key: kms.IKey | None = None,
         metrics_namespace: str | None = None,
@@ -192,6 +201,8 @@ class Scaler(Construct):
                 "POOLS": pools_json,
                 "POLL_SECONDS": str(poll_seconds),
                 "LOOP_SECONDS": str(SCALER_LOOP_SECONDS),
+                "IDLE_CHECK": idle_check,
+                "COOLDOWN_SECONDS": str(SCALER_COOLDOWN_SECONDS),
                 **({contract.METRICS_NAMESPACE: metrics_namespace} if metrics_namespace else {}),
             },
         )
@@ -204,7 +215,8 @@ class Scaler(Construct):
         self.schedule = events.Rule(
             self,
             "ScalerSchedule",
-            description=f"Run the Celery worker scaler every minute (it decides every {poll_seconds} s within the run)",
+            description=f"Run the Celery worker scaler every minute (it decides every {poll_seconds} s within the run"
+                        + (" while there is work)" if idle_check == "minute" else ")"),
             schedule=events.Schedule.rate(SCHEDULE_PERIOD),
             targets=[self.target],
         )

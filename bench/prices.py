@@ -230,9 +230,12 @@ NETWORK_TITLES = {
 INTERFACE_ENDPOINTS = tuple(service.short_name for service in interface_endpoints(ec2_pools=False, kms_key=False).values())
 GATEWAY_ENDPOINTS = ("s3", "dynamodb")
 
-# The scaler (batch_celery/scaling.py, scaler/handler.py): one run a minute that decides every
-# scaler_poll_seconds and starts no decision after SCALER_LOOP_SECONDS. A decision (one
-# GetQueueAttributes, ListJobs per active status, per pool) "takes about a second" (scaling.py).
+# The scaler (batch_celery/scaling.py, scaler/handler.py): one run a minute. While there is work
+# it decides every scaler_poll_seconds and starts no decision after SCALER_LOOP_SECONDS; idle, with
+# idle_check "minute" (the default), a run makes one decision, writes plain lines (no metric) and
+# ends. A decision (one GetQueueAttributes, ListJobs per active status, per pool) "takes about a
+# second" (scaling.py). CloudWatch bills a custom metric by the hour, only for the hours in which
+# it is published, so an idle month with no EMF line has no metric charge.
 SCALER_RUNS_PER_MONTH = HOURS_PER_MONTH * 60
 DECISION_SECONDS = 1.0
 # Lambda's own lines per run in the scaler's log group: START, END and REPORT (about 90 + 60 + 230
@@ -256,6 +259,7 @@ class StackCounts:
     max_azs: int = 2
     scaler_poll_seconds: int = 10
     scaler_loop_seconds: int = 55
+    scaler_idle_check: str = "minute"
     scaler_log_retention_days: int = 30
     dynamodb_tables: int = 1
     sns_topics: int = 1
@@ -283,20 +287,25 @@ class IdleCost:
         return {line.item: line.dollars for line in self.lines}
 
 
-def scaler_decisions_per_run(scaler_poll_seconds: int, loop_seconds: int) -> int:
-    """Decisions at 0, poll, 2 x poll, ... while before the loop's end (handler.run)."""
-    return math.ceil(loop_seconds / scaler_poll_seconds)
+def scaler_decisions_per_run(scaler_poll_seconds: int, loop_seconds: int, idle_check: str = "loop") -> int:
+    """An idle run's decisions: one ("minute"), or at 0, poll, 2 x poll, ... while before the
+    loop's end ("loop"; handler.run)."""
+    return 1 if idle_check == "minute" else math.ceil(loop_seconds / scaler_poll_seconds)
 
 
-def scaler_run_seconds(scaler_poll_seconds: int, loop_seconds: int) -> float:
-    """A run's billed duration: it sleeps until its last decision starts, then decides once more."""
-    decisions = scaler_decisions_per_run(scaler_poll_seconds, loop_seconds)
+def scaler_run_seconds(scaler_poll_seconds: int, loop_seconds: int, idle_check: str = "loop") -> float:
+    """An idle run's billed duration: it sleeps until its last decision starts, then decides once more."""
+    decisions = scaler_decisions_per_run(scaler_poll_seconds, loop_seconds, idle_check)
     return (decisions - 1) * scaler_poll_seconds + DECISION_SECONDS
 
 
-def scaler_line_bytes(stack_name: str = "BatchCelery", pool: str = "default") -> int:
-    """Bytes of one idle decision line as the real handler prints it (an EMF document: the stack
-    sets METRICS_NAMESPACE), plus its newline."""
+def scaler_line_bytes(stack_name: str = "BatchCelery", pool: str = "default", idle_check: str = "loop") -> int:
+    """Bytes of one idle decision line as the real handler's run prints it, plus its newline: an
+    EMF document ("loop": the stack sets METRICS_NAMESPACE), or the plain JSON line of the
+    decision that ends an idle run ("minute")."""
+    import contextlib
+    import io
+
     from batch_celery.scaler import handler
     from batch_celery_container import emf
 
@@ -320,8 +329,12 @@ def scaler_line_bytes(stack_name: str = "BatchCelery", pool: str = "default") ->
         job_definition=f"arn:aws:batch:us-east-1:{account}:job-definition/WorkersDefaultPoolJobDefinition-AbCdEf:1",
         job_name=f"{stack_name}-{pool}-worker", messages_per_worker=10, max_workers=48, tasks_per_worker=1,
     )
-    record = handler.scale(config, Sqs(), Batch(), submit_batch=None)
-    line = emf.line(emf.scaler_document(emf.namespace_for(stack_name), record, 1_763_800_000_000))
+    scaler = handler.ScalerConfig(pools=(config,), poll_seconds=10, loop_seconds=0, idle_check=idle_check,
+                                  metrics_namespace=emf.namespace_for(stack_name))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        handler.run(scaler, Sqs(), Batch(), submit_batch=None, watch=handler.Watch())
+    [line] = printed.getvalue().splitlines()
     return len(line.encode()) + 1
 
 
@@ -359,11 +372,13 @@ def idle_stack_monthly(network_option: str, pools: int | None = None, region: st
     add("CloudWatch alarms", f"{c.alarms} alarms, {c.alarm_metrics} metrics", c.alarm_metrics * p.alarm_metric_month)
     add("CloudWatch dashboard", f"{c.dashboards} (free 3 per account not counted)", c.dashboards * p.dashboard_month)
 
-    # The scaler: one run a minute, looping; each decision reads every pool's queue and logs one
-    # EMF line per pool, whose six counts are custom metrics of the pool.
+    # The scaler: one run a minute; each decision reads every pool's queue and logs one line per
+    # pool. Idle, with idle_check "minute" the run is that one decision, its lines plain JSON; with
+    # "loop" it loops, each line an EMF document whose six counts are custom metrics of the pool.
     if c.scaler:
-        decisions = scaler_decisions_per_run(c.scaler_poll_seconds, c.scaler_loop_seconds)
-        run_seconds = scaler_run_seconds(c.scaler_poll_seconds, c.scaler_loop_seconds)
+        minute = c.scaler_idle_check == "minute"
+        decisions = scaler_decisions_per_run(c.scaler_poll_seconds, c.scaler_loop_seconds, c.scaler_idle_check)
+        run_seconds = scaler_run_seconds(c.scaler_poll_seconds, c.scaler_loop_seconds, c.scaler_idle_check)
         gb_seconds = SCALER_RUNS_PER_MONTH * run_seconds * c.scaler_memory_mib / 1024
         gb_second = p.lambda_arm_gb_second if c.scaler_arm else p.lambda_x86_gb_second
         add("scaler Lambda duration", f"{SCALER_RUNS_PER_MONTH:,} runs x {run_seconds:g} s x "
@@ -371,14 +386,17 @@ def idle_stack_monthly(network_option: str, pools: int | None = None, region: st
         add("scaler Lambda requests", f"{SCALER_RUNS_PER_MONTH:,}", SCALER_RUNS_PER_MONTH * p.lambda_request)
         calls = SCALER_RUNS_PER_MONTH * decisions * pools
         add("SQS GetQueueAttributes", f"{calls:,} ({decisions} a minute x {pools} pool)", calls * p.sqs_request)
-        per_line = line_bytes if line_bytes is not None else scaler_line_bytes()
+        per_line = line_bytes if line_bytes is not None else scaler_line_bytes(idle_check=c.scaler_idle_check)
         ingested = (calls * per_line + SCALER_RUNS_PER_MONTH * LAMBDA_PLATFORM_BYTES) / GIB
         add("scaler logs ingested", f"{ingested:.3f} GB ({per_line} B a decision line)", ingested * p.logs_ingest_gb)
         # Stored uncompressed for the retention (an upper bound: storage is billed compressed).
         stored = ingested * c.scaler_log_retention_days / (HOURS_PER_MONTH / 24)
         add("scaler logs stored", f"<= {stored:.3f} GB ({c.scaler_log_retention_days} d)", stored * p.logs_store_gb_month)
-        metrics = 6 * pools
-        add("scaler EMF metrics", f"{metrics} custom metrics", metrics * p.custom_metric_month)
+        if minute:
+            add("scaler EMF metrics", "0 (an idle run writes no metric line)", 0.0)
+        else:
+            metrics = 6 * pools
+            add("scaler EMF metrics", f"{metrics} custom metrics", metrics * p.custom_metric_month)
     else:
         add("scaler", "none (scaling_mode alarms)", 0.0)
 
@@ -392,7 +410,8 @@ def idle_stack_monthly(network_option: str, pools: int | None = None, region: st
 
 def idle_costs(region: str = DEFAULT_REGION, *, counts: StackCounts | None = None) -> list[IdleCost]:
     """The idle stack per network option; the decision line is measured once."""
-    line_bytes = scaler_line_bytes() if (counts or StackCounts()).scaler else 0
+    c = counts or StackCounts()
+    line_bytes = scaler_line_bytes(idle_check=c.scaler_idle_check) if c.scaler else 0
     return [idle_stack_monthly(option, region=region, counts=counts, line_bytes=line_bytes)
             for option in NETWORK_OPTIONS]
 
@@ -439,6 +458,8 @@ def counts_from_template(template: Mapping[str, Any]) -> StackCounts:
         max_azs=len(private_subnets) or 2,
         scaler_poll_seconds=int(env.get("POLL_SECONDS", 10)),
         scaler_loop_seconds=int(env.get("LOOP_SECONDS", 55)),
+        # A template from before the idle check: every run loops.
+        scaler_idle_check=env.get("IDLE_CHECK", "loop"),
         scaler_log_retention_days=int(retention),
         dynamodb_tables=len(of("AWS::DynamoDB::GlobalTable")) + len(of("AWS::DynamoDB::Table")),
         sns_topics=len(of("AWS::SNS::Topic")),
@@ -517,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"Idle stack, dollars a month, {args.region}, list prices, no free tier; counts from the "
           f"synthesized template: {counts.pools} pool, {counts.alarms} alarms ({counts.alarm_metrics} metrics), "
-          f"{counts.dashboards} dashboard, {counts.kms_keys} KMS key")
+          f"{counts.dashboards} dashboard, {counts.kms_keys} KMS key, scaler idle check {counts.scaler_idle_check!r}")
     print()
     print(idle_table(costs, markdown=args.markdown))
     print()

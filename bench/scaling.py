@@ -11,10 +11,18 @@ on the same workloads.
 Policies (the stack's ``scaling_mode`` values, plus two references)
     scaler  the default mode: the scaler Lambda, invoked once a minute by an EventBridge schedule,
             decides every ``scaler_poll_seconds`` (10) inside that invocation (no decision after
-            55 s), calling the real ``batch_celery.scaler.policy.workers_to_submit``. The alarm
-            rules only invoke it, and that run is throttled while the schedule's run loops
-            (reserved concurrency 1), so they add no decision; nothing else submits workers
-            (issue 9, "one scaling brain").
+            55 s), calling the real ``batch_celery.scaler.policy.workers_to_submit``. With
+            ``scaler_idle_check`` "minute" (the default) an invocation whose decision finds no
+            work (no message visible or in flight, no active job) ends there, unless a decision
+            found work within the last ``scaler_cooldown_seconds`` (SCALER_COOLDOWN_SECONDS, 300);
+            so the first message after a quiet spell waits for the next invocation (up to 60 s)
+            instead of the next decision (up to 10 s). The stack is idle before t = 0 and the
+            container warm (a cold start forgets the cool-down; not modelled). "loop": every
+            invocation decides for its whole minute. The alarm rules only invoke it: while a run
+            loops that run is throttled (reserved concurrency 1); while the scaler is idle a depth
+            or SLA alarm enters ALARM only after a one-minute sample and its evaluation, later than
+            the next invocation, which then already loops. So they add no decision; nothing else
+            submits workers (issue 9, "one scaling brain").
     alarms  ``scaling_mode: "alarms"``, no Lambda: the original sample's rules (visible >= 5
             submits 1 job, visible >= 50 an array of 10) plus an SLA rule (visible >= 1 for
             ceil(SLA / 60) consecutive minutes submits 1 job). Each rule fires once per transition
@@ -148,6 +156,7 @@ METRIC_PERIOD_SECONDS = 60
 METRIC_LAG_SECONDS = 60
 SCALER_PERIOD_SECONDS = 60
 SCALER_LOOP_SECONDS = 55   # no decision starts later in a run (batch_celery/scaling.py)
+SCALER_COOLDOWN_SECONDS = 300   # runs keep looping this long after work was last seen (scaling.py)
 PHASES = tuple(range(0, 60, 5))
 BATCH_SCHEDULE_SECONDS = 10
 FARGATE_START_SECONDS = 35
@@ -177,6 +186,9 @@ class Params:
     idle_seconds: int = STACK.idle_seconds
     poll_seconds: int = STACK.poll_seconds
     scaler_poll_seconds: int = DEPLOYMENT.scaler_poll_seconds
+    # "minute": an invocation with no work to watch ends after one decision; "loop": never.
+    scaler_idle_check: str = DEPLOYMENT.scaler_idle_check
+    scaler_cooldown_seconds: int = SCALER_COOLDOWN_SECONDS
     visibility_timeout_seconds: int = STACK.visibility_timeout_seconds   # the crash-recovery window
     stop_grace_seconds: int = STACK.stop_grace_seconds
     job_attempts: int = STACK.job_attempts
@@ -423,6 +435,7 @@ class Simulation:
         self.state_seconds: dict[str, float] = {}  # billed worker time by state (the breakdown)
         self.interrupted: dict[int, float] = {}   # id(task) -> time of the fault that hit it
         self.recovery: list[float] = []
+        self.last_work: float | None = None      # the scaler's last decision that found work
 
     # -- event plumbing
     def schedule(self, at: float, kind: int, payload: object = None) -> None:
@@ -653,7 +666,8 @@ class Simulation:
         # schedule's run loops (reserved concurrency 1, batch_celery/scaling.py), which decides
         # every scaler_poll_seconds anyway, so it adds no decision here.
 
-    def run_scaler(self) -> None:
+    def run_scaler(self) -> bool:
+        """One decision; True if the invocation goes on deciding (handler.run's idle check)."""
         # The real policy function, fed what GetQueueAttributes and ListJobs would return.
         visible, in_flight, active = len(self.waiting), self.in_flight(), self.active_jobs()
         p = self.params
@@ -663,6 +677,11 @@ class Simulation:
             deficit = workers_to_submit(visible, in_flight, 0, active, p.messages_per_worker, p.max_workers,
                                         tasks_per_worker=p.tasks_per_worker)
         self.submit(deficit)
+        if visible or in_flight or active or deficit:
+            self.last_work = self.now
+            return True
+        return p.scaler_idle_check == "loop" or (
+            self.last_work is not None and self.now - self.last_work < p.scaler_cooldown_seconds)
 
     def scaler_decisions(self) -> int:
         """Decisions in one invocation: at 0, poll, 2 x poll, ... before SCALER_LOOP_SECONDS."""
@@ -675,11 +694,12 @@ class Simulation:
         if self.policy != "oracle":
             self.schedule(self.phase, MINUTE, 0)
         if self.policy == "scaler":
-            # The invocation before t = 0 may still be deciding after it.
+            # The invocation before t = 0 may still be deciding after it, if every run loops; with
+            # the idle check it found nothing (the stack was idle) and ended at its first decision.
             start, step = self.phase - SCALER_PERIOD_SECONDS, self.params.scaler_poll_seconds
             first = next(j for j in range(self.scaler_decisions() + 1) if j == self.scaler_decisions()
                          or start + j * step >= 0)
-            if first == self.scaler_decisions():
+            if first == self.scaler_decisions() or self.params.scaler_idle_check == "minute":
                 start, first = self.phase, 0
             self.schedule(start + first * step, SCALER, (start, first))
         while self.events:
@@ -779,9 +799,9 @@ class Simulation:
             self.minute(payload)
             self.schedule(self.now + METRIC_PERIOD_SECONDS, MINUTE, payload + 1)
         elif kind == SCALER:
-            self.run_scaler()
+            goes_on = self.run_scaler()
             start, j = payload
-            if j + 1 < self.scaler_decisions():
+            if goes_on and j + 1 < self.scaler_decisions():
                 self.schedule(start + (j + 1) * self.params.scaler_poll_seconds, SCALER, (start, j + 1))
             else:
                 self.schedule(start + SCALER_PERIOD_SECONDS, SCALER, (start + SCALER_PERIOD_SECONDS, 0))
@@ -1058,6 +1078,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-seconds", type=_positive("--poll-seconds", 1), default=defaults.poll_seconds)
     parser.add_argument("--scaler-poll-seconds", type=_positive("--scaler-poll-seconds", 1),
                         default=defaults.scaler_poll_seconds, help="scaler decisions inside its minute (default %(default)s)")
+    parser.add_argument("--scaler-idle-check", choices=("minute", "loop"), default=defaults.scaler_idle_check,
+                        help="'minute': an invocation with no work ends after one decision; 'loop': "
+                             "every invocation decides its whole minute (default %(default)s)")
+    parser.add_argument("--scaler-cooldown", type=_positive("--scaler-cooldown", 0),
+                        default=defaults.scaler_cooldown_seconds,
+                        help="seconds the scaler keeps looping after it last saw work (default %(default)s)")
     parser.add_argument("--visibility-timeout", type=_positive("--visibility-timeout", 1),
                         default=defaults.visibility_timeout_seconds,
                         help="queue visibility timeout = crash-recovery window (default %(default)s)")
@@ -1088,7 +1114,8 @@ def main(argv: list[str] | None = None) -> int:
 
     params = replace(defaults, messages_per_worker=args.messages_per_worker, max_workers=args.max_workers,
                      sla_seconds=args.sla_seconds, idle_seconds=args.idle_seconds, poll_seconds=args.poll_seconds,
-                     scaler_poll_seconds=args.scaler_poll_seconds,
+                     scaler_poll_seconds=args.scaler_poll_seconds, scaler_idle_check=args.scaler_idle_check,
+                     scaler_cooldown_seconds=args.scaler_cooldown,
                      visibility_timeout_seconds=args.visibility_timeout,
                      fargate_start_seconds=args.start_seconds - BATCH_SCHEDULE_SECONDS, seed=args.seed,
                      in_flight_count=args.in_flight_count, idle_rule=args.idle_rule,

@@ -1,9 +1,14 @@
 """The scaler Lambda: for every worker pool, read its queue and worker jobs, submit the missing workers.
 
 Runs every minute on an EventBridge schedule (and when a depth or SLA alarm goes into ALARM).
-One run decides every POLL_SECONDS, starting no decision after LOOP_SECONDS, then returns: a
-backlog is seen within POLL_SECONDS, not a minute. One function serves every pool; a decision
-decides for each pool in turn, independently. Everything it needs comes from environment
+One function serves every pool; a decision decides for each pool in turn, independently. A run
+starts with one decision. While there is work (a pool's queue holds a message, visible, in flight
+or delayed, or a worker job of a pool is active) the run goes on deciding every POLL_SECONDS,
+starting no decision after LOOP_SECONDS, so a backlog is seen within POLL_SECONDS, not a minute.
+With IDLE_CHECK "minute", a run whose decision finds no work, COOLDOWN_SECONDS or more after a
+decision last found some, ends there: the idle stack pays for one decision a minute, not a minute
+of them (a first message then waits up to a minute for the next run instead of POLL_SECONDS).
+With IDLE_CHECK "loop" every run decides for the whole minute, work or none. Everything it needs comes from environment
 variables that the CDK stack sets on the function (nothing here is a default the stack does not
 control):
 
@@ -22,6 +27,13 @@ control):
                    other's workers as its own).
     POLL_SECONDS   seconds between two decisions of one run (>= 1)
     LOOP_SECONDS   no decision starts later than this after the run began (0: one decision)
+    IDLE_CHECK     "minute": a run that finds no work past the cool-down ends after its one
+                   decision; "loop": every run decides until LOOP_SECONDS
+    COOLDOWN_SECONDS
+                   ("minute") how long after a decision last found work the runs keep deciding
+                   every POLL_SECONDS, because more work often follows (>= 0). Kept in the warm
+                   container between runs: a cold start forgets it (the next message then waits
+                   for the next run, up to a minute).
 
 Pairing: a pool's job definition is only ever submitted to that pool's job queue, both taken from
 the same POOLS entry. IAM cannot express that pairing inside one role (SubmitJob is authorized on
@@ -32,8 +44,10 @@ Safety rules, per pool: if any of a pool's readings fails, that pool submits not
 decision (never scale on partial information); if a submission fails, that pool stops there (the
 next decision re-evaluates from fresh counts, which include any job that did land). Either way the
 other pools' decisions go ahead. Each pool's decision prints exactly one JSON line, with its
-``pool`` (for CloudWatch Logs Insights: ``filter pool = "gpu"``); a failed one does not end the
-loop, but the run raises ``ScalerRunFailed`` at its end, naming the failed pools, so it counts once
+``pool`` (for CloudWatch Logs Insights: ``filter pool = "gpu"``): an EMF document (with
+METRICS_NAMESPACE), except the lines of the decision that ends a run for want of work, which are
+plain JSON with ``"idle": true`` (the idle stack writes no metric). A failed one does not end the
+loop and counts as work, but the run raises ``ScalerRunFailed`` at its end, naming the failed pools, so it counts once
 in the function's Errors metric (and its alarm).
 
 The Lambda asset holds ``batch_celery/scaler`` and the two dependency-free container modules it
@@ -75,7 +89,9 @@ _BOTO_CONFIG = BotoConfig(retries={"mode": "standard", "max_attempts": 3}, conne
 # botocore's standard mode; ``total_max_attempts`` counts calls.)
 SUBMIT_CONFIG = _BOTO_CONFIG.merge(BotoConfig(retries={"mode": "standard", "total_max_attempts": 1}))
 
-ENV_NAMES = ("POOLS", "POLL_SECONDS", "LOOP_SECONDS")
+ENV_NAMES = ("POOLS", "POLL_SECONDS", "LOOP_SECONDS", "IDLE_CHECK", "COOLDOWN_SECONDS")
+# "minute": a run with no work to watch ends after one decision; "loop": every run decides until LOOP_SECONDS.
+IDLE_CHECKS = ("minute", "loop")
 # Set by the stack; without it the decision lines carry no metrics.
 OPTIONAL_ENV_NAMES = (contract.METRICS_NAMESPACE,)
 # Each pool's fields in POOLS: the strings, then the whole numbers with their minimum.
@@ -138,11 +154,18 @@ class ScalerConfig:
     # One decision per run unless told otherwise (callers that build the config themselves).
     poll_seconds: int = 10
     loop_seconds: int = 0
+    # Callers that build the config themselves get every run's loop, work or none.
+    idle_check: str = "loop"
+    cooldown_seconds: int = 0
     # CloudWatch namespace of the decision lines' metrics (emf.py); None: plain JSON lines.
     metrics_namespace: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pools", tuple(self.pools))
+        if self.idle_check not in IDLE_CHECKS:
+            raise ValueError(f"IDLE_CHECK={self.idle_check!r} is not allowed: it must be one of {', '.join(IDLE_CHECKS)}")
+        if self.cooldown_seconds < 0:
+            raise ValueError(f"COOLDOWN_SECONDS={self.cooldown_seconds!r} is not allowed: it must be a whole number >= 0")
         if not self.pools:
             raise ValueError("POOLS = []: must list at least one pool")
         # On every config, however it was built (from_env's too): two pools that read one task
@@ -187,6 +210,8 @@ class ScalerConfig:
             pools=tuple(PoolConfig.from_json(index, item) for index, item in enumerate(items)),
             poll_seconds=_int_env(environ, "POLL_SECONDS", minimum=1),
             loop_seconds=_int_env(environ, "LOOP_SECONDS", minimum=0),
+            idle_check=environ["IDLE_CHECK"].strip(),
+            cooldown_seconds=_int_env(environ, "COOLDOWN_SECONDS", minimum=0),
             metrics_namespace=environ.get(contract.METRICS_NAMESPACE, "").strip() or None,
         )
 
@@ -403,37 +428,91 @@ def decide(config: PoolConfig, sqs: Any, batch: Any, *, submit_batch: Any,
 
     With ``metrics_namespace`` the line is also an EMF document: its counts (visible, in_flight,
     delayed, active, wanted, submitted) become metrics of the pool, at no API call (emf.py)."""
+    record = _decision(config, sqs, batch, submit_batch=submit_batch, submitted_ids=submitted_ids)
+    log_decision(record, metrics_namespace)
+    return record
+
+
+def _decision(config: PoolConfig, sqs: Any, batch: Any, *, submit_batch: Any,
+              submitted_ids: list[str] | None = None) -> dict[str, Any]:
     try:
-        record = scale(config, sqs, batch, submit_batch=submit_batch, submitted_ids=submitted_ids)
+        return scale(config, sqs, batch, submit_batch=submit_batch, submitted_ids=submitted_ids)
     except Exception as error:  # noqa: BLE001 - logged, and the run still fails at its end
-        record = {"scaler": "batch-celery", "pool": config.pool, "outcome": "error", "level": "ERROR",
-                  "submitted": 0, "error": f"{type(error).__name__}: {error}; the next decision re-evaluates"}
+        return {"scaler": "batch-celery", "pool": config.pool, "outcome": "error", "level": "ERROR",
+                "submitted": 0, "error": f"{type(error).__name__}: {error}; the next decision re-evaluates"}
+
+
+def log_decision(record: dict[str, Any], metrics_namespace: str | None) -> None:
+    """Print one decision record: an EMF document with a namespace, plain JSON without."""
     if metrics_namespace:
         line = emf.line(emf.scaler_document(metrics_namespace, record, int(time.time() * 1000)))
     else:
         line = json.dumps(record, sort_keys=True)
     print(line, file=sys.stdout, flush=True)
-    return record
+
+
+def found_work(record: Mapping[str, Any]) -> bool:
+    """Whether a pool's decision leaves something to watch: a message in its queue (visible, in
+    flight or delayed), an active worker job, a submission, or a decision that failed (it saw
+    nothing, so it cannot say the pool is idle)."""
+    return not (record.get("outcome") == "ok" and record.get("backlog") == 0 and record.get("active") == 0
+                and record.get("submitted") == 0)
+
+
+@dataclass
+class Watch:
+    """What a warm Lambda container remembers between runs: when (wall clock, seconds) a decision
+    last found work. A cold start begins with None: no cool-down to honour."""
+
+    last_work: float | None = None
+
+
+# One per container: reserved concurrency 1 keeps one container, which the once-a-minute schedule
+# keeps warm.
+WATCH = Watch()
 
 
 def run(config: ScalerConfig, sqs: Any, batch: Any, *, submit_batch: Any,
-        clock: Any = time.monotonic, sleep: Any = time.sleep) -> list[dict[str, Any]]:
+        clock: Any = time.monotonic, sleep: Any = time.sleep, wall: Any = time.time,
+        watch: Watch | None = None) -> list[dict[str, Any]]:
     """Decide at 0, POLL, 2 x POLL, ... seconds, while that is before LOOP_SECONDS; each decision
     decides for every pool in POOLS order and returns one record per pool.
 
     The slots are fixed from the start, so a slow decision does not shift the ones after it; a
     decision that overran a slot skips it rather than running twice back to back.
+
+    With ``idle_check`` "minute" the run ends after the first decision in which no pool found work
+    (``found_work``) once ``cooldown_seconds`` have passed since one last did (``watch``, kept
+    between runs); that decision's lines are plain JSON marked ``"idle": true``, no metrics. So an
+    idle stack's run is one decision, and a busy one loops as before.
     """
+    watch = WATCH if watch is None else watch
     start = clock()
     records = []
     # What this run submitted, per pool, counted by that pool's every later decision.
     submitted_ids: dict[str, list[str]] = {pool.pool: [] for pool in config.pools}
     slot = 0
     while True:
+        # A pool's line is printed at once when it cannot end the run (it found work, or every
+        # run loops); the others once the whole decision tells whether it ends the run.
+        quiet = []
         for pool in config.pools:
-            records.append(decide(pool, sqs, batch, submit_batch=submit_batch,
-                                  submitted_ids=submitted_ids[pool.pool],
-                                  metrics_namespace=config.metrics_namespace))
+            record = _decision(pool, sqs, batch, submit_batch=submit_batch, submitted_ids=submitted_ids[pool.pool])
+            records.append(record)
+            if found_work(record):
+                watch.last_work = wall()
+            if found_work(record) or config.idle_check == "loop":
+                log_decision(record, config.metrics_namespace)
+            else:
+                quiet.append(record)
+        ends_idle = (len(quiet) == len(config.pools)
+                     and (watch.last_work is None or wall() - watch.last_work >= config.cooldown_seconds))
+        for record in quiet:
+            if ends_idle:
+                record["idle"] = True
+            log_decision(record, None if ends_idle else config.metrics_namespace)
+        if ends_idle:
+            return records
         elapsed = clock() - start
         slot = max(slot + 1, math.ceil(elapsed / config.poll_seconds))
         if slot * config.poll_seconds >= config.loop_seconds:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from bench import prices, scaling
@@ -76,6 +78,7 @@ def test_the_counts_are_those_of_the_synthesized_template(template, counts):
     assert counts.pools == 1 and counts.dashboards == 1 and counts.scaler
     assert (counts.scaler_memory_mib, counts.scaler_arm) == (256, True)
     assert (counts.scaler_poll_seconds, counts.scaler_loop_seconds) == (10, 55)
+    assert counts.scaler_idle_check == "minute"
 
 
 def test_alarms_are_priced_per_metric_they_watch(counts):
@@ -102,19 +105,51 @@ def test_private_endpoints_pay_each_interface_endpoint_in_each_az(counts):
         len(prices.INTERFACE_ENDPOINTS) * counts.max_azs * 730 * US.interface_endpoint_az_hour)
 
 
-def test_the_scaler_runs_loop_most_of_every_minute():
+SCALER_ITEMS = ("scaler Lambda duration", "scaler Lambda requests", "SQS GetQueueAttributes", "scaler logs ingested",
+                "scaler logs stored", "scaler EMF metrics")
+
+
+def test_with_idle_check_loop_the_scaler_runs_loop_most_of_every_minute():
     # Decisions at 0, 10, ..., 50 s; the run ends after the last one.
-    assert prices.scaler_decisions_per_run(10, 55) == 6
-    assert prices.scaler_run_seconds(10, 55) == 50 + prices.DECISION_SECONDS
-    cost = prices.idle_stack_monthly("public", counts=prices.StackCounts(), line_bytes=500)
+    assert prices.scaler_decisions_per_run(10, 55, "loop") == 6
+    assert prices.scaler_run_seconds(10, 55, "loop") == 50 + prices.DECISION_SECONDS
+    cost = prices.idle_stack_monthly("public", counts=prices.StackCounts(scaler_idle_check="loop"), line_bytes=500)
     gb_seconds = 730 * 60 * 51 * 256 / 1024
     assert cost.by_item()["scaler Lambda duration"] == pytest.approx(gb_seconds * US.lambda_arm_gb_second)
     assert cost.by_item()["SQS GetQueueAttributes"] == pytest.approx(730 * 60 * 6 * US.sqs_request)
+    assert cost.by_item()["scaler EMF metrics"] == pytest.approx(6 * US.custom_metric_month)
+
+
+def test_an_idle_scaler_run_is_one_decision_and_publishes_no_metric():
+    assert prices.scaler_decisions_per_run(10, 55, "minute") == 1
+    assert prices.scaler_run_seconds(10, 55, "minute") == prices.DECISION_SECONDS
+    cost = prices.idle_stack_monthly("public", counts=prices.StackCounts(), line_bytes=300)
+    gb_seconds = 730 * 60 * 1 * 256 / 1024
+    assert cost.by_item()["scaler Lambda duration"] == pytest.approx(gb_seconds * US.lambda_arm_gb_second)
+    assert cost.by_item()["SQS GetQueueAttributes"] == pytest.approx(730 * 60 * US.sqs_request)
+    # CloudWatch bills a custom metric only for the hours it is published in.
+    assert cost.by_item()["scaler EMF metrics"] == 0
+
+
+def test_the_idle_scaler_and_the_idle_public_stack_meet_their_targets(counts):
+    # The targets, on the stack synthesized from cdk.json: the scaler (Lambda, its
+    # requests and SQS calls, its logs and metrics) <= $0.50 a month, the public stack <= $6.
+    minute = {c.network_option: c for c in prices.idle_costs(counts=counts)}["public"]
+    loop = {c.network_option: c for c in prices.idle_costs(
+        counts=dataclasses.replace(counts, scaler_idle_check="loop"))}["public"]
+
+    scaler = sum(minute.by_item()[item] for item in SCALER_ITEMS)
+    assert scaler <= 0.50
+    assert minute.total <= 6
+    # What it saves: the loop's minute of decisions and its metrics.
+    assert sum(loop.by_item()[item] for item in SCALER_ITEMS) - scaler > 9
 
 
 def test_the_decision_line_is_measured_from_the_real_handler():
     # An EMF document with the six counts: a few hundred bytes, not a guess of 100.
-    assert 300 < prices.scaler_line_bytes() < 1000
+    assert 300 < prices.scaler_line_bytes(idle_check="loop") < 1000
+    # The idle check's line: the same record in plain JSON, marked idle, without the EMF block.
+    assert 150 < prices.scaler_line_bytes(idle_check="minute") < prices.scaler_line_bytes(idle_check="loop")
 
 
 def test_rejects_an_unknown_network_option():

@@ -193,7 +193,8 @@ def test_a_slower_start_delays_the_drain_by_about_the_start(latency):
 
     assert sorted(scaler) == list(scaling.START_SWEEP)
     for start, result in scaler.items():
-        assert start + oracle.drain_seconds <= result.drain_seconds <= start + oracle.drain_seconds + 15
+        # The idle scaler sees the burst at its next minute's check: 27.5 s later on the phases' mean.
+        assert start + oracle.drain_seconds <= result.drain_seconds <= start + oracle.drain_seconds + 27.5 + 15
     assert scaler[45].worker_seconds < scaler[90].worker_seconds < scaler[150].worker_seconds
 
 
@@ -213,7 +214,12 @@ def test_the_targets_are_checked_and_the_one_out_of_reach_is_named(results, late
     # Out of reach, for the reason the README gives: nothing reactive can start 150 s sooner than
     # it does (the oracle has no start latency: 1.24x at best). The burst's 1.16x busy is met only
     # since the worker's long poll (and so its drain) is 2 s: 48 x (35 + 60 + 2 + 3) s.
-    assert [name for name, met, _ in checks if not met] == ["150 s start: drain <= 1.2x oracle"]
+    # burst-4's p95 (145 s) was set for a scaler that decided every 10 s even when idle: the idle
+    # check (a minute) makes it 150 s; scaler_idle_check "loop" still meets it.
+    assert [name for name, met, _ in checks if not met] == [
+        "burst-4: p95 wait <= 145 s (phase pooled, 45 s start)", "150 s start: drain <= 1.2x oracle"]
+    loop = scaling.simulate("burst-4", "scaler", replace(Params(), scaler_idle_check="loop"))
+    assert [met for _, met, _ in scaling.targets([loop], [], Params())] == [True, True]
 
 
 @pytest.mark.parametrize("scenario", ["stream-2x-timeout", "long-stream"])
@@ -262,8 +268,48 @@ def test_is_deterministic():
 
 def test_the_scaler_loop_matches_the_stack():
     from batch_celery import scaling as stack_scaling
+    from batch_celery.props import CeleryBatchWorkersProps
 
     assert scaling.SCALER_LOOP_SECONDS == stack_scaling.SCALER_LOOP_SECONDS
+    assert scaling.SCALER_COOLDOWN_SECONDS == stack_scaling.SCALER_COOLDOWN_SECONDS
+    assert Params().scaler_idle_check == CeleryBatchWorkersProps().scaler_idle_check == "minute"
+
+
+# --- the idle check (a run with no work to watch makes one decision and ends)
+
+LOOP = replace(Params(), scaler_idle_check="loop")
+
+
+@pytest.mark.parametrize("phase", [0, 5, 25, 55])
+def test_an_idle_scaler_sees_a_first_message_at_its_next_minute(phase):
+    # The first decision after t = 0: at the phase (the next run) instead of the next 10 s slot.
+    one = replace(SINGLE, phases=(phase,))
+    minute = scaling.simulate("burst-1000x30s", "scaler", one)
+    loop = scaling.simulate("burst-1000x30s", "scaler", replace(one, scaler_idle_check="loop"))
+
+    assert minute.drain_seconds - loop.drain_seconds == phase - phase % 10
+
+
+def test_the_idle_check_costs_a_first_message_about_25_s_on_average(results):
+    # Over the phases, the first decision comes 27.5 s after the burst instead of 2.5 s: the
+    # drain grows by 25 s, burst-4's waits by 25 to 50 s, and the workers cost the same.
+    for scenario in ("burst-1000x30s", "burst-4"):
+        minute, loop = results[scenario, "scaler"], scaling.simulate(scenario, "scaler", LOOP)
+        assert minute.drain_seconds - loop.drain_seconds == pytest.approx(25, abs=0.5)
+        assert minute.worker_seconds == loop.worker_seconds
+    minute, loop = results["burst-4", "scaler"], scaling.simulate("burst-4", "scaler", LOOP)
+    assert 25 <= minute.p95_wait_seconds - loop.p95_wait_seconds <= 50
+
+
+def test_the_cool_down_keeps_a_trickle_served_as_by_the_loop(results):
+    minute, loop = results["trickle", "scaler"], scaling.simulate("trickle", "scaler", LOOP)
+    no_cool_down = scaling.simulate("trickle", "scaler", replace(Params(), scaler_cooldown_seconds=0))
+
+    # A task every 2 minutes: with the cool-down the scaler never goes quiet between them.
+    assert minute.p95_wait_seconds == loop.p95_wait_seconds
+    assert abs(minute.worker_seconds - loop.worker_seconds) <= 0.01 * loop.worker_seconds
+    # Without it, each task after a worker left waits for the next minute's check.
+    assert no_cool_down.p95_wait_seconds >= loop.p95_wait_seconds + 30
 
 
 # --- the command line

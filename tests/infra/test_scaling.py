@@ -10,7 +10,7 @@ import pytest
 
 from batch_celery.props import pascal
 from batch_celery.scaler import handler as scaler_handler
-from batch_celery.scaling import SCALER_LOOP_SECONDS
+from batch_celery.scaling import SCALER_COOLDOWN_SECONDS, SCALER_LOOP_SECONDS
 
 from .conftest import ARM_ALARMS, THREE_POOLS, Synth, grants, strip_hash
 
@@ -201,6 +201,9 @@ def test_scaler_environment_is_the_scaler_contract(default: Synth) -> None:
     assert set(variables) == set(scaler_handler.ENV_NAMES) | set(scaler_handler.OPTIONAL_ENV_NAMES)
     assert variables["METRICS_NAMESPACE"] == "BatchCelery/BatchCelery"
     assert (variables["POLL_SECONDS"], variables["LOOP_SECONDS"]) == ("10", "55")
+    # An idle run makes one check and ends; the runs loop for 5 minutes after work was last seen.
+    assert (variables["IDLE_CHECK"], variables["COOLDOWN_SECONDS"]) == ("minute", "300")
+    assert SCALER_COOLDOWN_SECONDS == 300
     assert _pools_variable(default) == [{
         "pool": "default",
         "queue_url": f"{{'Ref': '{queue_id}'}}",
@@ -220,6 +223,20 @@ def test_scaler_settings_reach_its_environment(custom: Synth) -> None:
     (pool,) = _pools_variable(custom)
     # A worker of concurrency 3 holds up to 3 in-flight messages and is one busy worker.
     assert (pool["max_workers"], pool["messages_per_worker"], pool["tasks_per_worker"]) == (64, 4, 3)
+
+
+def test_scaler_idle_check_loop_reaches_its_environment(tmp_path) -> None:
+    from .conftest import synth
+
+    looping = synth(tmp_path, scaler_idle_check="loop")
+    _, function = _scaler(looping)
+    assert function["Properties"]["Environment"]["Variables"]["IDLE_CHECK"] == "loop"
+    # The handler accepts what the stack sets (POOLS resolved to a plain pool).
+    pool = {"pool": "default", "queue_url": "https://sqs/q", "job_queue": "jq", "job_definition": "jd",
+            "job_name": "celery-worker-default", "messages_per_worker": 10, "max_workers": 48, "tasks_per_worker": 1}
+    config = scaler_handler.ScalerConfig.from_env(
+        {**function["Properties"]["Environment"]["Variables"], "POOLS": json.dumps([pool])})
+    assert (config.idle_check, config.cooldown_seconds) == ("loop", 300)
 
 
 def test_scaler_runs_every_minute_and_on_every_alarm(three_pools: Synth) -> None:
@@ -312,3 +329,16 @@ def test_in_alarms_mode_eventbridge_may_only_submit_each_pools_worker_job_to_its
             ("Allow", "batch:SubmitJob", f"Workers{pascal(pool)}PoolWorkerJobDefinition"),
             ("Allow", "batch:SubmitJob", f"Workers{pascal(pool)}PoolJobQueue.JobQueueArn"),
         }, pool
+
+
+def test_rejects_an_unknown_scaler_idle_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    from batch_celery.settings import Settings, SettingsError
+
+    from .conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_context({"scaler_idle_check": "never"})
+    assert str(raised.value) == (
+        'batch-celery.scaler_idle_check = "never": must be "minute" (an idle run makes one check and ends) or '
+        '"loop" (every run decides every scaler_poll_seconds, work or none)')

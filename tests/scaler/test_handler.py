@@ -110,10 +110,13 @@ def lambda_runtime(monkeypatch, moto_server):
     """The function's environment but POOLS: clients on moto, one decision per run."""
     for name, value in moto_server.client_env().items():
         monkeypatch.setenv(name, value)
-    # One decision per run unless a test asks for a loop.
+    # One decision per run unless a test asks for a loop; the stack's idle check and cool-down.
     monkeypatch.setenv("POLL_SECONDS", "10")
     monkeypatch.setenv("LOOP_SECONDS", "0")
+    monkeypatch.setenv("IDLE_CHECK", "minute")
+    monkeypatch.setenv("COOLDOWN_SECONDS", "300")
     scaler._clients.cache_clear()  # clients are per container; this test is a fresh container
+    monkeypatch.setattr(scaler, "WATCH", scaler.Watch())  # and remembers no earlier run
     yield
     scaler._clients.cache_clear()
 
@@ -622,6 +625,8 @@ def test_handler_fails_the_run_if_any_decision_failed(aws, pool, lambda_env, mon
         ("POLL_SECONDS", "0", "POLL_SECONDS='0' is not allowed: it must be a whole number >= 1"),
         ("LOOP_SECONDS", "-5", "LOOP_SECONDS='-5' is not allowed: it must be a whole number >= 0"),
         ("LOOP_SECONDS", "", "missing environment variable(s) LOOP_SECONDS: the stack must set them"),
+        ("IDLE_CHECK", "sometimes", "IDLE_CHECK='sometimes' is not allowed: it must be one of minute, loop"),
+        ("COOLDOWN_SECONDS", "-1", "COOLDOWN_SECONDS='-1' is not allowed: it must be a whole number >= 0"),
     ],
 )
 def test_handler_rejects_bad_configuration(aws, pool, lambda_env, monkeypatch, capsys, name, value, message):
@@ -655,7 +660,7 @@ _ARN = "arn:aws:batch:eu-west-1:123456789012"
 
 def _environ(pools):
     return {"POOLS": pools if isinstance(pools, str) else json.dumps(pools), "POLL_SECONDS": "10",
-            "LOOP_SECONDS": "55"}
+            "LOOP_SECONDS": "55", "IDLE_CHECK": "minute", "COOLDOWN_SECONDS": "300"}
 
 
 def test_reads_pools_from_the_environment():
@@ -791,3 +796,129 @@ def test_with_a_metrics_namespace_each_decision_line_is_also_an_emf_document(aws
     assert dimension_sets(line, "wanted") == [["pool"]]
     assert (line["pool"], line["visible"], line["wanted"], line["submitted"]) == ("default", 25, 3, 3)
     assert line["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "BatchCelery/Test"
+
+
+# --- the idle check: a run with nothing to watch is one decision, with no metric.
+
+def test_an_idle_run_makes_one_check_and_ends_without_metrics(aws, lambda_runtime, monkeypatch, capsys):
+    from batch_celery import status
+
+    cpu, gpu = _make_pool(aws, "cpu"), _make_pool(aws, "gpu")
+    monkeypatch.setenv("POOLS", _pools_env(cpu, gpu))
+    monkeypatch.setenv("LOOP_SECONDS", "55")
+    monkeypatch.setenv("METRICS_NAMESPACE", "BatchCelery/Test")
+
+    started = time.monotonic()
+    records = scaler.handler({}, None)
+    took = time.monotonic() - started
+
+    # Every queue empty, no worker job: one decision, not 55 s of them.
+    assert took < 10
+    lines = capsys.readouterr().out.splitlines()
+    logged = [json.loads(line) for line in lines]
+    assert logged == records
+    assert [(r["pool"], r["outcome"], r["backlog"], r["active"], r["submitted"], r["idle"]) for r in logged] == [
+        ("cpu", "ok", 0, 0, 0, True), ("gpu", "ok", 0, 0, 0, True)]
+    # Plain JSON lines: no EMF document, so an idle month publishes no custom metric.
+    assert all("_aws" not in r for r in logged)
+    # status reads it as each pool's last decision.
+    events = [{"message": line, "timestamp": 1_000_000} for line in lines]
+
+    class Logs:
+        def get_paginator(self, _):
+            return type("Pages", (), {"paginate": lambda self, **_: [{"events": events}]})()
+
+    decisions = status.last_decisions(Logs(), "scaler-logs", now=1_000.0)
+    assert {pool: (d["outcome"], d["wanted"], d["active"]) for pool, d in decisions.items()} == {
+        "cpu": ("ok", 0, 0), "gpu": ("ok", 0, 0)}
+
+
+def test_a_message_in_any_pool_keeps_the_run_deciding_with_metrics(aws, lambda_runtime, monkeypatch, capsys):
+    from tests.emf_spec import emf_lines
+
+    busy, quiet = _make_pool(aws, "busy"), _make_pool(aws, "quiet")
+    _send(aws["sqs"], busy.queue_url, 1)
+    monkeypatch.setenv("POOLS", _pools_env(busy, quiet))
+    monkeypatch.setenv("POLL_SECONDS", "1")
+    monkeypatch.setenv("LOOP_SECONDS", "2")
+    monkeypatch.setenv("METRICS_NAMESPACE", "BatchCelery/Test")
+
+    records = scaler.handler({}, None)
+
+    # Decisions at 0 and 1 s (the loop), each pool's line an EMF document, the quiet pool's too.
+    assert [(r["pool"], r["backlog"]) for r in records] == [("busy", 1), ("quiet", 0)] * 2
+    assert [line["pool"] for line in emf_lines(capsys.readouterr().out)] == ["busy", "quiet"] * 2
+    assert not any(r.get("idle") for r in records)
+
+
+def _backlogs(clock, per_decision):
+    """A ``scale`` whose pool sees the next backlog of ``per_decision`` at each decision."""
+    backlogs = iter(per_decision)
+
+    def fake_scale(config, sqs, batch, *, submit_batch, submitted_ids):
+        clock.starts.append(clock.now)
+        clock.now += 0.5
+        backlog = next(backlogs)
+        if backlog is None:
+            return {"scaler": "batch-celery", "pool": config.pool, "outcome": "read_failed", "level": "ERROR",
+                    "submitted": 0, "error": "sqs:GetQueueAttributes failed: Throttling"}
+        return {"scaler": "batch-celery", "pool": config.pool, "outcome": "ok", "level": "INFO", "visible": backlog,
+                "in_flight": 0, "delayed": 0, "backlog": backlog, "active": 0, "wanted": 0, "submitted": 0}
+
+    return fake_scale
+
+
+def _minute_run(monkeypatch, per_decision, *, watch, cooldown_seconds=300, idle_check="minute"):
+    clock = _FakeClock()
+    monkeypatch.setattr(scaler, "scale", _backlogs(clock, per_decision))
+    config = scaler.ScalerConfig(pools=(_offline_pool(),), poll_seconds=10, loop_seconds=55,
+                                 idle_check=idle_check, cooldown_seconds=cooldown_seconds)
+    # Wall-clock time 1,000,000 s at the run's start, moving with the fake clock.
+    records = scaler.run(config, None, None, submit_batch=None, clock=lambda: clock.now, sleep=clock.sleep,
+                         wall=lambda: 1_000_000 + clock.now, watch=watch)
+    return clock, records
+
+
+def test_a_run_ends_at_its_first_idle_decision_once_the_cool_down_is_over(monkeypatch, capsys):
+    watch = scaler.Watch()
+
+    clock, records = _minute_run(monkeypatch, [3, 0, 0, 0, 0, 0], watch=watch, cooldown_seconds=20)
+
+    # Work at 0 s; idle at 10 s, still within the 20 s cool-down; idle at 20 s: over, the run ends.
+    assert clock.starts == [0, 10, 20]
+    assert [r.get("idle", False) for r in records] == [False, False, True]
+    assert watch.last_work == 1_000_000.5
+
+
+def test_the_cool_down_carries_over_to_the_next_runs_of_a_warm_container(monkeypatch, capsys):
+    # A decision found work 100 s before this run: the run decides its whole minute.
+    clock, records = _minute_run(monkeypatch, [0] * 6, watch=scaler.Watch(last_work=1_000_000 - 100))
+    assert clock.starts == [0, 10, 20, 30, 40, 50]
+    assert not any(r.get("idle") for r in records)
+
+    # 300 s before: the cool-down is over, one check.
+    clock, records = _minute_run(monkeypatch, [0] * 6, watch=scaler.Watch(last_work=1_000_000 - 300))
+    assert clock.starts == [0]
+    assert records[0]["idle"] is True
+
+
+def test_a_cold_container_checks_once(monkeypatch, capsys):
+    # It remembers no work: no cool-down to honour.
+    clock, _ = _minute_run(monkeypatch, [0] * 6, watch=scaler.Watch())
+
+    assert clock.starts == [0]
+
+
+def test_a_failed_reading_counts_as_work(monkeypatch, capsys):
+    # It saw nothing, so it cannot call the pool idle: the run goes on and tries again.
+    clock, records = _minute_run(monkeypatch, [None, 0, 0, 0, 0, 0], watch=scaler.Watch(), cooldown_seconds=0)
+
+    assert clock.starts == [0, 10]
+    assert [(r["outcome"], r.get("idle", False)) for r in records] == [("read_failed", False), ("ok", True)]
+
+
+def test_idle_check_loop_decides_the_whole_minute_with_nothing_to_do(monkeypatch, capsys):
+    clock, records = _minute_run(monkeypatch, [0] * 6, watch=scaler.Watch(), idle_check="loop")
+
+    assert clock.starts == [0, 10, 20, 30, 40, 50]
+    assert not any(r.get("idle") for r in records)
