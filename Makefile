@@ -21,7 +21,7 @@ export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
 TEST_WORKERS ?= 4
 FAST_WORKERS ?= 2
 
-.PHONY: help install test test-fast synth deploy destroy demo reliability bench clean
+.PHONY: help install image-engine test test-fast synth deploy destroy demo reliability bench clean
 
 help:
 	@echo "make demo         run the whole loop locally on moto server (no AWS account needed)"
@@ -47,15 +47,22 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
 	touch $@
 
+# The image tests (tests/image/) build the worker images and run them as their job definitions do,
+# with podman: installed here from Debian's packages (as root, where missing), with a stand-in for
+# the images' base image, since no container registry can be reached (harness/image_engine.sh).
+# No stamp: the script looks at what is installed and built, in 0.1 s once all is there.
+image-engine:
+	@harness/image_engine.sh prepare
+
 $(NODE_STAMP): package.json package-lock.json
 	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' 2>/dev/null || \
 		{ echo "make: Node.js 20 or newer is needed (the pinned CDK supports 22 and 24); found: $$(node --version 2>/dev/null || echo none)"; exit 1; }
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# The three installs run side by side: they wait on the package index and disk more than the CPU.
+# The installs run side by side: they wait on the package indexes and disk more than the CPU.
 test:
-	@$(MAKE) --no-print-directory -j3 $(PY_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP)
+	@$(MAKE) --no-print-directory -j4 $(PY_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) image-engine
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # No install step: for a checkout where `make test` has run once.
