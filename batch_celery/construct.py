@@ -80,15 +80,38 @@ class CeleryBatchWorkers(Construct):
         retention = log_retention(props.log_retention_days)
         # Audit evidence and failed tasks (flow logs, dead-letter queues) outlive the stack by default.
         keep = RemovalPolicy.RETAIN if props.retain_on_delete else RemovalPolicy.DESTROY
+        self._images: dict[tuple[str, str], ecs.ContainerImage] = {}
+
+        self._label_and_guard()
+        # One customer-managed key for queues, logs, results and the alarm topic (kms_key), or None.
+        self.key: kms.IKey | None = self._key()
+        subnets, security_groups = self._network(keep)
+        self._job_logs(retention)
+        # Where the workers' and the scaler's EMF lines put their metrics (emf.py).
+        self.metrics_namespace: str = emf.namespace_for(Stack.of(self).stack_name)
+        self.results: ResultTable | None = self._results()
+        self.pools: dict[str, WorkerPool] = self._pools(subnets, security_groups, keep)
+        self.default_pool = self.pools[props.default_pool]
+        self.events_dead_letter_queue = events_dead_letter_queue(self, "EventsDeadLetterQueue", keep, self.key)
+        self.scaler: Scaler | None = self._scaler(retention)
+        self.alarms: dict[str, PoolAlarms] = self._alarms()
+        self.routes_json: str = self._routes_json()
+        self._filler(retention)
+        self._restrict_queue_access()
+        self.monitoring = self._monitoring()
+        self.dashboard = self._dashboard()
+
+    def _label_and_guard(self) -> None:
         # Every resource says what it belongs to (each pool adds its own name).
         Tags.of(self).add(*PROJECT_TAG)
         # Service trust policies name this account and region (access.py).
         Aspects.of(self).add(access.ConfusedDeputyGuard())
         Validations.of(self).acknowledge(INLINE_POLICY_ACK)
 
-        # One customer-managed key for queues, logs, results and the alarm topic (kms_key), or None.
-        self.key: kms.IKey | None = self._key()
-
+    def _network(self, keep: RemovalPolicy) -> tuple[ec2.SubnetSelection, list[ec2.ISecurityGroup] | None]:
+        """The workers' VPC (props.vpc, or a new one): sets ``network`` and ``vpc``; returns the
+        workers' subnets and security groups (None: the pool makes its own)."""
+        props = self.props
         if props.vpc is None:
             self.network: Network | None = Network(
                 self, "Network", mode=props.network, max_azs=props.max_azs, nat_gateways=props.nat_gateways,
@@ -98,30 +121,31 @@ class CeleryBatchWorkers(Construct):
                                               kms_key=props.kms_key is not False),
             )
             self.vpc: ec2.IVpc = self.network.vpc
-            subnets, security_groups = self.network.worker_subnets, self.network.worker_security_groups
-        else:
-            self.network, self.vpc = None, props.vpc
-            if not self.vpc.private_subnets:
-                raise SettingsError(
-                    "vpc", self.vpc.node.path,
-                    "has no private subnets with egress; the workers need them to reach SQS, ECR and CloudWatch",
-                )
-            subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
-            security_groups = None
+            return self.network.worker_subnets, self.network.worker_security_groups
+        self.network, self.vpc = None, props.vpc
+        if not self.vpc.private_subnets:
+            raise SettingsError(
+                "vpc", self.vpc.node.path,
+                "has no private subnets with egress; the workers need them to reach SQS, ECR and CloudWatch",
+            )
+        return ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS), None
 
+    def _job_logs(self, retention: logs.RetentionDays) -> None:
         self.log_group = logs.LogGroup(self, "JobLogs", retention=retention, removal_policy=RemovalPolicy.DESTROY,
                                        encryption_key=self.key)
         if self.key is None:
             Validations.of(self.log_group).acknowledge(LOG_GROUP_KEY_ACK)
-        self._images: dict[tuple[str, str], ecs.ContainerImage] = {}
-        # Where the workers' and the scaler's EMF lines put their metrics (emf.py).
-        self.metrics_namespace: str = emf.namespace_for(Stack.of(self).stack_name)
-        self.results: ResultTable | None = (
-            ResultTable(self, "Results", expires_days=props.result_expires_days, key=self.key)
-            if props.results else None
-        )
 
-        self.pools: dict[str, WorkerPool] = {
+    def _results(self) -> ResultTable | None:
+        props = self.props
+        if not props.results:
+            return None
+        return ResultTable(self, "Results", expires_days=props.result_expires_days, key=self.key)
+
+    def _pools(self, subnets: ec2.SubnetSelection, security_groups: list[ec2.ISecurityGroup] | None,
+               keep: RemovalPolicy) -> dict[str, WorkerPool]:
+        props = self.props
+        return {
             name: WorkerPool(
                 self,
                 f"{pascal(name)}Pool",
@@ -140,23 +164,25 @@ class CeleryBatchWorkers(Construct):
             )
             for name, pool in props.pools.items()
         }
-        self.default_pool = self.pools[props.default_pool]
 
-        self.events_dead_letter_queue = events_dead_letter_queue(self, "EventsDeadLetterQueue", keep, self.key)
-        self.scaler: Scaler | None = None
-        if props.scaling_mode == "scaler":
-            self.scaler = Scaler(
-                self,
-                "Scaling",
-                pools=list(self.pools.values()),
-                poll_seconds=props.scaler_poll_seconds,
-                idle_check=props.scaler_idle_check,
-                events_dead_letter_queue=self.events_dead_letter_queue,
-                log_retention=retention,
-                metrics_namespace=self.metrics_namespace,
-                key=self.key,
-            )
-        self.alarms = {
+    def _scaler(self, retention: logs.RetentionDays) -> Scaler | None:
+        props = self.props
+        if props.scaling_mode != "scaler":
+            return None
+        return Scaler(
+            self,
+            "Scaling",
+            pools=list(self.pools.values()),
+            poll_seconds=props.scaler_poll_seconds,
+            idle_check=props.scaler_idle_check,
+            events_dead_letter_queue=self.events_dead_letter_queue,
+            log_retention=retention,
+            metrics_namespace=self.metrics_namespace,
+            key=self.key,
+        )
+
+    def _alarms(self) -> dict[str, PoolAlarms]:
+        return {
             name: PoolAlarms(
                 self, f"{pascal(name)}Alarms", pool=pool, scaler=self.scaler,
                 events_dead_letter_queue=self.events_dead_letter_queue,
@@ -164,18 +190,18 @@ class CeleryBatchWorkers(Construct):
             for name, pool in self.pools.items()
         }
 
+    def _routes_json(self) -> str:
         stack = Stack.of(self)
         # The routing's format is routing.py's (which producers parse); the values are tokens here.
-        self.routes_json: str = stack.to_json_string(routing.routes_document(
-            default_pool=props.default_pool,
+        return stack.to_json_string(routing.routes_document(
+            default_pool=self.props.default_pool,
             region=stack.region,
             pools={name: routing.PoolRoute(pool.queue.queue_name, pool.queue.queue_url, pool.props.tasks)
                    for name, pool in self.pools.items()},
         ))
-        self._filler(retention)
-        self._restrict_queue_access()
 
-        self.monitoring = Monitoring(
+    def _monitoring(self) -> Monitoring:
+        return Monitoring(
             self,
             "Monitoring",
             task_dead_letter_queues={name: pool.dead_letter_queue for name, pool in self.pools.items()},
@@ -183,10 +209,12 @@ class CeleryBatchWorkers(Construct):
             sla_alarms={name: alarms.sla_alarm for name, alarms in self.alarms.items()},
             job_queues={name: pool.job_queue for name, pool in self.pools.items()},
             scaler=self.scaler.function if self.scaler else None,
-            alarm_email=props.alarm_email,
+            alarm_email=self.props.alarm_email,
             key=self.key,
         )
-        self.dashboard = WorkersDashboard(
+
+    def _dashboard(self) -> WorkersDashboard:
+        return WorkersDashboard(
             self,
             "Dashboard",
             pools=self.pools,

@@ -179,6 +179,15 @@ class WorkerPool(Construct):
         Tags.of(self).add(POOL_TAG, name)
         self.job_name = worker_job_name(name)
 
+        self._task_queue(dead_letter_removal_policy, key)
+        self.compute_environment = self._compute_environment(vpc, subnets, security_groups)
+        self.job_queue = self._job_queue()
+        self.worker_role = self._worker_role(results)
+        self.worker_container = self._worker_container(image, log_group, public_ip, metrics_namespace, results)
+        self.job_definition = self._job_definition()
+
+    def _task_queue(self, dead_letter_removal_policy: RemovalPolicy, key: kms.IKey | None) -> None:
+        props = self.props
         tasks = TaskQueue(
             self,
             "TaskQueue",
@@ -190,8 +199,8 @@ class WorkerPool(Construct):
         )
         self.queue, self.dead_letter_queue = tasks.queue, tasks.dead_letter_queue
 
-        self.compute_environment = self._compute_environment(vpc, subnets, security_groups)
-        self.job_queue = batch.JobQueue(
+    def _job_queue(self) -> batch.JobQueue:
+        return batch.JobQueue(
             self,
             "JobQueue",
             # No scheduling policy: the queue is FIFO, so workers start in submission order.
@@ -204,7 +213,7 @@ class WorkerPool(Construct):
             # reason, which the alarm topic hears of (monitoring.py). The scaler submits anew.
             job_state_time_limit_actions=[
                 batch.JobStateTimeLimitAction(
-                    max_time=Duration.seconds(props.runnable_timeout_seconds),
+                    max_time=Duration.seconds(self.props.runnable_timeout_seconds),
                     reason=reason,
                     action=batch.JobStateTimeLimitActionsAction.CANCEL,
                 )
@@ -216,20 +225,25 @@ class WorkerPool(Construct):
             ],
         )
 
-        self.worker_role = iam.Role(
+    def _worker_role(self, results: ResultTable | None) -> iam.Role:
+        role = iam.Role(
             self,
             "WorkerRole",
             assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
-            description=f"Celery workers of pool {name}: consume its task queue, dead-letter poison messages",
+            description=f"Celery workers of pool {self.name}: consume its task queue, dead-letter poison messages",
         )
         # Its own queue only: Celery retries re-publish to it; poison messages go to its DLQ.
-        self.queue.grant_consume_messages(self.worker_role)
-        self.queue.grant_send_messages(self.worker_role)
-        self.dead_letter_queue.grant_send_messages(self.worker_role)
+        self.queue.grant_consume_messages(role)
+        self.queue.grant_send_messages(role)
+        self.dead_letter_queue.grant_send_messages(role)
         if results is not None:
-            results.grant_write(self.worker_role)
+            results.grant_write(role)
+        return role
 
-        self.worker_container = container_definition(
+    def _worker_container(self, image: ecs.ContainerImage, log_group: logs.ILogGroup, public_ip: bool,
+                          metrics_namespace: str | None, results: ResultTable | None) -> batch.IEcsContainerDefinition:
+        name, props = self.name, self.props
+        return container_definition(
             self,
             "WorkerContainer",
             pool=props,
@@ -249,7 +263,10 @@ class WorkerPool(Construct):
             stream_prefix=f"worker-{name}",
             public_ip=public_ip,
         )
-        self.job_definition = batch.EcsJobDefinition(
+
+    def _job_definition(self) -> batch.EcsJobDefinition:
+        props = self.props
+        job_definition = batch.EcsJobDefinition(
             self,
             "WorkerJobDefinition",
             container=self.worker_container,
@@ -258,8 +275,9 @@ class WorkerPool(Construct):
             retry_strategies=list(WORKER_RETRY_STRATEGIES),
             propagate_tags=True,
         )
-        scratch_only(self.job_definition)
+        scratch_only(job_definition)
         Validations.of(self.worker_container.execution_role).acknowledge(EXECUTION_ROLE_ACK)
+        return job_definition
 
     def _compute_environment(self, vpc: ec2.IVpc, subnets: ec2.SubnetSelection,
                              security_groups: list[ec2.ISecurityGroup] | None) -> batch.IComputeEnvironment:

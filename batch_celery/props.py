@@ -345,9 +345,23 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _got(value: Any) -> str | None:
+    """What a value of the wrong JSON type is, for the error line: a string or a boolean where a
+    number belongs reads like the number in cdk.json ("2", true), so the line says which it is."""
+    if isinstance(value, str):
+        return f"the string {json.dumps(value)}"
+    if isinstance(value, bool):
+        return f"the boolean {json.dumps(value)}"
+    return None
+
+
 def _int(props: Any, key: str, low: int | None = None, high: int | None = None) -> int:
     value = getattr(props, key)
     if not _is_int(value):
+        got = _got(value)
+        if got:
+            allowed = _range_text(low, high).removeprefix(", ")
+            raise _fail(key, value, f"must be a whole number, got {got}" + (f"; allowed: {allowed}" if allowed else ""))
         raise _fail(key, value, "must be a whole number" + _range_text(low, high))
     if (low is not None and value < low) or (high is not None and value > high):
         raise _fail(key, value, "must be" + _range_text(low, high).removeprefix(","))
@@ -393,8 +407,11 @@ def _validate_pool(p: PoolProps) -> None:
         _int(p, "vcpus", *EC2_VCPUS_RANGE)
         _int(p, "memory_mib", *EC2_MEMORY_RANGE)
     else:
-        if isinstance(vcpus, bool) or not isinstance(vcpus, (int, float)) or vcpus not in FARGATE_MEMORY_MIB:
-            raise _fail("vcpus", vcpus, "must be a Fargate vCPU value: " + ", ".join(_fmt(v) for v in FARGATE_MEMORY_MIB))
+        fargate_vcpus = ", ".join(_fmt(v) for v in FARGATE_MEMORY_MIB)
+        if _got(vcpus):
+            raise _fail("vcpus", vcpus, f"must be a number, got {_got(vcpus)}; allowed on Fargate: {fargate_vcpus}")
+        if not isinstance(vcpus, (int, float)) or vcpus not in FARGATE_MEMORY_MIB:
+            raise _fail("vcpus", vcpus, "must be a Fargate vCPU value: " + fargate_vcpus)
         memory = _int(p, "memory_mib", 1)
         allowed = FARGATE_MEMORY_MIB[vcpus]
         if memory not in allowed:

@@ -138,33 +138,47 @@ class Scaler(Construct):
         metrics_namespace: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
-        self.log_group = log_group = logs.LogGroup(
+        self.log_group = logs.LogGroup(
             self, "ScalerLogs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY, encryption_key=key,
         )
+        self.role = self._role(pools)
+        self.function = self._function(pools, poll_seconds, idle_check, metrics_namespace)
+        self.target = targets.LambdaFunction(
+            self.function,
+            dead_letter_queue=events_dead_letter_queue,
+            retry_attempts=SCALER_TARGET_RETRY_ATTEMPTS,
+            max_event_age=SCALER_MAX_EVENT_AGE,
+        )
+        self.schedule = self._schedule(poll_seconds, idle_check)
+        self._acknowledge_findings(key)
+
+    def _role(self, pools: list[WorkerPool]) -> iam.Role:
         # An explicit role instead of the default one, which carries the managed
         # AWSLambdaBasicExecutionRole policy (logs:* on every log group of the account).
-        self.role = iam.Role(
+        role = iam.Role(
             self,
             "ScalerRole",
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
             description="Celery worker scaler: read each pool's queue depth, list and submit its worker jobs",
         )
-        log_group.grant_write(self.role)
+        self.log_group.grant_write(role)
         for pool in pools:
-            pool.queue.grant(self.role, "sqs:GetQueueAttributes")
-        self.role.add_to_policy(
+            pool.queue.grant(role, "sqs:GetQueueAttributes")
+        role.add_to_policy(
             iam.PolicyStatement(
                 actions=["batch:SubmitJob"],
                 resources=[arn for pool in pools
                            for arn in (pool.job_queue.job_queue_arn, pool.job_definition.job_definition_arn)],
             )
         )
-        self.role.add_to_policy(
+        role.add_to_policy(
             iam.PolicyStatement(actions=["batch:ListJobs", "batch:DescribeJobs"], resources=["*"])
         )
+        return role
 
-        stack = Stack.of(self)
-        pools_json = stack.to_json_string([
+    def _pools_json(self, pools: list[WorkerPool]) -> str:
+        """The handler's POOLS: what it reads, and what it submits to, for each pool."""
+        return Stack.of(self).to_json_string([
             {
                 "pool": pool.name,
                 "queue_url": pool.queue.queue_url,
@@ -178,7 +192,10 @@ class Scaler(Construct):
             }
             for pool in pools
         ])
-        self.function = lambda_.Function(
+
+    def _function(self, pools: list[WorkerPool], poll_seconds: int, idle_check: str,
+                  metrics_namespace: str | None) -> lambda_.Function:
+        return lambda_.Function(
             self,
             "Scaler",
             description="Submit each pool's Celery worker jobs in proportion to its task queue backlog",
@@ -187,7 +204,7 @@ class Scaler(Construct):
             handler=SCALER_HANDLER,
             code=lambda_.Code.from_asset(str(SCALER_ASSET_DIR), exclude=SCALER_ASSET_EXCLUDES),
             role=self.role,
-            log_group=log_group,
+            log_group=self.log_group,
             timeout=SCALER_TIMEOUT,
             memory_size=SCALER_MEMORY_MIB,
             # One run at a time: two overlapping runs would both see the same deficit and
@@ -198,7 +215,7 @@ class Scaler(Construct):
             retry_attempts=0,
             max_event_age=SCALER_MAX_EVENT_AGE,
             environment={
-                "POOLS": pools_json,
+                "POOLS": self._pools_json(pools),
                 "POLL_SECONDS": str(poll_seconds),
                 "LOOP_SECONDS": str(SCALER_LOOP_SECONDS),
                 "IDLE_CHECK": idle_check,
@@ -206,13 +223,9 @@ class Scaler(Construct):
                 **({contract.METRICS_NAMESPACE: metrics_namespace} if metrics_namespace else {}),
             },
         )
-        self.target = targets.LambdaFunction(
-            self.function,
-            dead_letter_queue=events_dead_letter_queue,
-            retry_attempts=SCALER_TARGET_RETRY_ATTEMPTS,
-            max_event_age=SCALER_MAX_EVENT_AGE,
-        )
-        self.schedule = events.Rule(
+
+    def _schedule(self, poll_seconds: int, idle_check: str) -> events.Rule:
+        return events.Rule(
             self,
             "ScalerSchedule",
             description=f"Run the Celery worker scaler every minute (it decides every {poll_seconds} s within the run"
@@ -220,6 +233,8 @@ class Scaler(Construct):
             schedule=events.Schedule.rate(SCHEDULE_PERIOD),
             targets=[self.target],
         )
+
+    def _acknowledge_findings(self, key: kms.IKey | None) -> None:
         Validations.of(self.role).acknowledge(
             Acknowledgment(
                 id="AwsSolutions-IAM5[Resource::*]",

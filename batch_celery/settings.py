@@ -8,11 +8,12 @@ the value, what is allowed.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .props import (
     DEFAULT_POOL,
@@ -35,8 +36,8 @@ VPC_ID = re.compile(r"^vpc-[0-9a-f]{8}([0-9a-f]{9})?$")
 DEPLOYMENT_KEYS = tuple(f.name for f in fields(CeleryBatchWorkersProps) if f.name not in ("pools", "vpc"))
 STACK_KEYS = ("stack_name", "vpc_id")
 
-# Keys of older releases, and where they went: a context written for one gets this line instead
-# of "unknown setting".
+# Keys that have a new place, and where it is: a context that still holds one gets the line
+# saying where to put it instead of "unknown setting".
 _MOVED = {
     "platform": "platform", "worker_vcpus": "vcpus", "worker_memory_mib": "memory_mib",
     "worker_concurrency": "concurrency", "task_time_limit_seconds": "task_time_limit_seconds",
@@ -91,7 +92,7 @@ class Settings:
             if key in REPLACED_KEYS:
                 raise SettingsError(PREFIX + key, raw[key], REPLACED_KEYS[key])
             if key not in known:
-                raise SettingsError(PREFIX + key, raw[key], f"unknown setting; allowed: {', '.join(sorted(known))}")
+                raise SettingsError(PREFIX + key, raw[key], _unknown(key, known, pool_keys=PoolProps.keys()))
 
         stack_name = raw.get("stack_name", DEFAULT_STACK_NAME)
         if not isinstance(stack_name, str) or not STACK_NAME.match(stack_name):
@@ -118,6 +119,23 @@ class Settings:
         return cls(stack_name=stack_name, vpc_id=vpc_id, props=props)
 
 
+# Where a reader finds every key: the line names the likely one, not all of them.
+REFERENCE = "docs/configuration.md"
+
+
+def _unknown(key: str, known: Iterable[str], pool: str | None = None, pool_keys: Iterable[str] = ()) -> str:
+    """What an unknown key gets: the closest known key, if one is close, and where the full list is."""
+    where = f"every pool key is in {REFERENCE}#pools" if pool else f"every key is in {REFERENCE}"
+    close = difflib.get_close_matches(key, list(known), n=1)
+    if close:
+        return f'unknown {"pool " if pool else ""}setting; did you mean "{close[0]}"? ({where})'
+    close = difflib.get_close_matches(key, list(pool_keys), n=1)
+    if close:
+        return (f'unknown setting; "{close[0]}" is a pool setting: "pools": {{"{DEFAULT_POOL}": '
+                f'{{"{close[0]}": ...}}}} ({where})')
+    return f'unknown {"pool " if pool else ""}setting ({where})'
+
+
 def _pools(raw: Any) -> dict[str, PoolProps] | None:
     if raw is None:
         return None
@@ -130,9 +148,7 @@ def _pools(raw: Any) -> dict[str, PoolProps] | None:
             raise SettingsError(f"{PREFIX}pools.{name}", block, "must be an object of pool settings ({} for the defaults)")
         for key in block:
             if key not in allowed:
-                raise SettingsError(
-                    f"{PREFIX}pools.{name}.{key}", block[key], f"unknown pool setting; allowed: {', '.join(sorted(allowed))}"
-                )
+                raise SettingsError(f"{PREFIX}pools.{name}.{key}", block[key], _unknown(key, allowed, pool=name))
         try:
             pools[name] = PoolProps(**block)
         except SettingsError as error:

@@ -10,7 +10,7 @@ the bundled app only.
 
 The worker consumes only its pool's queue, acknowledges a message after its task has finished,
 and never acknowledges a task that failed: the message stays in SQS, is received again after 30 s
-times its receive count (at most the visibility timeout; outage_tolerant_sqs.py) and, after the
+times its receive count (at most the visibility timeout; sqs_transport/failed_task_backoff.py) and, after the
 queue's maxReceiveCount receives, SQS moves it to the dead-letter queue, where it can be inspected
 and redriven. A malformed message is rejected the same way (dead_letter_consumer.py). Nothing a
 worker receives vanishes without a trace.

@@ -1,6 +1,6 @@
 """The SQS messages one worker holds: kept invisible while held, released the moment they are not.
 
-Inside the worker (``Heartbeat``, started by the transport in outage_tolerant_sqs.py):
+Inside the worker (``Heartbeat``, started by the transport in sqs_transport/holding.py):
 
 * **Heartbeat.** Every message the worker has received and not yet acked or rejected (running,
   waiting for a free process, or waiting for its ETA) has its visibility extended every

@@ -1,6 +1,6 @@
 """The kombu and celery releases the worker's transport fixes were written for, checked before start.
 
-outage_tolerant_sqs.py and dead_letter_consumer.py override private methods of kombu's SQS
+sqs_transport/ and dead_letter_consumer.py override private methods of kombu's SQS
 transport and Celery's consumer and read their private members; those move between releases
 (``is_backoff_task`` and ``_has_redrive_policy`` exist only in kombu 5.7.0, ``_envelope_payload``
 only from 5.6). On another release a worker would start without a word and fail later, on its first
@@ -36,7 +36,7 @@ def problem() -> str | None:
         return None
     have = ", ".join(f"{name} {versions[name]}" for name in versions)
     want = ", ".join(f"{name} {' or '.join(SUPPORTED[name])}" for name in SUPPORTED)
-    return (f"unsupported {' and '.join(wrong)}: installed {have}; the worker's SQS transport (outage_tolerant_sqs.py) "
+    return (f"unsupported {' and '.join(wrong)}: installed {have}; the worker's SQS transport (sqs_transport/) "
             f"is written for {want} (pin them as in batch_celery_container/requirements.txt)")
 
 

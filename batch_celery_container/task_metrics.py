@@ -23,7 +23,7 @@ from typing import Any
 
 import emf
 
-# Set by outage_tolerant_sqs.py on each received message: SQS's SentTimestamp, in seconds.
+# Set by sqs_transport/sent_timestamp.py on each received message: SQS's SentTimestamp, in seconds.
 SENT_AT_HEADER = "batch_celery_sent_at"
 OTHER_TASK = "other"
 # The EMF member with a failed run's reason (not a dimension), and its longest form.

@@ -20,7 +20,7 @@ import limits
 import routing
 
 # A task that raised is received again after this many seconds times its receive count (capped
-# by the visibility timeout), until SQS moves it to the dead-letter queue (outage_tolerant_sqs.py).
+# by the visibility timeout), until SQS moves it to the dead-letter queue (sqs_transport/failed_task_backoff.py).
 FAILED_TASK_RETRY_SECONDS = 30
 
 
@@ -96,7 +96,7 @@ class WorkerSettings:
         return dict(
             broker_url=self.broker_url,
             # kombu's SQS transport with the outage crash of kombu 5.7.0 fixed (see that module).
-            broker_transport="outage_tolerant_sqs:Transport",
+            broker_transport="sqs_transport:Transport",
             broker_transport_options={
                 "region": self.region,
                 # kombu speaks https unless told otherwise, also to a local http endpoint.

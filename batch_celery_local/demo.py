@@ -241,11 +241,15 @@ class Outcome:
             lines.append(line)
         return lines
 
+    def unsent_line(self) -> str | None:
+        """The tasks of bursts an interrupted run never sent, on a line of their own: appended to
+        the summary they would push it past the width."""
+        return f"{self.unsent} task(s) of later bursts were never sent" if self.unsent else None
+
     def summary_line(self) -> str:
         return (
             f"demo: {self.done}/{self.tasks} done, {self.remaining} back in the queue, {self.dead_lettered} in "
             f"the DLQ, {self.lost} lost; {self.workers} workers, {self.seconds:.0f} s"
-            + (f"; {self.unsent} never sent" if self.unsent else "")
         )
 
 
@@ -855,7 +859,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ),
     )
     parser.add_argument("--tasks", type=_bursts, default=DEFAULT_BURSTS, metavar="N[,N...]",
-                        help="tasks for the default pool, one count per burst [30,10]")
+                        help="tasks per burst, one count per burst, each routed to its pool by name "
+                             "(the demo's own tasks: the first pool, `default` unless cdk.json names "
+                             "another) [30,10]")
     parser.add_argument("--second-pool-tasks", type=_bursts, default=None, metavar="N[,N...]",
                         help=f"{SECOND_POOL_TASK[0]} tasks per burst for the {SECOND_POOL} pool the demo adds "
                              "[8,4; 0 with --task-module; 0: one pool only]")
@@ -871,10 +877,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--args", type=_json(list, '\'["bucket", "key"]\''), default=[],
                         help="positional arguments of each task, JSON [[]]")
     parser.add_argument("--max-workers", type=_bounded(1, 16), default=2,
-                        help="local cap on the default pool's workers at once [2; other pools: 1]")
+                        help="local cap on the first pool's workers at once; every other pool runs "
+                             "at most 1 [2]")
     parser.add_argument(
         "--idle-seconds", type=_bounded(1, 600), default=5,
-        help="a worker exits after the queue was empty this long [5; 60 in AWS]",
+        help="a worker exits after it held no message, with nothing waiting or delayed in its "
+             "pool's queue, this long [5; 60 in AWS]",
     )
     parser.add_argument("--poll-seconds", type=_bounded(1, 60), default=1, help="queue check interval of a worker [1]")
     parser.add_argument(
@@ -1095,6 +1103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(work_dir, ignore_errors=True)
     for line in outcome.pool_lines():
         progress.say(line)
+    if outcome.unsent_line():
+        progress.say(outcome.unsent_line())
     progress.say(outcome.summary_line(), wrap=False)  # one line: scripts read it
     return 0 if outcome.ok else 1
 

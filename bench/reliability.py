@@ -505,12 +505,12 @@ def _submitted_workers(batch, job_queue: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Scenarios 7-12: a worker holds a message only while it works on it (issue 9): the visibility
+# Scenarios 7-12: a worker holds a message only while it works on it: the visibility
 # heartbeat, recovery after a crash or a stop, the per-worker idle exit and its drain, countdowns
 # and Celery retries. Seconds are measured here with time.monotonic(), and with time.time() where
 # they are compared with the worker's own clock (the receive times in its held.json).
 
-# Set explicitly: worker_env derives a time limit from the visibility timeout, which no longer bounds it.
+# Set explicitly: worker_env derives a time limit from the visibility timeout, which does not bound a task.
 TASK_TIME_LIMIT = 120
 
 

@@ -22,7 +22,7 @@ Policies (the stack's ``scaling_mode`` values, plus two references)
             loops that run is throttled (reserved concurrency 1); while the scaler is idle a depth
             or SLA alarm enters ALARM only after a one-minute sample and its evaluation, later than
             the next invocation, which then already loops. So they add no decision; nothing else
-            submits workers (issue 9, "one scaling brain").
+            submits workers (one scaling brain).
     alarms  ``scaling_mode: "alarms"``, no Lambda: the original sample's rules (visible >= 5
             submits 1 job, visible >= 50 an array of 10) plus an SLA rule (visible >= 1 for
             ceil(SLA / 60) consecutive minutes submits 1 job). Each rule fires once per transition
@@ -36,10 +36,10 @@ Policies (the stack's ``scaling_mode`` values, plus two references)
             leave by the same per-worker idle rule, so its worker-seconds are the cost of the
             fastest drain with this worker; ``busy_seconds`` (the tasks' own run time) is the floor.
 
-Every policy runs the same worker (the lifecycle script, batch_celery_container/run_celery_worker.sh,
-issue 9), so the policies differ only in when workers are submitted.
+Every policy runs the same worker (the lifecycle script, batch_celery_container/run_celery_worker.sh),
+so the policies differ only in when workers are submitted.
 
-The worker, as the lifecycle script behaves (issue 9)
+The worker, as the lifecycle script behaves
     Per-worker idle exit   every POLL_SECONDS (10) from its start the script asks whether its own
                            worker holds a message (running, reserved or waiting for an ETA) and, if
                            not, whether the queue shows a visible or delayed one. After IDLE_SECONDS
@@ -68,7 +68,7 @@ The worker, as the lifecycle script behaves (issue 9)
                            (limits.take_window_seconds: job timeout - task time limit - stop grace -
                            40 s, from its start), finishes what it runs and leaves; the scaler
                            replaces it if work remains. ``deadline_rule=False`` (--no-deadline-rule)
-                           models the script before it, for comparison.
+                           models a worker without it (cut by the timeout), for comparison.
     Task time limit        every workload's tasks fit the pool's task_time_limit_seconds (checked:
                            a workload that needs another setting names it, and its row shows it).
 
@@ -113,8 +113,8 @@ Model parameters (each with its source)
                                  worker sets polling_interval 0.05 s, so an idle worker's polls are
                                  back to back.
     SHUTDOWN_SECONDS = 3         Celery warm shutdown of a worker that holds nothing (the lifecycle
-                                 script, issue 9).
-    TASK_SECONDS = 30            task duration of most workloads below (issue 4).
+                                 script).
+    TASK_SECONDS = 30            task duration of most workloads below.
     max_workers = 48             compute environment max vCPUs 48 / 1 vCPU per worker (stack
                                  defaults); also the number of workers Fargate can run at once here,
                                  so extra jobs wait RUNNABLE until a worker exits.
@@ -194,7 +194,7 @@ class Params:
     job_attempts: int = STACK.job_attempts
     task_time_limit_seconds: int = STACK.task_time_limit_seconds
     job_timeout_seconds: int = STACK.job_timeout_seconds
-    # The lifecycle script's take window (exit 7); False: the script before it, cut by the timeout.
+    # The lifecycle script's take window (exit 7); False: a worker without it, cut by the timeout.
     deadline_rule: bool = True
     batch_schedule_seconds: int = BATCH_SCHEDULE_SECONDS
     fargate_start_seconds: int = FARGATE_START_SECONDS
@@ -204,8 +204,8 @@ class Params:
     # How the scaler counts in-flight messages: "busy" (the policy: each holds a worker) or
     # "keda" (KEDA's ceil((visible + in flight + delayed) / messages_per_worker)), for comparison.
     in_flight_count: str = "busy"
-    # "worker" (the lifecycle script) or "queue" (the rule before issue 9: visible + in flight +
-    # delayed, i.e. other workers' messages keep every worker alive), for comparison.
+    # "worker" (the lifecycle script) or "queue" (a queue-wide rule: visible + in flight + delayed,
+    # i.e. other workers' messages keep every worker alive), for comparison.
     idle_rule: str = "worker"
     phases: tuple[int, ...] = PHASES
     seed: int = 7
@@ -957,7 +957,7 @@ def table(results: list[Result], markdown: bool = False, region: str = prices.DE
 
 
 def targets(results: list[Result], swept: list[Result], params: Params) -> list[tuple[str, bool, str]]:
-    """Issue 9's targets, checked on these results: (target, met, figures)."""
+    """The scaling targets (docs/scaling.md), checked on these results: (target, met, figures)."""
     by = {(r.scenario, r.policy): r for r in results}
     checks = []
 

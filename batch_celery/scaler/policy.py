@@ -18,7 +18,7 @@ in-flight messages, ``ceil((visible + in_flight) / queueLength)`` replicas
 (https://keda.sh/docs/2.11/scalers/aws-sqs), and its ScaledJob default strategy submits
 ``maxScale - runningJobCount`` (https://keda.sh/docs/latest/reference/scaledjob-spec).
 
-**Why not KEDA's count of in-flight messages** (decided with ``python -m bench.scaling``, issue 9).
+**Why not KEDA's count of in-flight messages** (compared with ``python -m bench.scaling --in-flight-count keda``).
 KEDA's rule assumes a busy worker also clears ``messages_per_worker - 1`` waiting messages within
 the latency budget, true only if its tasks are as short as ``messages_per_worker`` assumes. With
 900 s tasks and the default 10, 200 tasks got 20 workers: drain 9048 s (2.0x the oracle), p95 wait

@@ -90,7 +90,7 @@ def test_the_per_worker_idle_rule_ends_the_burst_fleet_beside_the_background_tas
     # The burst is drained after about 11 minutes; one background task a minute needs one worker.
     assert _workers_at(scaler, 20 * 60) <= 2
     assert _workers_at(scaler, 3 * 3600) <= 2
-    # The rule before issue 9 (any in-flight message keeps every worker) held all 48 for 4 hours.
+    # A queue-wide idle rule (any in-flight message keeps every worker) holds all 48 for 4 hours.
     queue_wide = scaling.simulate("burst+background", "scaler", replace(SINGLE, idle_rule="queue"))
     assert _workers_at(queue_wide, 3 * 3600) == 48
     assert queue_wide.worker_seconds > 10 * scaler.worker_seconds

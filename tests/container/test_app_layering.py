@@ -92,7 +92,7 @@ def test_your_app_gets_the_runtimes_transport_acks_and_limits_and_keeps_its_rout
                               contract.TASK_TIME_LIMIT_SECONDS: "600"})
     # Overridden: what the transport, the lifecycle and the stack depend on.
     assert app["main"] == "proj"
-    assert (app["broker_url"], app["transport"], app["queues"]) == ("sqs://", "outage_tolerant_sqs:Transport", ["pool-q"])
+    assert (app["broker_url"], app["transport"], app["queues"]) == ("sqs://", "sqs_transport:Transport", ["pool-q"])
     assert (app["default_queue"], app["task_queues"]) == ("pool-q", None)
     assert (app["acks_late"], app["acks_on_failure"], app["prefetch"]) == (True, False, 1)
     assert (app["consumer"], app["time_limit"]) == ("dead_letter_consumer:Consumer", 600)
@@ -115,7 +115,7 @@ def test_a_result_table_replaces_your_apps_result_backend(project):
 def test_without_an_app_the_bundled_one_is_built_the_same_way(project):
     app = inspect(project, **{contract.TASK_MODULES: "extra_tasks"})
     assert app["main"] == "batch_celery_worker"
-    assert (app["broker_url"], app["transport"], app["default_queue"]) == ("sqs://", "outage_tolerant_sqs:Transport", "pool-q")
+    assert (app["broker_url"], app["transport"], app["default_queue"]) == ("sqs://", "sqs_transport:Transport", "pool-q")
     assert app["routes"] == {"batch.*": {"queue": "pool-q"}}
     assert (app["serializer"], app["accept"], app["include"]) == ("json", ["json"], ["extra_tasks"])
     assert app["tasks"] == sorted(["batch.calculate_pi", "batch.parallel_digest", contract.PROBE_TASK, "extra.one"])

@@ -1,5 +1,5 @@
 """A task the worker dead-letters itself is in the dead-letter queue once and never runs again, with
-its message attributes (outage_tolerant_sqs.py, fix 5).
+its message attributes (sqs_transport/dead_lettering.py).
 
 The worker copies the message to the dead-letter queue and deletes the original. Real worker
 processes against moto server; the failed delete is played by an ApiProxy in front of it.

@@ -67,7 +67,7 @@ def test_rejects_other_kombu_and_celery_before_the_worker_starts(moto_server, ma
     assert status == 2, run.output[-3000:]
     assert lines == [
         "configuration error: unsupported kombu and celery: installed kombu 5.5.4, celery 5.5.3; the worker's SQS "
-        "transport (outage_tolerant_sqs.py) is written for kombu 5.7.0, celery 5.7.0 (pin them as in "
+        "transport (sqs_transport/) is written for kombu 5.7.0, celery 5.7.0 (pin them as in "
         "batch_celery_container/requirements.txt)"
     ], run.output[-3000:]
     assert "starting Celery worker" not in run.output
@@ -77,7 +77,7 @@ def test_rejects_other_kombu_and_celery_before_the_worker_starts(moto_server, ma
 def test_rejects_other_release_at_import_of_the_transport(old_releases):
     # A worker started without the lifecycle script: the transport's import fails with the same line.
     completed = subprocess.run(
-        [sys.executable, "-c", "import outage_tolerant_sqs"], cwd=CONTAINER_DIR, capture_output=True, text=True,
+        [sys.executable, "-c", "import sqs_transport"], cwd=CONTAINER_DIR, capture_output=True, text=True,
         env={"PYTHONPATH": f"{old_releases}:{CONTAINER_DIR}", "PATH": "/usr/bin:/bin"}, timeout=60,
     )
     assert completed.returncode != 0

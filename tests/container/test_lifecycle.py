@@ -167,7 +167,7 @@ def test_endpoint_outage_does_not_stop_worker(moto_server, sqs, make_queues, tmp
             with proxy.outage():
                 # Longer than IDLE + POLL: failed readings must not count as an empty queue,
                 # and kombu 5.7.0's stock transport would die here ("'list' object has no
-                # attribute 'get'"), which outage_tolerant_sqs prevents.
+                # attribute 'get'"), which sqs_transport/endpoint_outage.py prevents.
                 time.sleep(IDLE + 4 * POLL + 2)
                 assert run.process.poll() is None, run.output[-3000:]
                 assert "sending TERM" not in run.output
@@ -246,7 +246,7 @@ def test_rejects_bad_timing(moto_server, make_queues, tmp_path, name, value):
     assert f"{name}={value} is not allowed" in run.output
 
 
-# --- issue 9: a worker holds a message only while it works on it -------------------------------
+# --- a worker holds a message only while it works on it ----------------------------------------
 
 
 def test_heartbeat_keeps_task_longer_than_visibility_timeout_single(moto_server, sqs, make_queues, tmp_path):

@@ -2,7 +2,7 @@
 
 Celery answers a connection error in its event loop by closing the channel and consuming on a new
 one. kombu's ``Channel.close`` gives back every unacked message, running ones included; here only
-the messages no task has started go back (outage_tolerant_sqs.py). The error is real: the worker
+the messages no task has started go back (sqs_transport/reconnect.py). The error is real: the worker
 takes its credentials from a container credential endpoint (as a Batch job does) that fails for a
 few seconds while the credentials are within botocore's mandatory refresh window, so signing the
 next ReceiveMessage raises a BotoCoreError inside the event loop.

@@ -27,7 +27,7 @@ from batch_celery.settings import CONTEXT_KEY
 REPO = Path(__file__).resolve().parents[2]
 GPU_IMAGE = "examples/gpu-pool"
 
-# Issue 10's example: most tasks on Fargate, arm64-friendly ones on Graviton, GPU tasks on EC2 Spot
+# The Pools example of docs/configuration.md: most tasks on Fargate, arm64-friendly ones on Graviton, GPU tasks on EC2 Spot
 # built from the worked example's Dockerfile.
 THREE_POOLS: dict[str, dict[str, Any]] = {
     "default": {},

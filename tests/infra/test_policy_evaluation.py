@@ -1,8 +1,8 @@
 """The queue, key and trust policies evaluated as AWS evaluates them (policy_evaluation.py), for
 every kind of principal a deployment meets, on the default, restricted, kms and multi-pool stacks.
 
-moto enforces none of these policies: before this test, a Deny that locked every administrator
-out of the dead-letter queues passed every other test.
+moto enforces none of these policies, so without this evaluation a Deny that locked every
+administrator out of the dead-letter queues would pass every other test.
 """
 
 from __future__ import annotations

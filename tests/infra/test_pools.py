@@ -1,4 +1,4 @@
-"""Three pools in one stack (issue 10): each its own queues, compute, job queue and worker job, and
+"""Three pools in one stack: each its own queues, compute, job queue and worker job, and
 no pool's workers may touch another pool's queues."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The security posture a regulated company's review asks for (issue 13), read off the template:
+"""The security posture a regulated company's review asks for, read off the template:
 tags on every resource, audit evidence kept apart and kept after the stack, least privilege."""
 
 from __future__ import annotations

@@ -138,12 +138,22 @@ def test_stack_name_and_vpc_id_are_read() -> None:
 
 INVALID = [
     # --- pools and their names
+    # A misspelt key gets the closest one and where the full list is, not every key.
     ({"pools": {"default": {"cpus": 2}}},
-     f"{P}.default.cpus = 2: unknown pool setting; allowed: age_alarm_seconds, compute, concurrency, gpus,"
-     " high_array_size, high_threshold, idle_seconds, image, instance_types, job_attempts, job_timeout_seconds,"
-     " low_threshold, max_receive_count, max_workers, memory_mib, message_retention_days, messages_per_worker,"
-     " platform, poll_seconds, runnable_timeout_seconds, stop_grace_seconds, task_time_limit_seconds, tasks, vcpus,"
-     " visibility_timeout_seconds"),
+     f'{P}.default.cpus = 2: unknown pool setting; did you mean "vcpus"? (every pool key is in'
+     " docs/configuration.md#pools)"),
+    ({"pools": {"default": {"max_worker": 2}}},
+     f'{P}.default.max_worker = 2: unknown pool setting; did you mean "max_workers"? (every pool key is in'
+     " docs/configuration.md#pools)"),
+    ({"pools": {"default": {"qwerty": 1}}},
+     f"{P}.default.qwerty = 1: unknown pool setting (every pool key is in docs/configuration.md#pools)"),
+    ({"alarm_mail": "ops@example.com"},
+     'batch-celery.alarm_mail = "ops@example.com": unknown setting; did you mean "alarm_email"? (every key is in'
+     " docs/configuration.md)"),
+    ({"max_worker": 4},
+     'batch-celery.max_worker = 4: unknown setting; "max_workers" is a pool setting:'
+     ' "pools": {"default": {"max_workers": ...}} (every key is in docs/configuration.md)'),
+    ({"qwerty": 1}, "batch-celery.qwerty = 1: unknown setting (every key is in docs/configuration.md)"),
     ({"pools": {"default": {"runnable_timeout_seconds": 300}}},
      f"{P}.default.runnable_timeout_seconds = 300: must be 600..86400"),
     ({"alarm_email": "ops"}, 'batch-celery.alarm_email = "ops": must be null or one e-mail address, e.g. ops@example.com'),
@@ -179,7 +189,13 @@ INVALID = [
     ({"pools": {"gpu": {"compute": "ec2", "instance_types": "g5"}}},
      f'{P}.gpu.instance_types = "g5": must be a list of instance types or families, e.g. ["c7g.xlarge", "m7g"]'),
     ({"pools": {"default": {"vcpus": 3}}}, f"{P}.default.vcpus = 3: {FARGATE_VCPUS}"),
-    ({"pools": {"default": {"vcpus": True}}}, f"{P}.default.vcpus = true: {FARGATE_VCPUS}"),
+    # A value of the wrong JSON type says which type it got: "2" reads like 2 in cdk.json.
+    ({"pools": {"default": {"vcpus": True}}},
+     f"{P}.default.vcpus = true: must be a number, got the boolean true; allowed on Fargate: 0.25, 0.5, 1, 2, 4, 8, 16"),
+    ({"pools": {"default": {"vcpus": "2"}}},
+     f'{P}.default.vcpus = "2": must be a number, got the string "2"; allowed on Fargate: 0.25, 0.5, 1, 2, 4, 8, 16'),
+    ({"pools": {"gpu": {"compute": "ec2", "vcpus": "2"}}},
+     f'{P}.gpu.vcpus = "2": must be a whole number, got the string "2"; allowed: 1..192'),
     ({"pools": {"default": {"vcpus": 2, "memory_mib": 2048}}},
      f"{P}.default.memory_mib = 2048: not a Fargate memory size for 2 vCPU; allowed: 4096-16384 in steps of 1024"),
     ({"pools": {"default": {"vcpus": 0.25, "memory_mib": 4096}}},
@@ -201,7 +217,7 @@ INVALID = [
     ({"pools": {"default": {"visibility_timeout_seconds": 50000}}},
      f"{P}.default.visibility_timeout_seconds = 50000: {VISIBILITY}"),
     ({"pools": {"default": {"visibility_timeout_seconds": "300"}}},
-     f'{P}.default.visibility_timeout_seconds = "300": must be a whole number'),
+     f'{P}.default.visibility_timeout_seconds = "300": must be a whole number, got the string "300"'),
     ({"pools": {"default": {"task_time_limit_seconds": 42901, "job_timeout_seconds": 43200}}},
      f"{P}.default.task_time_limit_seconds = 42901: allowed: 1..42900 seconds (SQS keeps a received message for at"
      " most 12 h = 43200 s, minus one visibility timeout of 300 s)"),
@@ -227,7 +243,8 @@ INVALID = [
     ({"pools": {"default": {"stop_grace_seconds": 2.5}}},
      f"{P}.default.stop_grace_seconds = 2.5: must be a whole number"),
     ({"pools": {"default": {"poll_seconds": 120}}}, f"{P}.default.poll_seconds = 120: must be 1..60"),
-    ({"pools": {"default": {"idle_seconds": True}}}, f"{P}.default.idle_seconds = true: must be a whole number, >= 1"),
+    ({"pools": {"default": {"idle_seconds": True}}},
+     f"{P}.default.idle_seconds = true: must be a whole number, got the boolean true; allowed: >= 1"),
     ({"pools": {"default": {"job_attempts": 11}}}, f"{P}.default.job_attempts = 11: must be 1..10"),
     # --- task queue and routing
     ({"pools": {"default": {}, "gpu": {"compute": "ec2", "gpus": 1, "tasks": ["gpu.*"]},
@@ -251,7 +268,7 @@ INVALID = [
     ({"pools": {"default": {"age_alarm_seconds": 30}}}, f"{P}.default.age_alarm_seconds = 30: must be 60..86400"),
     ({"pools": {"default": {"age_alarm_seconds": 86401}}},
      f"{P}.default.age_alarm_seconds = 86401: must be 60..86400"),
-    # --- keys of the single-pool release
+    # --- keys that have a new place: the line says where
     ({"worker_vcpus": 2}, "batch-celery.worker_vcpus = 2: " + MOVED.format("vcpus")),
     ({"worker_memory_mib": 4096}, "batch-celery.worker_memory_mib = 4096: " + MOVED.format("memory_mib")),
     ({"worker_concurrency": 2}, "batch-celery.worker_concurrency = 2: " + MOVED.format("concurrency")),
@@ -288,7 +305,8 @@ INVALID = [
      'batch-celery.scaling_mode = "lambda": must be "scaler" (the Lambda decides; alarms only run it) or "alarms"'
      " (no Lambda; the alarm rules submit workers themselves)"),
     ({"scaler_poll_seconds": 4}, "batch-celery.scaler_poll_seconds = 4: must be 5..60"),
-    ({"scaler_poll_seconds": "10"}, 'batch-celery.scaler_poll_seconds = "10": must be a whole number, 5..60'),
+    ({"scaler_poll_seconds": "10"},
+     'batch-celery.scaler_poll_seconds = "10": must be a whole number, got the string "10"; allowed: 5..60'),
 ]
 
 
@@ -314,9 +332,13 @@ def test_rejects_more_pools_than_one_scaler_serves() -> None:
     Settings.from_context({"pools": {f"p{i}": {} for i in range(MAX_POOLS)}})
 
 
-def test_rejects_unknown_keys() -> None:
-    with pytest.raises(SettingsError, match=r'^batch-celery\.max_cpus = 4: unknown setting; allowed: alarm_email, flow_log_retention_days, '):
-        Settings.from_context({"max_cpus": 4})
+def test_rejects_unknown_keys_naming_the_closest_one_not_all() -> None:
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_context({"nat_gateway": 1})
+    assert str(raised.value) == ('batch-celery.nat_gateway = 1: unknown setting; did you mean "nat_gateways"?'
+                                 " (every key is in docs/configuration.md)")
+    # The reference it points to exists and lists the key it suggests.
+    assert "| `nat_gateways` |" in (REPO / "docs" / "configuration.md").read_text()
 
 
 def test_rejects_a_block_that_is_not_an_object() -> None:

@@ -24,7 +24,7 @@ from batch_celery_local.queues import create_queue_pair, create_result_table
 from batch_celery_local.template import project_context, read_spec, synthesize
 from batch_celery.settings import CONTEXT_KEY, Settings
 from batch_celery_container import contract, routing
-from harness.lifecycle import running_script, worker_env
+from harness.lifecycle import poll_until, running_script, worker_env
 
 
 def _moto_env(moto_server) -> dict[str, str]:
@@ -98,12 +98,15 @@ def test_local_probe_comes_back_from_a_real_worker_of_each_pool(local_run, capsy
     assert lines[-1] == "doctor: 5 of 5 checks passed or skipped" and code == 0, out + err
     assert "waiting up to 90 s for 2 probe(s); workers from the local run's scaler loop" in err
     # Each pool's own worker ran its probe: the gpu pool's with its image's task module loaded.
+    # The doctor saw the stored result, which the worker writes before it logs the success, and
+    # its log reaches the file line by line: the line comes, but not at one moment.
+    succeeded = re.compile(rf"Task {re.escape(contract.PROBE_TASK)}\[[0-9a-f-]+\] succeeded")
     for pool in ("default", "gpu"):
         workers = local_run.pools[pool].workers
         assert workers, f"no worker was started for pool {pool}"
-        workers[0].finish_reading(timeout=0.5)
+        poll_until(lambda: succeeded.search(workers[0].log_path.read_text()), timeout=30, interval=0.2)
         log = workers[0].log_path.read_text()
-        assert re.search(rf"Task {re.escape(contract.PROBE_TASK)}\[[0-9a-f-]+\] succeeded", log), log[-2000:]
+        assert succeeded.search(log), log[-2000:]
     # The gpu worker runs with its own image's task module, and still answers the probe.
     assert "'pool': 'gpu'" in log and "'task_modules': ['gpu_tasks']" in log, log[-2000:]
 

@@ -59,7 +59,7 @@ def test_scaler_never_submits_beyond_cap_under_batch_faults(lab):
     assert not outcome.failures, outcome.note
 
 
-# --- issue 9: a worker holds a message only while it works on it (targets asserted) -----------
+# --- a worker holds a message only while it works on it (targets asserted) --------------------
 
 
 # The container kill (8) and TERM past the grace (9) are tested on their own in
