@@ -49,9 +49,15 @@ def _remember_dead_lettered(message_id: str) -> None:
         _dead_lettered_ids.popitem(last=False)
 
 
+# The worker stamps a message when kombu hands it over, seconds after SQS started counting its 12
+# hours (more on a loaded host): SQS refuses a hide that reaches past them, so a minute is kept in hand.
+_HOLD_MARGIN_SECONDS = 60
+
+
 def _hidden_for_the_rest_of_the_hold(received: float) -> int:
-    """Seconds a message received at ``received`` can still be hidden (SQS's 12 hours from the receive)."""
-    return int(received + SQS_MAX_HOLD_SECONDS - time.time()) - 1
+    """Seconds a message received at ``received`` can still be hidden (SQS's 12 hours from the
+    receive, less the margin)."""
+    return int(received + SQS_MAX_HOLD_SECONDS - time.time()) - _HOLD_MARGIN_SECONDS
 
 
 def copied_attributes(sqs_message: dict, reason: str) -> tuple[dict, list[str]]:
