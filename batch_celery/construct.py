@@ -52,7 +52,7 @@ IMAGE_EXCLUDES = ["**/__pycache__", "**/*.pyc", "**/.pytest_cache", "**/*.log", 
 PROJECT_TAG = ("project", "batch-celery")
 
 FILLER_JOB_NAME = "celery-filler"
-FILLER_COMMAND = ["python", "fill-batch-queue.py", "--num-messages", "Ref::numMessages"]
+FILLER_COMMAND = ["batch-celery-fill", "--num-messages", "Ref::numMessages"]
 FILLER_DEFAULT_MESSAGES = "100"
 FILLER_TIMEOUT = Duration.minutes(30)
 

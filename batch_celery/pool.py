@@ -23,7 +23,7 @@ from .props import PoolProps
 from .results import ResultTable
 from .task_queue import TaskQueue
 
-WORKER_COMMAND = ["./run_celery_worker.sh"]
+WORKER_COMMAND = ["batch-celery-worker"]
 # The user the jobs run as: the images' own USER (batch_celery_container/Dockerfile and
 # examples/gpu-pool/Dockerfile, which a test holds to it), named in the job definition too.
 WORKER_USER = "10001:10001"

@@ -23,7 +23,7 @@ from batch_celery_local.queues import QueuePair, create_queue_pair
 from batch_celery.settings import Settings
 from batch_celery_container import contract
 
-WORKER_COMMAND = "./run_celery_worker.sh"
+WORKER_COMMAND = "batch-celery-worker"
 
 
 class TemplateError(RuntimeError):

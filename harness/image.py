@@ -38,7 +38,7 @@ ENGINE = ("podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs")
 RLIMITS = ("--ulimit", "nofile=4096:4096", "--ulimit", "nproc=1024:1024")
 # Every container and volume these tests make carries it, so cleanup finds them all.
 LABEL = "batch-celery-image-test"
-WORKER_COMMAND = ["./run_celery_worker.sh"]
+WORKER_COMMAND = ["batch-celery-worker"]
 
 
 class ImageError(RuntimeError):

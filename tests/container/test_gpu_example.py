@@ -37,11 +37,12 @@ def test_dockerfile_takes_the_worker_in_one_step_and_runs_as_non_root():
     text = (EXAMPLE / "Dockerfile").read_text()
     base = next(line for line in text.splitlines() if line.startswith("FROM "))
     assert re.fullmatch(r"FROM nvidia/cuda:\d+\.\d+\.\d+-runtime-ubuntu\d+\.\d+", base)
-    worker_steps = [line for line in text.splitlines() if "run_celery_worker.sh" in line and line.startswith("COPY")]
-    assert worker_steps == ["COPY --from=batch-celery --chown=root:root --chmod=0755 run_celery_worker.sh *.py ./"]
+    worker_steps = [line for line in text.splitlines() if "--no-deps" in line and line.startswith("RUN")]
+    assert worker_steps == ["RUN pip install --no-deps --no-compile /opt/batch-celery"]
+    assert "run_celery_worker.sh" not in text
     assert "-r /opt/batch-celery/requirements.txt" in text  # the worker's own pins
     assert "ENV CELERY_TASK_MODULES=gpu_tasks" in text
-    assert "USER 10001" in text and text.rstrip().endswith('CMD ["./run_celery_worker.sh"]')
+    assert "USER 10001" in text and text.rstrip().endswith('CMD ["batch-celery-worker"]')
 
 
 def test_requirements_are_pinned():

@@ -41,7 +41,10 @@ def test_dockerfile_pins_base_and_runs_as_non_root():
     base = next(line for line in text.splitlines() if line.startswith("FROM "))
     assert base.split()[1].startswith("python:3.11.") and "-slim-" in base
     assert "USER 10001" in text
-    assert 'CMD ["./run_celery_worker.sh"]' in text
+    assert 'CMD ["batch-celery-worker"]' in text
+    # The worker goes in as the package an own image installs: requirements first, then the folder.
+    assert "RUN pip install --no-deps --no-compile /opt/batch-celery-worker" in text
+    assert text.index("-r requirements.txt") < text.index("--no-deps")
 
 
 def test_broker_speaks_to_real_sqs_with_default_credentials():

@@ -177,7 +177,7 @@ def test_worker_environment_is_the_contract_with_its_own_pool_and_queue(three_po
     container = worker["Properties"]["ContainerProperties"]
     assert container["JobRoleArn"] == {"Fn::GetAtt": [role_id, "Arn"]}
     assert container["LogConfiguration"]["Options"]["awslogs-stream-prefix"] == f"worker-{pool}"
-    assert container["Command"] == ["./run_celery_worker.sh"]
+    assert container["Command"] == ["batch-celery-worker"]
 
 
 # --- scaler --------------------------------------------------------------------------------

@@ -177,7 +177,7 @@ def test_worker_job_runs_the_lifecycle_script_without_public_ip(default: Synth) 
             "Type": "container",
             "PlatformCapabilities": ["FARGATE"],
             "ContainerProperties": Match.object_like({
-                "Command": ["./run_celery_worker.sh"],
+                "Command": ["batch-celery-worker"],
                 "NetworkConfiguration": {"AssignPublicIp": "DISABLED"},
                 "LinuxParameters": {"InitProcessEnabled": True},
                 "JobRoleArn": {"Fn::GetAtt": [role_id, "Arn"]},
@@ -238,7 +238,7 @@ def test_filler_job_sends_num_messages_tasks(default: Synth) -> None:
     _, filler = default.one("AWS::Batch::JobDefinition", "WorkersFillerJobDefinition")
     props = filler["Properties"]
     assert props["ContainerProperties"]["Command"] == [
-        "python", "fill-batch-queue.py", "--num-messages", "Ref::numMessages"]
+        "batch-celery-fill", "--num-messages", "Ref::numMessages"]
     assert props["Parameters"] == {"numMessages": "100"}
     assert props["ContainerProperties"]["NetworkConfiguration"] == {"AssignPublicIp": "DISABLED"}
     env = env_of(filler)
