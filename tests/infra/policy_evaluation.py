@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .conftest import THREE_POOLS, committed_settings, synth
+
 REPO = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).with_name("iam_simulate.mjs")
 SIMULATOR = REPO / "node_modules" / "@cloud-copilot" / "iam-simulate"
@@ -371,12 +373,6 @@ def _source_arn(service: str, account: str) -> str | None:
 
 # --- the four stacks -----------------------------------------------------------------------------
 
-THREE_POOLS_SETTINGS: dict[str, Any] = {
-    "default": {},
-    "arm": {"platform": "linux/arm64", "tasks": ["arm.*"]},
-    "gpu": {"compute": "ec2_spot", "gpus": 1, "vcpus": 4, "memory_mib": 15000, "tasks": ["gpu.*"],
-            "image": "examples/gpu-pool"},
-}
 STACKS: dict[str, dict[str, Any]] = {
     # The committed cdk.json: nobody named, this account's administrators operate.
     "default": {},
@@ -385,26 +381,18 @@ STACKS: dict[str, dict[str, Any]] = {
                    "kms_key": True},
     # The key with nobody named but a producer of another account.
     "kms": {"kms_key": True, "producer_role_arns": [PRODUCER_OTHER]},
-    "multi-pool": {"pools": THREE_POOLS_SETTINGS},
+    "multi-pool": {"pools": THREE_POOLS},  # the session's three_pools stack
 }
 
 
-def synthesized(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The template app.py's app writes from cdk.json's context with these settings."""
-    import contextlib
+def synthesized(name: str) -> dict[str, Any]:
+    """The template of one of STACKS, synthesized as the tests' fixtures synthesize it (the default
+    stack from the committed cdk.json)."""
     import tempfile
 
-    import aws_cdk as cdk
-
-    from app import build_app
-    from batch_celery.settings import CONTEXT_KEY
-
-    context = dict(json.loads((REPO / "cdk.json").read_text())["context"])
-    committed = context.get(CONTEXT_KEY) or {}
-    context[CONTEXT_KEY] = {**committed, **settings}
-    with tempfile.TemporaryDirectory() as outdir, contextlib.chdir(REPO):
-        app, stack = build_app(cdk.App(context=context, outdir=outdir))
-        return app.synth().get_stack_by_name(stack.stack_name).template
+    with tempfile.TemporaryDirectory() as outdir:
+        settings = committed_settings() if name == "default" else STACKS[name]
+        return synth(Path(outdir), **settings).template.to_json()
 
 
 def pools_of(settings: Mapping[str, Any]) -> list[str]:
@@ -415,7 +403,7 @@ def pools_of(settings: Mapping[str, Any]) -> list[str]:
 
 def main() -> int:
     for label, settings in STACKS.items():
-        stack = StackPolicies(synthesized(settings))
+        stack = StackPolicies(synthesized(label))
         pools = pools_of(settings)
         for pool in pools[:1]:
             print(matrix(stack, pool, principals_for(stack, pool, pools), label).render())
