@@ -71,6 +71,8 @@ BATCH_MIN_TIMEOUT_SECONDS = 60
 DLQ_RETENTION_DAYS = 14
 ARRAY_SIZE_RANGE = (2, 10_000)
 MAX_WORKERS_RANGE = (1, 10_000)
+# A target wait below the scaler's poll interval means nothing more; a day is the SLA alarm's limit too.
+TARGET_WAIT_RANGE = (10, 86_400)
 # "scaler": the Lambda alone submits workers (the alarms only run it). "alarms": the original
 # sample's design, alarm rules submit jobs themselves and no Lambda is deployed.
 SCALING_MODES = ("scaler", "alarms")
@@ -187,8 +189,14 @@ class PoolProps:
     """Receives before a message moves to the dead-letter queue (1-1000)."""
 
     # --- scaling -----------------------------------------------------------------------------
-    messages_per_worker: int = 10
-    """Backlog one worker is expected to clear in time = acceptable latency / time per message."""
+    target_wait_seconds: int = 90
+    """How long a task may wait for a worker: the scaler sizes the pool so that every waiting
+    task starts within it, from the run times the pool's tasks report and the starts its jobs
+    took (docs/scaling.md). A new worker needs a start first (about a minute on Fargate), so a
+    shorter target means "as soon as a start allows" (10..86400)."""
+    messages_per_worker: int | None = None
+    """Override: size by a fixed backlog per worker (acceptable latency / time per message)
+    instead of the measured run times; None (the default) sizes to ``target_wait_seconds``."""
     low_threshold: int = 5
     """Visible messages that put the low alarm into ALARM (alarms mode: one worker is submitted)."""
     high_threshold: int = 50
@@ -474,7 +482,9 @@ def _validate_pool(p: PoolProps) -> None:
     _int(p, "max_receive_count", 1, 1000)
 
     # Scaling.
-    _int(p, "messages_per_worker", 1)
+    _int(p, "target_wait_seconds", *TARGET_WAIT_RANGE)
+    if p.messages_per_worker is not None:
+        _int(p, "messages_per_worker", 1)
     low = _int(p, "low_threshold", 1)
     high = _int(p, "high_threshold", 1)
     if low >= high:

@@ -33,6 +33,8 @@ from constructs import Construct
 
 from batch_celery_container import contract
 
+from .scaler.policy import expected_start_seconds
+
 from .nag import LOG_GROUP_KEY_ACK
 from .task_queue import queue_encryption
 from .pool import WorkerPool
@@ -174,6 +176,11 @@ class Scaler(Construct):
         role.add_to_policy(
             iam.PolicyStatement(actions=["batch:ListJobs", "batch:DescribeJobs"], resources=["*"])
         )
+        # Target sizing reads the pools' reported run times (handler.read_run_times). GetMetricData
+        # has no resource type, and the cloudwatch:namespace condition key is set by PutMetricData
+        # only (a condition on it would deny every read), so it is Resource '*'.
+        if any(not pool.props.messages_per_worker for pool in pools):
+            role.add_to_policy(iam.PolicyStatement(actions=["cloudwatch:GetMetricData"], resources=["*"]))
         return role
 
     def _pools_json(self, pools: list[WorkerPool]) -> str:
@@ -185,7 +192,10 @@ class Scaler(Construct):
                 "job_queue": pool.job_queue.job_queue_arn,
                 "job_definition": pool.job_definition.job_definition_arn,
                 "job_name": pool.job_name,
-                "messages_per_worker": pool.props.messages_per_worker,
+                # 0: size to the target wait from the pool's reported run times (policy.py).
+                "messages_per_worker": pool.props.messages_per_worker or 0,
+                "target_wait_seconds": pool.props.target_wait_seconds,
+                "start_seconds": expected_start_seconds(pool.props.compute),
                 "max_workers": pool.props.max_workers,
                 # A worker of concurrency N holds up to N in-flight messages and is still one worker.
                 "tasks_per_worker": pool.props.concurrency,
@@ -239,9 +249,10 @@ class Scaler(Construct):
             Acknowledgment(
                 id="AwsSolutions-IAM5[Resource::*]",
                 reason=(
-                    "batch:ListJobs and batch:DescribeJobs support no resource-level permissions "
-                    "(the IAM service authorization reference lists no resource type for them), "
-                    "so they need Resource '*'; they only read job metadata. batch:SubmitJob, the "
+                    "batch:ListJobs, batch:DescribeJobs and cloudwatch:GetMetricData support no "
+                    "resource-level permissions (the IAM service authorization reference lists no "
+                    "resource type for them), so they need Resource '*'; they only read job metadata "
+                    "and metrics (the pools' task run times). batch:SubmitJob, the "
                     "only write, is scoped to the pools' job queues and worker job definitions."
                 ),
             )

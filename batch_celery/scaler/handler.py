@@ -20,7 +20,11 @@ control):
                                                        revision in its job queue count as workers
                     "job_name": "celery-worker-default",
                                                        name given to the jobs submitted for it
-                    "messages_per_worker": 10,         acceptable backlog per worker (policy.py), >= 1
+                    "messages_per_worker": 0,          0: size to target_wait_seconds from the run
+                                                       times the pool's tasks report; >= 1: a fixed
+                                                       backlog per worker (policy.py)
+                    "target_wait_seconds": 60,         how long a task may wait for a worker, >= 1
+                    "start_seconds": 60,               expected SubmitJob to a polling worker, >= 0
                     "max_workers": 48,                 cap on its active workers, >= 0 (0: off)
                     "tasks_per_worker": 1}             tasks one worker runs at once, >= 1
                    No two pools share a job queue and a job definition name (each would count the
@@ -34,6 +38,13 @@ control):
                    every POLL_SECONDS, because more work often follows (>= 0). Kept in the warm
                    container between runs: a cold start forgets it (the next message then waits
                    for the next run, up to a minute).
+
+Run times (target sizing): the workers' task lines (emf.py ``run_seconds``, dimension pool) are
+already CloudWatch metrics; a run that has a waiting message to size for reads each pool's mean
+over the last RECENT_SECONDS (or, if no task ran then, over LEARNED_SECONDS) with one
+GetMetricData call for all pools, at most once every RUN_TIMES_REFRESH_SECONDS per warm container.
+Without METRICS_NAMESPACE, or before the pool has run a task, the run time is unknown and each
+waiting message gets a worker of its own (policy.workers_for_target).
 
 Pairing: a pool's job definition is only ever submitted to that pool's job queue, both taken from
 the same POOLS entry. IAM cannot express that pairing inside one role (SubmitJob is authorized on
@@ -63,7 +74,8 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Iterable, Mapping
 
@@ -73,7 +85,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from batch_celery_container import contract, emf
 
-from .policy import submission_plan, workers_needed, workers_to_submit
+from .policy import submission_plan, workers_for_target, workers_needed, workers_to_submit
 
 # Listed in lifecycle order on purpose: a job that moves on while we page through the listings is
 # then seen again in a later status (and de-duplicated by id) instead of slipping between two.
@@ -96,7 +108,8 @@ IDLE_CHECKS = ("minute", "loop")
 OPTIONAL_ENV_NAMES = (contract.METRICS_NAMESPACE,)
 # Each pool's fields in POOLS: the strings, then the whole numbers with their minimum.
 POOL_TEXT_FIELDS = ("pool", "queue_url", "job_queue", "job_definition", "job_name")
-POOL_NUMBER_FIELDS = {"messages_per_worker": 1, "max_workers": 0, "tasks_per_worker": 1}
+POOL_NUMBER_FIELDS = {"messages_per_worker": 0, "target_wait_seconds": 1, "start_seconds": 0, "max_workers": 0,
+                      "tasks_per_worker": 1}
 POOL_FIELDS = POOL_TEXT_FIELDS + tuple(POOL_NUMBER_FIELDS)
 # SubmitJob's jobName: up to 128 letters, digits, hyphens and underscores, the first alphanumeric.
 JOB_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
@@ -123,6 +136,9 @@ class PoolConfig:
     max_workers: int
     # In-flight messages per busy worker: a worker of concurrency 4 holding 4 messages is one worker.
     tasks_per_worker: int = 1
+    # Target sizing (messages_per_worker 0): the wait to meet and the start a new worker needs.
+    target_wait_seconds: int = 60
+    start_seconds: int = 60
 
     @classmethod
     def from_json(cls, index: int, item: Any) -> "PoolConfig":
@@ -276,7 +292,8 @@ def queue_counts(sqs: Any, queue_url: str) -> dict[str, int]:
     }
 
 
-def active_workers(batch: Any, job_queue: str, job_definition: str, also: Iterable[str] = ()) -> int:
+def active_workers(batch: Any, job_queue: str, job_definition: str, also: Iterable[str] = (),
+                   starts: dict[str, float] | None = None) -> int:
     """Workers of this job definition that are active or on their way, array children included.
 
     Parents are found with ListJobs per active status (array children are skipped there, whether
@@ -285,7 +302,8 @@ def active_workers(batch: Any, job_queue: str, job_definition: str, also: Iterab
     empty, i.e. right after submission). So a parent and its children are never counted twice.
     ``also`` are job ids this run submitted: counted from DescribeJobs even if ListJobs does not
     show them yet (a listing that lags a fresh submission would otherwise let the next decision,
-    seconds later, submit the same workers again).
+    seconds later, submit the same workers again). ``starts`` gets, for each RUNNING job, the
+    seconds from its creation to its start (an array's: to its first child's), at no extra call.
     """
     wanted_definition = definition_name(job_definition)
     job_ids: dict[str, None] = {}
@@ -308,6 +326,8 @@ def active_workers(batch: Any, job_queue: str, job_definition: str, also: Iterab
         jobs = _call("batch:DescribeJobs", batch.describe_jobs, jobs=ids[start:start + DESCRIBE_BATCH])["jobs"]
         for job in jobs:
             active += _active_in(job)
+            if starts is not None and job.get("status") == "RUNNING" and job.get("startedAt") and job.get("createdAt"):
+                starts[job["jobId"]] = max(0.0, (job["startedAt"] - job["createdAt"]) / 1000)
     return active
 
 
@@ -364,38 +384,135 @@ def _call(what: str, function: Any, **kwargs: Any) -> Any:
         raise ScalerError(f"{what} failed: {type(error).__name__}: {error}") from error
 
 
+# Target sizing reads the pools' reported run times at most this often per warm container, over
+# the last RECENT_SECONDS, or LEARNED_SECONDS if no task ran in those (a pool that ran its task
+# last week starts sized right); CloudWatch keeps one-hour data points for 63 days.
+RUN_TIMES_REFRESH_SECONDS = 60
+RECENT_SECONDS = 3 * 3600
+LEARNED_SECONDS = 14 * 86_400
+RUN_TIMES_PERIOD_SECONDS = 3600
+
+
+@dataclass
+class RunTimes:
+    """Each pool's mean task run time as its workers reported it (None: none reported), and when
+    it was read (wall clock)."""
+
+    seconds: dict[str, float | None]
+    read_at: float
+    error: str | None = None
+
+
+def read_run_times(cloudwatch: Any, namespace: str, pools: Iterable[str], now: float) -> RunTimes:
+    """One GetMetricData call: per pool, the Sum and SampleCount of ``run_seconds`` in one-hour
+    periods over LEARNED_SECONDS; the mean is taken over the last RECENT_SECONDS when a task ran
+    in them, else over the whole span. A failed read gives every pool None and the error."""
+    pools = list(pools)
+    queries = []
+    for index, pool in enumerate(pools):
+        metric = {"Namespace": namespace, "MetricName": emf.RUN_SECONDS,
+                  "Dimensions": [{"Name": emf.POOL, "Value": pool}]}
+        for stat in ("Sum", "SampleCount"):
+            queries.append({"Id": f"p{index}{stat.lower()}", "ReturnData": True,
+                            "MetricStat": {"Metric": metric, "Period": RUN_TIMES_PERIOD_SECONDS, "Stat": stat}})
+    series: dict[str, dict[float, float]] = {}
+    try:
+        request = {"MetricDataQueries": queries,
+                   "StartTime": datetime.fromtimestamp(now - LEARNED_SECONDS, timezone.utc),
+                   "EndTime": datetime.fromtimestamp(now + 60, timezone.utc)}
+        while True:
+            answer = _call("cloudwatch:GetMetricData", cloudwatch.get_metric_data, **request)
+            for result in answer.get("MetricDataResults", []):
+                points = series.setdefault(result["Id"], {})
+                for stamp, value in zip(result.get("Timestamps", []), result.get("Values", [])):
+                    points[stamp.timestamp()] = float(value)
+            if not answer.get("NextToken"):
+                break
+            request["NextToken"] = answer["NextToken"]
+    except ScalerError as error:
+        return RunTimes({pool: None for pool in pools}, now, str(error))
+    seconds: dict[str, float | None] = {}
+    for index, pool in enumerate(pools):
+        sums, counts = series.get(f"p{index}sum", {}), series.get(f"p{index}samplecount", {})
+        mean = None
+        for since in (now - RECENT_SECONDS - RUN_TIMES_PERIOD_SECONDS, float("-inf")):
+            count = sum(c for t, c in counts.items() if t >= since)
+            if count > 0:
+                mean = sum(v for t, v in sums.items() if t >= since) / count
+                break
+        seconds[pool] = mean
+    return RunTimes(seconds, now)
+
+
+START_SAMPLES = 20
+
+
+def learned_start(config: PoolConfig, started: Mapping[str, float],
+                  samples: dict[str, float] | None) -> tuple[float, str]:
+    """The pool's start (SubmitJob to RUNNING): the median of the last START_SAMPLES jobs seen
+    RUNNING (``samples``, kept between runs, updated here), else its compute kind's guess."""
+    if samples is None:
+        samples = {}
+    samples.update(started)
+    while len(samples) > START_SAMPLES:
+        samples.pop(next(iter(samples)))
+    if not samples:
+        return float(config.start_seconds), "expected"
+    ordered = sorted(samples.values())
+    return ordered[len(ordered) // 2], "learned"
+
+
 def scale(config: PoolConfig, sqs: Any, batch: Any, *, submit_batch: Any,
-          submitted_ids: list[str] | None = None) -> dict[str, Any]:
+          submitted_ids: list[str] | None = None, run_times: Any = None,
+          start_samples: dict[str, float] | None = None) -> dict[str, Any]:
     """One pool's scaling decision with the given clients; returns the record that is logged.
 
     ``batch`` lists and describes jobs (retries are fine); ``submit_batch`` submits them and must
     not retry (a client with ``SUBMIT_CONFIG``), or a lost answer doubles the workers.
     ``submitted_ids`` (what the run submitted for this pool, updated here) are always counted
     while active: DescribeJobs does not filter them by job queue or definition, so they must be
-    this pool's alone.
+    this pool's alone. ``run_times`` (target sizing) is called only when a message waits: it
+    returns the pool's mean run time (None: unknown) and a note for the record.
     """
     submitted_ids = [] if submitted_ids is None else submitted_ids
     record: dict[str, Any] = {
         "scaler": "batch-celery",
         "pool": config.pool,
-        "messages_per_worker": config.messages_per_worker,
         "max_workers": config.max_workers,
     }
+    if config.messages_per_worker:
+        record["messages_per_worker"] = config.messages_per_worker
+    else:
+        record["target_wait_seconds"] = config.target_wait_seconds
+    started: dict[str, float] = {}
     try:
         counts = queue_counts(sqs, config.queue_url)
-        active = active_workers(batch, config.job_queue, config.job_definition, also=submitted_ids)
+        active = active_workers(batch, config.job_queue, config.job_definition, also=submitted_ids, starts=started)
     except ScalerError as error:
         record.update(outcome="read_failed", level="ERROR", submitted=0,
                       error=f"{error}; submitted nothing, the next decision re-evaluates")
         return record
 
-    deficit = workers_to_submit(counts["visible"], counts["in_flight"], counts["delayed"], active,
+    backlog = counts["visible"] + counts["in_flight"] + counts["delayed"]
+    if config.messages_per_worker:
+        wanted = workers_needed(counts["visible"], counts["in_flight"], counts["delayed"], active,
                                 config.messages_per_worker, config.max_workers,
                                 tasks_per_worker=config.tasks_per_worker)
-    backlog = counts["visible"] + counts["in_flight"] + counts["delayed"]
-    wanted = workers_needed(counts["visible"], counts["in_flight"], counts["delayed"], active,
-                            config.messages_per_worker, config.max_workers,
-                            tasks_per_worker=config.tasks_per_worker)
+    else:
+        task_seconds, note = (None, None)
+        if counts["visible"] + counts["delayed"] and run_times is not None:
+            task_seconds, note = run_times()
+        start_seconds, start_basis = learned_start(config, started, start_samples)
+        sizing = workers_for_target(counts["visible"], counts["in_flight"], counts["delayed"], active,
+                                    config.max_workers, target_wait_seconds=config.target_wait_seconds,
+                                    start_seconds=start_seconds, task_seconds=task_seconds,
+                                    tasks_per_worker=config.tasks_per_worker)
+        wanted = sizing.wanted
+        record["sizing"] = {**sizing.reasons(), "start_seconds": round(start_seconds, 1),
+                            "start_seconds_basis": start_basis}
+        if note:
+            record["sizing"]["note"] = note
+    deficit = max(0, wanted - active)
     record.update(counts, backlog=backlog, active=active, wanted=wanted, to_submit=deficit)
     try:
         job_ids = submit_workers(submit_batch, config, deficit)
@@ -411,32 +528,37 @@ def scale(config: PoolConfig, sqs: Any, batch: Any, *, submit_batch: Any,
 
 
 @lru_cache(maxsize=1)
-def _clients() -> tuple[Any, Any, Any]:
+def _clients() -> tuple[Any, Any, Any, Any]:
     # Once per container: warm invocations reuse connections. boto3 itself honours
     # AWS_ENDPOINT_URL_SQS / AWS_ENDPOINT_URL_BATCH, which is how the tests reach moto.
     return (
         boto3.client("sqs", config=_BOTO_CONFIG),
         boto3.client("batch", config=_BOTO_CONFIG),
         boto3.client("batch", config=SUBMIT_CONFIG),
+        boto3.client("cloudwatch", config=_BOTO_CONFIG),
     )
 
 
 def decide(config: PoolConfig, sqs: Any, batch: Any, *, submit_batch: Any,
-           submitted_ids: list[str] | None = None, metrics_namespace: str | None = None) -> dict[str, Any]:
+           submitted_ids: list[str] | None = None, metrics_namespace: str | None = None,
+           run_times: Any = None) -> dict[str, Any]:
     """One pool's decision, logged as one JSON line. An unexpected error becomes an ERROR record,
     so one bad answer costs this pool this decision, not the other pools or the rest of the run.
 
     With ``metrics_namespace`` the line is also an EMF document: its counts (visible, in_flight,
     delayed, active, wanted, submitted) become metrics of the pool, at no API call (emf.py)."""
-    record = _decision(config, sqs, batch, submit_batch=submit_batch, submitted_ids=submitted_ids)
+    record = _decision(config, sqs, batch, submit_batch=submit_batch, submitted_ids=submitted_ids,
+                       run_times=run_times)
     log_decision(record, metrics_namespace)
     return record
 
 
 def _decision(config: PoolConfig, sqs: Any, batch: Any, *, submit_batch: Any,
-              submitted_ids: list[str] | None = None) -> dict[str, Any]:
+              submitted_ids: list[str] | None = None, run_times: Any = None,
+              start_samples: dict[str, float] | None = None) -> dict[str, Any]:
     try:
-        return scale(config, sqs, batch, submit_batch=submit_batch, submitted_ids=submitted_ids)
+        return scale(config, sqs, batch, submit_batch=submit_batch, submitted_ids=submitted_ids,
+                     run_times=run_times, start_samples=start_samples)
     except Exception as error:  # noqa: BLE001 - logged, and the run still fails at its end
         return {"scaler": "batch-celery", "pool": config.pool, "outcome": "error", "level": "ERROR",
                 "submitted": 0, "error": f"{type(error).__name__}: {error}; the next decision re-evaluates"}
@@ -459,12 +581,36 @@ def found_work(record: Mapping[str, Any]) -> bool:
                 and record.get("submitted") == 0)
 
 
+# A job this container submitted is counted through DescribeJobs for this long, in every run, not
+# only through ListJobs, whose listing may lag a fresh submission (or a job's end).
+REMEMBER_SECONDS = 900
+
+
 @dataclass
 class Watch:
     """What a warm Lambda container remembers between runs: when (wall clock, seconds) a decision
-    last found work. A cold start begins with None: no cool-down to honour."""
+    last found work; the pools' run times as last read; the jobs it submitted lately, per pool.
+    A cold start begins empty: no cool-down to honour, run times read afresh."""
 
     last_work: float | None = None
+    run_times: RunTimes | None = None
+    submitted: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    starts: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def recent_submissions(self, pool: str, now: float) -> list[str]:
+        kept = [(job_id, at) for job_id, at in self.submitted.get(pool, []) if now - at < REMEMBER_SECONDS]
+        self.submitted[pool] = kept
+        return [job_id for job_id, _ in kept]
+
+    def run_time(self, config: ScalerConfig, pool: str, cloudwatch: Any, now: float) -> tuple[float | None, str | None]:
+        """The pool's mean run time, read for every target-sized pool at most once a refresh."""
+        if cloudwatch is None or not config.metrics_namespace:
+            return None, "no metrics namespace: run times unknown"
+        if self.run_times is None or now - self.run_times.read_at >= RUN_TIMES_REFRESH_SECONDS:
+            sized = [p.pool for p in config.pools if not p.messages_per_worker]
+            self.run_times = read_run_times(cloudwatch, config.metrics_namespace, sized, now)
+        times = self.run_times
+        return times.seconds.get(pool), (f"run times unread: {times.error}" if times.error else None)
 
 
 # One per container: reserved concurrency 1 keeps one container, which the once-a-minute schedule
@@ -474,7 +620,7 @@ WATCH = Watch()
 
 def run(config: ScalerConfig, sqs: Any, batch: Any, *, submit_batch: Any,
         clock: Any = time.monotonic, sleep: Any = time.sleep, wall: Any = time.time,
-        watch: Watch | None = None) -> list[dict[str, Any]]:
+        watch: Watch | None = None, cloudwatch: Any = None) -> list[dict[str, Any]]:
     """Decide at 0, POLL, 2 x POLL, ... seconds, while that is before LOOP_SECONDS; each decision
     decides for every pool in POOLS order and returns one record per pool.
 
@@ -489,15 +635,20 @@ def run(config: ScalerConfig, sqs: Any, batch: Any, *, submit_batch: Any,
     watch = WATCH if watch is None else watch
     start = clock()
     records = []
-    # What this run submitted, per pool, counted by that pool's every later decision.
-    submitted_ids: dict[str, list[str]] = {pool.pool: [] for pool in config.pools}
+    # What this container submitted lately, per pool, counted by that pool's every decision.
+    submitted_ids = {pool.pool: watch.recent_submissions(pool.pool, wall()) for pool in config.pools}
     slot = 0
     while True:
         # A pool's line is printed at once when it cannot end the run (it found work, or every
         # run loops); the others once the whole decision tells whether it ends the run.
         quiet = []
         for pool in config.pools:
-            record = _decision(pool, sqs, batch, submit_batch=submit_batch, submitted_ids=submitted_ids[pool.pool])
+            known = len(submitted_ids[pool.pool])
+            record = _decision(pool, sqs, batch, submit_batch=submit_batch, submitted_ids=submitted_ids[pool.pool],
+                               run_times=lambda name=pool.pool: watch.run_time(config, name, cloudwatch, wall()),
+                               start_samples=watch.starts.setdefault(pool.pool, {}))
+            watch.submitted.setdefault(pool.pool, []).extend(
+                (job_id, wall()) for job_id in submitted_ids[pool.pool][known:])
             records.append(record)
             if found_work(record):
                 watch.last_work = wall()
@@ -533,8 +684,8 @@ def handler(event: Any, context: Any) -> list[dict[str, Any]]:
                                   "submitted": 0, "error": str(error)}
         print(json.dumps(record, sort_keys=True), file=sys.stdout, flush=True)
         raise ScalerRunFailed(f"config_error: {error}") from None
-    sqs, batch, submit_batch = _clients()
-    records = run(config, sqs, batch, submit_batch=submit_batch)
+    sqs, batch, submit_batch, cloudwatch = _clients()
+    records = run(config, sqs, batch, submit_batch=submit_batch, cloudwatch=cloudwatch)
     failed = [r for r in records if r.get("level") == "ERROR"]
     if failed:
         # After the log lines: the run counts once in the function's Errors metric, which the

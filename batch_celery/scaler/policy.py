@@ -41,11 +41,32 @@ once they are visible again.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 # AWS Batch array jobs have between 2 and 10,000 children
 # (https://docs.aws.amazon.com/batch/latest/userguide/array_jobs.html); a plan never asks for an
 # array of 1 (submission_plan submits a plain job instead).
 ARRAY_MAX_SIZE = 10_000
+
+
+# What the scaler expects from SubmitJob to a worker that polls, by compute kind. Fargate: the
+# Batch scheduler (seconds to tens of seconds) plus a task's start, "about 30 s" by AWS and 53-62 s
+# measured by a third party for a 413 MB image (docs/scaling.md); EC2: an instance launch and its
+# ECS agent join before that, a few minutes when no instance is up. A guess only shifts how
+# much a busy worker that frees up first is worth against a new one.
+START_SECONDS = {"fargate": 60, "fargate_spot": 60, "ec2": 180, "ec2_spot": 180}
+
+
+# A busy slot's task is taken to have this share of a mean run time left. Its age is unknown: half
+# a task for run times that are all alike, a whole one for run times as spread as an exponential
+# (whose remaining time does not shrink with age), more for a long tail. A whole one: on the
+# simulator's mixed workload (log-normal, 10 s .. 30 min) half a task gave p95 255 s for a 90 s
+# target, a whole one 79 s, for 1.32x busy time instead of 1.19x (python -m bench.scaling).
+BUSY_REMAINING = 1.0
+
+
+def expected_start_seconds(compute: str) -> int:
+    return START_SECONDS.get(compute, max(START_SECONDS.values()))
 
 
 def _require_count(name: str, value: int) -> None:
@@ -118,6 +139,91 @@ def workers_to_submit(
                             tasks_per_worker=tasks_per_worker)
     # wanted <= max_workers, so wanted - active can never take the total beyond the cap.
     return max(0, wanted - active_workers)
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """A target-wait decision: how many workers should exist, and the figures it came from (the
+    decision record's ``sizing``, so a reader sees why)."""
+
+    wanted: int
+    task_seconds: float | None      # the estimate used; None: unknown (one worker per message)
+    basis: str                      # "learned" (the pool's reported run times) or "unknown"
+    per_new_worker: int             # waiting messages one new worker starts within the target
+    free_up: int                    # waiting messages that busy or coming workers start within it
+    uncovered: int                  # waiting messages left for new workers
+
+    def reasons(self) -> dict:
+        return {"task_seconds": None if self.task_seconds is None else round(self.task_seconds, 1),
+                "task_seconds_basis": self.basis, "per_new_worker": self.per_new_worker,
+                "free_up": self.free_up, "uncovered": self.uncovered}
+
+
+def tasks_within(target_wait: float, ready_in: float, task_seconds: float) -> int:
+    """Tasks one worker slot starts within ``target_wait`` seconds when it is free in ``ready_in``
+    seconds and each task takes ``task_seconds``: at ready_in, ready_in + t, ready_in + 2t, ..."""
+    if ready_in > target_wait:
+        return 0
+    if task_seconds <= 0:
+        return 10 ** 9
+    return math.floor((target_wait - ready_in) / task_seconds) + 1
+
+
+def workers_for_target(
+    visible: int,
+    in_flight: int,
+    delayed: int,
+    active_workers: int,
+    max_workers: int,
+    *,
+    target_wait_seconds: float,
+    start_seconds: float,
+    task_seconds: float | None,
+    tasks_per_worker: int = 1,
+    starting_workers: int | None = None,
+) -> Sizing:
+    """Workers that should exist so that every waiting message starts within the target wait.
+
+    Waiting messages (visible + delayed) are started, in order, by the slots that will be free
+    soonest: a busy slot frees up after BUSY_REMAINING of a task (its task's age is unknown); a
+    slot of a worker still starting (``starting_workers``: jobs not yet RUNNING) is free after
+    ``start_seconds``, and so is a new worker's. A RUNNING worker that holds nothing while a
+    message waits counts for nothing: an idle worker takes a visible message within its long poll,
+    so it is leaving, or gone and still listed (a job's status is read late). Without
+    ``starting_workers`` every active worker that holds nothing counts as starting. Each
+    slot then starts a task every ``task_seconds``. New workers cover what the others do not start
+    within ``target_wait_seconds``, ``tasks_within(target, start, task)`` messages per slot, at
+    least one: a target shorter than a start is met as closely as a start allows.
+
+    ``task_seconds`` None (the pool has never reported a task): each waiting message gets a worker
+    of its own, since a task of unknown length may be long; busy slots count as never freeing up.
+    Capped at ``max_workers``; ``tasks_per_worker`` is the worker's concurrency.
+    """
+    for name, value in (("visible", visible), ("in_flight", in_flight), ("delayed", delayed),
+                        ("active_workers", active_workers), ("max_workers", max_workers)):
+        _require_count(name, value)
+    if isinstance(tasks_per_worker, bool) or not isinstance(tasks_per_worker, int) or tasks_per_worker < 1:
+        raise ValueError(f"tasks_per_worker must be a whole number >= 1, got {tasks_per_worker!r}")
+    waiting = visible + delayed
+    slots = active_workers * tasks_per_worker
+    busy_slots = min(in_flight, slots)
+    coming_slots = slots - busy_slots
+    if starting_workers is not None:
+        coming_slots = min(coming_slots, starting_workers * tasks_per_worker)
+    busy = min(math.ceil(in_flight / tasks_per_worker), active_workers)
+    if task_seconds is None:
+        per_slot_new, free_up, basis = 1, coming_slots, "unknown"
+    else:
+        basis = "learned"
+        per_slot_new = max(1, tasks_within(target_wait_seconds, start_seconds, task_seconds))
+        free_up = (busy_slots * tasks_within(target_wait_seconds, task_seconds * BUSY_REMAINING, task_seconds)
+                   + coming_slots * per_slot_new)
+    uncovered = max(0, waiting - free_up)
+    per_new_worker = per_slot_new * tasks_per_worker
+    new = math.ceil(uncovered / per_new_worker)
+    wanted = min(max(active_workers, busy) + new, max_workers)
+    return Sizing(wanted=wanted, task_seconds=task_seconds, basis=basis, per_new_worker=per_new_worker,
+                  free_up=min(free_up, waiting), uncovered=uncovered)
 
 
 def submission_plan(workers: int) -> list[int]:

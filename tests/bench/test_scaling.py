@@ -14,9 +14,13 @@ from bench.scaling import Fault, Params, Simulation, Workload
 SINGLE = replace(Params(), phases=(0,))   # one phase: for the tests that do not need the pooling
 
 
+# Every workload but the million-task one (its own test below).
+EVERYDAY = [name for name in scaling.WORKLOADS if name != "huge"]
+
+
 @pytest.fixture(scope="module")
 def results():
-    return {(r.scenario, r.policy): r for r in scaling.run_all(scaling.WORKLOADS, scaling.POLICIES, Params())}
+    return {(r.scenario, r.policy): r for r in scaling.run_all(EVERYDAY, scaling.POLICIES, Params())}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +51,7 @@ def test_seed_strands_a_backlog_below_its_low_alarm(results):
 
 
 def test_the_scaler_strands_nothing(results):
-    for scenario in scaling.WORKLOADS:
+    for scenario in EVERYDAY:
         assert results[scenario, "scaler"].stranded == 0, scenario
 
 
@@ -59,7 +63,7 @@ def test_the_alarms_mode_sla_rule_serves_what_the_depth_rules_never_see(results)
     assert alarms.p95_wait_seconds > Params().sla_seconds
 
 
-@pytest.mark.parametrize("scenario", list(scaling.WORKLOADS))
+@pytest.mark.parametrize("scenario", EVERYDAY)
 def test_oracle_is_a_lower_bound_for_drain_and_waits(results, scenario):
     oracle = results[scenario, "oracle"]
     for policy in ("seed", "alarms", "scaler"):
@@ -75,8 +79,10 @@ def test_every_task_runs_to_completion_once_in_the_busy_floor(results):
     for (scenario, policy), result in results.items():
         if result.stranded:
             continue
-        tasks = scaling.WORKLOADS[scenario].arrivals(random.Random(Params().seed))
-        assert result.busy_seconds == pytest.approx(sum(d for _, d in tasks)), (scenario, policy)
+        workload = scaling.WORKLOADS[scenario]
+        # Pooled seeds: the row's busy time is their mean.
+        busy = [sum(d for _, d in workload.arrivals(random.Random(Params().seed + k))) for k in range(workload.seeds)]
+        assert result.busy_seconds == pytest.approx(sum(busy) / len(busy), abs=0.1), (scenario, policy)
         assert result.worker_seconds >= result.busy_seconds, (scenario, policy)
 
 
@@ -178,13 +184,15 @@ def test_counting_in_flight_messages_as_busy_workers_serves_long_tasks(results):
 def test_the_phase_is_pooled_and_matters_for_a_once_a_minute_scaler():
     once_a_minute = replace(Params(), scaler_poll_seconds=60)
     pooled = scaling.simulate("burst-4", "scaler", once_a_minute)
-    single = [scaling.simulate("burst-4", "scaler", once_a_minute, phase=p).p95_wait_seconds for p in (0, 30, 55)]
+    single = [scaling.simulate("burst-4", "scaler", once_a_minute, phase=p).p95_wait_seconds for p in scaling.PHASES]
 
     assert pooled.phases == len(scaling.PHASES)
-    assert len(set(single)) == 3
+    # One phase in each 5 s of the minute, at a random point of it.
+    assert all(5 * i <= p < 5 * (i + 1) for i, p in enumerate(scaling.PHASES))
+    assert len(set(single)) >= 6
     assert min(single) <= pooled.p95_wait_seconds <= max(single)
-    # Deciding every 10 s makes the phase matter far less.
-    assert scaling.simulate("burst-4", "scaler").p95_wait_seconds < pooled.p95_wait_seconds
+    # A scaler that decides every 10 s all the time makes the phase matter far less.
+    assert scaling.simulate("burst-4", "scaler", LOOP).p95_wait_seconds < pooled.p95_wait_seconds
 
 
 def test_a_slower_start_delays_the_drain_by_about_the_start(latency):
@@ -200,7 +208,7 @@ def test_a_slower_start_delays_the_drain_by_about_the_start(latency):
 
 def test_messages_per_worker_sizes_the_first_response():
     eager = scaling.simulate("burst-4", "scaler", replace(SINGLE, messages_per_worker=1))
-    default = scaling.simulate("burst-4", "scaler", SINGLE)
+    default = scaling.simulate("burst-4", "scaler", replace(SINGLE, messages_per_worker=10))
 
     assert eager.peak_workers == 4
     assert default.peak_workers < 4
@@ -210,15 +218,16 @@ def test_messages_per_worker_sizes_the_first_response():
 def test_the_targets_are_checked_and_the_one_out_of_reach_is_named(results, latency):
     checks = scaling.targets(list(results.values()), latency, Params())
 
-    assert len(checks) == 11
-    # Out of reach, for the reason the README gives: nothing reactive can start 150 s sooner than
-    # it does (the oracle has no start latency: 1.24x at best). The burst's 1.16x busy is met only
-    # since the worker's long poll (and so its drain) is 2 s: 48 x (35 + 60 + 2 + 3) s.
-    # burst-4's p95 (145 s) was set for a scaler that decided every 10 s even when idle: the idle
-    # check (a minute) makes it 150 s; scaler_idle_check "loop" still meets it.
+    assert len(checks) == 16
+    # Out of reach, for the reasons docs/scaling.md gives: nothing reactive can start 150 s sooner
+    # than it does (the oracle has no start latency: 1.24x at best). The burst's 48 workers each
+    # pay a start and an idle window of 60 to 70 s once the poll no longer falls on the tasks'
+    # ends (random offsets): 1.17x. few-long-warm's 75 s is two decisions of a looping scaler;
+    # the idle check (one a minute) makes it 102 s, and scaler_idle_check "loop" meets it.
     assert [name for name, met, _ in checks if not met] == [
-        "burst-4: p95 wait <= 145 s (phase pooled, 45 s start)", "150 s start: drain <= 1.2x oracle"]
-    loop = scaling.simulate("burst-4", "scaler", replace(Params(), scaler_idle_check="loop"))
+        "burst-1000x30s: worker-s <= 1.16x busy", "150 s start: drain <= 1.2x oracle",
+        "few-long-warm: p95 wait <= 75 s"]
+    loop = scaling.simulate("few-long-warm", "scaler", replace(Params(), scaler_idle_check="loop"))
     assert [met for _, met, _ in scaling.targets([loop], [], Params())] == [True, True]
 
 
@@ -242,7 +251,8 @@ def test_leaving_at_the_take_window_costs_about_what_the_timeout_did(results):
 
 
 def test_every_workload_runs_on_the_shipped_defaults_or_names_what_it_changes(results):
-    for scenario, workload in scaling.WORKLOADS.items():
+    for scenario in EVERYDAY:
+        workload = scaling.WORKLOADS[scenario]
         assert results[scenario, "scaler"].settings == workload.settings_text()
         if not workload.settings:
             assert workload.settings_text() == "defaults"
@@ -295,18 +305,20 @@ def test_the_idle_check_costs_a_first_message_about_25_s_on_average(results):
     # drain grows by 25 s, burst-4's waits by 25 to 50 s, and the workers cost the same.
     for scenario in ("burst-1000x30s", "burst-4"):
         minute, loop = results[scenario, "scaler"], scaling.simulate(scenario, "scaler", LOOP)
-        assert minute.drain_seconds - loop.drain_seconds == pytest.approx(25, abs=0.5)
-        assert minute.worker_seconds == loop.worker_seconds
+        assert minute.drain_seconds - loop.drain_seconds == pytest.approx(25, abs=2)
+        assert minute.worker_seconds == pytest.approx(loop.worker_seconds, rel=0.01)
     minute, loop = results["burst-4", "scaler"], scaling.simulate("burst-4", "scaler", LOOP)
     assert 25 <= minute.p95_wait_seconds - loop.p95_wait_seconds <= 50
 
 
 def test_the_cool_down_keeps_a_trickle_served_as_by_the_loop(results):
     minute, loop = results["trickle", "scaler"], scaling.simulate("trickle", "scaler", LOOP)
-    no_cool_down = scaling.simulate("trickle", "scaler", replace(Params(), scaler_cooldown_seconds=0))
+    # Job statuses read late keep the scaler looping a while after a worker left: none here.
+    no_cool_down = scaling.simulate("trickle", "scaler", replace(Params(), scaler_cooldown_seconds=0,
+                                                                  listjobs_lag_seconds=0))
 
     # A task every 2 minutes: with the cool-down the scaler never goes quiet between them.
-    assert minute.p95_wait_seconds == loop.p95_wait_seconds
+    assert minute.p95_wait_seconds == pytest.approx(loop.p95_wait_seconds, abs=1)
     assert abs(minute.worker_seconds - loop.worker_seconds) <= 0.01 * loop.worker_seconds
     # Without it, each task after a worker left waits for the next minute's check.
     assert no_cool_down.p95_wait_seconds >= loop.p95_wait_seconds + 30
@@ -318,7 +330,8 @@ def test_json_rows_carry_the_documented_keys(capsys):
     assert scaling.main(["--json", "--scenario", "burst-4", "--scenario", "crash"]) == 0
 
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 2 * len(scaling.POLICIES)
+    # The Lambda policy runs no workload with faults (crash).
+    assert len(rows) == 2 * len(scaling.POLICIES) - 1
     for row in rows:
         assert {"scenario", "policy", "drain_seconds", "p50_wait_seconds", "p95_wait_seconds", "worker_seconds",
                 "busy_seconds", "peak_workers", "jobs_submitted", "stranded", "phases", "start_seconds"} <= row.keys()
@@ -331,7 +344,7 @@ def test_table_names_every_scenario_and_prints_each_target(capsys):
     for scenario in scaling.WORKLOADS:
         assert scenario in out
     assert "Start-latency sweep" in out
-    assert out.count("met  ") + out.count("NOT MET") == 11
+    assert out.count("met  ") + out.count("NOT MET") == 17
 
 
 def test_plot_writes_a_png(tmp_path):
@@ -356,3 +369,37 @@ def test_rejects_invalid_arguments(capsys, argv, message):
 
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_million_tasks_drain_near_the_oracle_within_the_batch_quota():
+    scaler, oracle = (scaling.simulate("huge", policy) for policy in ("scaler", "oracle"))
+    within, figures = scaling.api_check(scaler, Params())
+
+    assert scaler.drain_seconds <= 1.15 * oracle.drain_seconds
+    assert scaler.peak_workers == scaling.HUGE_MAX_WORKERS
+    # One array job of 2,000: a SubmitJob call, not 2,000 of them.
+    assert (scaler.api["submit_calls_max"], scaler.api["array_max"]) == (1, 2000)
+    assert within, figures
+
+
+@pytest.mark.parametrize("scenario", ["burst-4", "trickle"])
+def test_a_lambda_pool_starts_light_tasks_in_seconds_and_bills_their_run(results, scenario):
+    on_lambda, on_fargate = results[scenario, "lambda"], results[scenario, "scaler"]
+
+    assert on_lambda.p95_wait_seconds <= 5 < on_fargate.p95_wait_seconds
+    assert on_lambda.worker_seconds <= 1.2 * on_lambda.busy_seconds
+
+
+def test_learned_run_times_stop_a_worker_a_busy_one_beats(results):
+    # A working day of 45 s tasks: a waiting task that a busy worker starts within the target gets
+    # no new worker. The fixed ratio (the override) starts more, for longer waits.
+    learned, fixed = results["diurnal", "scaler"], scaling.simulate("diurnal", "scaler",
+                                                                   replace(Params(), messages_per_worker=10))
+    assert learned.worker_seconds / learned.busy_seconds <= 1.4 < fixed.worker_seconds / fixed.busy_seconds
+    assert learned.p95_wait_seconds <= 90 <= fixed.p95_wait_seconds
+
+
+def test_a_pool_that_never_ran_its_long_tasks_starts_a_worker_for_each(results):
+    cold = results["few-long", "scaler"]
+
+    assert cold.jobs_submitted == 20 and cold.p95_wait_seconds <= 150

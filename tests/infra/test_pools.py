@@ -199,7 +199,10 @@ def test_one_scaler_lists_every_pool_with_its_own_queue_job_queue_and_definition
             "job_queue": _resolve({"Fn::GetAtt": [job_queue_id, "JobQueueArn"]}, template),
             "job_definition": _resolve({"Ref": worker_id}, template),
             "job_name": f"celery-worker-{pool}",
-            "messages_per_worker": 10,
+            "messages_per_worker": 0,
+            "target_wait_seconds": 90,
+            # An EC2 pool's first worker waits for an instance too.
+            "start_seconds": 180 if pool == "gpu" else 60,
             "max_workers": 48,
             "tasks_per_worker": 1,
         })

@@ -210,7 +210,10 @@ def test_scaler_environment_is_the_scaler_contract(default: Synth) -> None:
         "job_queue": f"{{'Fn::GetAtt': ['{job_queue_id}', 'JobQueueArn']}}",
         "job_definition": f"{{'Ref': '{worker_id}'}}",
         "job_name": "celery-worker-default",
-        "messages_per_worker": 10,
+        # 0: sized to the target wait from the pool's reported run times; a Fargate start expected.
+        "messages_per_worker": 0,
+        "target_wait_seconds": 90,
+        "start_seconds": 60,
         "max_workers": 48,
         "tasks_per_worker": 1,
     }]
@@ -233,7 +236,8 @@ def test_scaler_idle_check_loop_reaches_its_environment(tmp_path) -> None:
     assert function["Properties"]["Environment"]["Variables"]["IDLE_CHECK"] == "loop"
     # The handler accepts what the stack sets (POOLS resolved to a plain pool).
     pool = {"pool": "default", "queue_url": "https://sqs/q", "job_queue": "jq", "job_definition": "jd",
-            "job_name": "celery-worker-default", "messages_per_worker": 10, "max_workers": 48, "tasks_per_worker": 1}
+            "job_name": "celery-worker-default", "messages_per_worker": 0, "target_wait_seconds": 90,
+            "start_seconds": 60, "max_workers": 48, "tasks_per_worker": 1}
     config = scaler_handler.ScalerConfig.from_env(
         {**function["Properties"]["Environment"]["Variables"], "POOLS": json.dumps([pool])})
     assert (config.idle_check, config.cooldown_seconds) == ("loop", 300)
@@ -257,6 +261,8 @@ def test_scaler_role_is_scoped_to_the_queue_job_queue_and_worker_definition(defa
         ("Allow", "logs:CreateLogStream", "WorkersScalingScalerLogs.Arn"),
         ("Allow", "logs:PutLogEvents", "WorkersScalingScalerLogs.Arn"),
         ("Allow", "sqs:GetQueueAttributes", "WorkersDefaultPoolTaskQueue.Arn"),
+        # The pools' reported run times (target sizing); no resource type, no usable condition key.
+        ("Allow", "cloudwatch:GetMetricData", "*"),
         ("Allow", "batch:SubmitJob", "WorkersDefaultPoolJobQueue.JobQueueArn"),
         ("Allow", "batch:SubmitJob", "WorkersDefaultPoolWorkerJobDefinition"),
         # Neither action supports resource-level permissions (acknowledged in cdk-nag).

@@ -45,7 +45,8 @@ def test_defaults_are_a_small_cheap_deployment() -> None:
     assert (p.idle_seconds, p.poll_seconds, p.job_timeout_seconds, p.job_attempts) == (60, 10, 8 * 3600, 3)
     assert (p.message_retention_days, p.max_receive_count) == (4, 3)
     assert (p.low_threshold, p.high_threshold, p.high_array_size, p.age_alarm_seconds, p.messages_per_worker) == (
-        5, 50, 10, 300, 10)
+        5, 50, 10, 300, None)
+    assert p.target_wait_seconds == 90
 
 
 def test_worker_rules_come_from_the_shared_limits_module() -> None:

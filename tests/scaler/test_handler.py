@@ -14,9 +14,11 @@ import json
 import time
 import urllib.request
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from harness.faults import LOST_RESPONSE, THROTTLE, ApiProxy
 from batch_celery.scaler import handler as scaler
@@ -41,7 +43,7 @@ def aws(moto_server):
         aws_access_key_id="testing", aws_secret_access_key="testing", region_name=moto_server.region
     )
     clients = {name: session.client(name, endpoint_url=moto_server.endpoint)
-               for name in ("sqs", "batch", "iam", "ec2")}
+               for name in ("sqs", "batch", "iam", "ec2", "cloudwatch")}
     ec2 = clients["ec2"]
     vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.0.0/24")["Subnet"]["SubnetId"]
@@ -560,7 +562,7 @@ def test_run_keeps_fixed_slots_and_skips_the_ones_a_slow_decision_overran(monkey
     clock = _FakeClock()
     durations = iter([1, 15, 1, 1, 1, 1, 1])
 
-    def fake_scale(config, sqs, batch, *, submit_batch, submitted_ids):
+    def fake_scale(config, sqs, batch, *, submit_batch, submitted_ids, **_):
         clock.starts.append(clock.now)
         clock.now += next(durations)
         return {"pool": config.pool, "outcome": "ok", "level": "INFO", "submitted": 0}
@@ -581,7 +583,7 @@ def test_a_failing_decision_is_logged_and_the_loop_goes_on(monkeypatch, capsys):
     # Pool a's first decision raises; pool b is still decided in that same decision.
     outcomes = iter([RuntimeError("unexpected answer"), "ok", "ok", "ok"])
 
-    def fake_scale(config, sqs, batch, *, submit_batch, submitted_ids):
+    def fake_scale(config, sqs, batch, *, submit_batch, submitted_ids, **_):
         clock.now += 0.1
         outcome = next(outcomes)
         if isinstance(outcome, Exception):
@@ -620,8 +622,8 @@ def test_handler_fails_the_run_if_any_decision_failed(aws, pool, lambda_env, mon
         ("POOLS", "", "missing environment variable(s) POOLS: the stack must set them"),
         ("POOLS", '[{"pool": "default"}]',
          "POOLS[0] (default) lacks queue_url, lacks job_queue, lacks job_definition, lacks job_name, "
-         "lacks messages_per_worker, lacks max_workers, lacks tasks_per_worker: a pool has exactly pool, "
-         "queue_url, job_queue, job_definition, job_name, messages_per_worker, max_workers, tasks_per_worker"),
+         "lacks messages_per_worker, lacks target_wait_seconds, lacks start_seconds, lacks max_workers, lacks tasks_per_worker: a pool has exactly pool, "
+         "queue_url, job_queue, job_definition, job_name, messages_per_worker, target_wait_seconds, start_seconds, max_workers, tasks_per_worker"),
         ("POLL_SECONDS", "0", "POLL_SECONDS='0' is not allowed: it must be a whole number >= 1"),
         ("LOOP_SECONDS", "-5", "LOOP_SECONDS='-5' is not allowed: it must be a whole number >= 0"),
         ("LOOP_SECONDS", "", "missing environment variable(s) LOOP_SECONDS: the stack must set them"),
@@ -652,7 +654,8 @@ def test_handler_rejects_bad_configuration(aws, pool, lambda_env, monkeypatch, c
 
 _GOOD = {"pool": "default", "queue_url": "https://sqs.local/1/tasks-default", "job_queue": "jobs-default",
          "job_definition": "worker-default", "job_name": "celery-worker-default",
-         "messages_per_worker": 10, "max_workers": 48, "tasks_per_worker": 1}
+         "messages_per_worker": 10, "target_wait_seconds": 90, "start_seconds": 60, "max_workers": 48,
+         "tasks_per_worker": 1}
 _GPU = {**_GOOD, "pool": "gpu", "queue_url": "https://sqs.local/1/tasks-gpu", "job_queue": "jobs-gpu",
         "job_definition": "worker-gpu", "job_name": "celery-worker-gpu"}
 _ARN = "arn:aws:batch:eu-west-1:123456789012"
@@ -680,17 +683,17 @@ def test_reads_pools_from_the_environment():
                      id="not a list"),
         pytest.param([], "POOLS = []: must list at least one pool", id="no pool"),
         pytest.param([_GOOD, "gpu"], 'POOLS[1] = "gpu": must be a JSON object with pool, queue_url, job_queue, '
-                     "job_definition, job_name, messages_per_worker, max_workers, tasks_per_worker",
+                     "job_definition, job_name, messages_per_worker, target_wait_seconds, start_seconds, max_workers, tasks_per_worker",
                      id="not an object"),
         pytest.param([{k: v for k, v in _GOOD.items() if k != "pool"}],
                      "POOLS[0] lacks pool: a pool has exactly pool, queue_url, job_queue, job_definition, job_name, "
-                     "messages_per_worker, max_workers, tasks_per_worker", id="no name"),
+                     "messages_per_worker, target_wait_seconds, start_seconds, max_workers, tasks_per_worker", id="no name"),
         pytest.param([{**_GOOD, "pool": ""}], 'POOLS[0].pool = "": must be a non-empty string', id="empty name"),
         pytest.param([_GOOD, {**_GPU, "pool": 7}], "POOLS[1].pool = 7: must be a non-empty string", id="name not text"),
         pytest.param([_GOOD, {**{k: v for k, v in _GPU.items() if k != "max_workers"}, "max_worker": 8}],
                      "POOLS[1] (gpu) lacks max_workers, has unknown field max_worker: a pool has exactly pool, "
-                     "queue_url, job_queue, job_definition, job_name, messages_per_worker, max_workers, "
-                     "tasks_per_worker", id="misspelt field"),
+                     "queue_url, job_queue, job_definition, job_name, messages_per_worker, target_wait_seconds, "
+                     "start_seconds, max_workers, tasks_per_worker", id="misspelt field"),
         pytest.param([_GOOD, {**_GPU, "queue_url": ""}], 'POOLS[1] (gpu).queue_url = "": must be a non-empty string',
                      id="empty queue url"),
         pytest.param([{**_GOOD, "job_queue": None}], "POOLS[0] (default).job_queue = null: must be a non-empty string",
@@ -707,12 +710,14 @@ def test_reads_pools_from_the_environment():
                      "POOLS[1] (gpu).max_workers = -1: must be a whole number >= 0", id="negative cap"),
         pytest.param([_GOOD, {**_GPU, "max_workers": "-1"}],
                      'POOLS[1] (gpu).max_workers = "-1": must be a whole number >= 0', id="negative cap as text"),
-        pytest.param([{**_GOOD, "messages_per_worker": 0}],
-                     "POOLS[0] (default).messages_per_worker = 0: must be a whole number >= 1", id="zero per worker"),
+        pytest.param([{**_GOOD, "messages_per_worker": -1}],
+                     "POOLS[0] (default).messages_per_worker = -1: must be a whole number >= 0", id="negative per worker"),
+        pytest.param([{**_GOOD, "target_wait_seconds": 0}],
+                     "POOLS[0] (default).target_wait_seconds = 0: must be a whole number >= 1", id="zero target"),
         pytest.param([{**_GOOD, "messages_per_worker": "ten"}],
-                     'POOLS[0] (default).messages_per_worker = "ten": must be a whole number >= 1', id="words"),
+                     'POOLS[0] (default).messages_per_worker = "ten": must be a whole number >= 0', id="words"),
         pytest.param([{**_GOOD, "messages_per_worker": 2.5}],
-                     "POOLS[0] (default).messages_per_worker = 2.5: must be a whole number >= 1", id="fraction"),
+                     "POOLS[0] (default).messages_per_worker = 2.5: must be a whole number >= 0", id="fraction"),
         pytest.param([{**_GOOD, "max_workers": True}],
                      "POOLS[0] (default).max_workers = true: must be a whole number >= 0", id="boolean"),
         pytest.param([{**_GOOD, "max_workers": " 4"}],
@@ -855,7 +860,7 @@ def _backlogs(clock, per_decision):
     """A ``scale`` whose pool sees the next backlog of ``per_decision`` at each decision."""
     backlogs = iter(per_decision)
 
-    def fake_scale(config, sqs, batch, *, submit_batch, submitted_ids):
+    def fake_scale(config, sqs, batch, *, submit_batch, submitted_ids, **_):
         clock.starts.append(clock.now)
         clock.now += 0.5
         backlog = next(backlogs)
@@ -922,3 +927,106 @@ def test_idle_check_loop_decides_the_whole_minute_with_nothing_to_do(monkeypatch
 
     assert clock.starts == [0, 10, 20, 30, 40, 50]
     assert not any(r.get("idle") for r in records)
+
+
+# --- Target sizing: run times read from the workers' metrics, starts from the jobs.
+
+def _report_run_times(cloudwatch, namespace, pool, seconds, *, ago=600):
+    """Run times as the workers' EMF lines become metrics: run_seconds, dimension pool."""
+    stamp = datetime.now(timezone.utc) - timedelta(seconds=ago)
+    cloudwatch.put_metric_data(Namespace=namespace, MetricData=[
+        {"MetricName": "run_seconds", "Dimensions": [{"Name": "pool", "Value": pool}], "Timestamp": stamp,
+         "Value": value, "Unit": "Seconds"} for value in seconds])
+
+
+def _target_config(pool, namespace):
+    # A pool name of its own: moto's GetMetricData matches on the dimensions, not the namespace.
+    sized = dataclasses.replace(pool, pool=f"pool-{uuid.uuid4().hex[:6]}", messages_per_worker=0,
+                                target_wait_seconds=90, start_seconds=60)
+    return sized, scaler.ScalerConfig(pools=(sized,), metrics_namespace=namespace)
+
+
+def test_a_pool_that_never_reported_a_run_gets_a_worker_per_waiting_message(aws, pool):
+    sized, config = _target_config(pool, f"BatchCelery/never-{uuid.uuid4().hex[:6]}")
+    _send(aws["sqs"], sized.queue_url, 20)
+    watch = scaler.Watch()
+
+    [record] = scaler.run(config, aws["sqs"], aws["batch"], submit_batch=aws["batch"], watch=watch,
+                          cloudwatch=aws["cloudwatch"], sleep=_no_wait)
+
+    assert record["submitted"] == 20
+    assert record["sizing"]["task_seconds_basis"] == "unknown"
+    assert (record["sizing"]["per_new_worker"], record["sizing"]["start_seconds_basis"]) == (1, "expected")
+
+
+def test_short_reported_run_times_let_one_worker_take_several_waiting_messages(aws, pool):
+    namespace = f"BatchCelery/short-{uuid.uuid4().hex[:6]}"
+    sized, config = _target_config(pool, namespace)
+    _report_run_times(aws["cloudwatch"], namespace, sized.pool, [10, 20, 30])   # mean 20 s
+    _send(aws["sqs"], sized.queue_url, 20)
+
+    [record] = scaler.run(config, aws["sqs"], aws["batch"], submit_batch=aws["batch"], watch=scaler.Watch(),
+                          cloudwatch=aws["cloudwatch"], sleep=_no_wait)
+
+    # A new worker polls after 60 s and starts a 20 s task at 60 and 80 s, both within 90 s:
+    # 20 waiting messages want 10 workers.
+    assert record["sizing"]["task_seconds"] == 20.0
+    assert record["sizing"]["task_seconds_basis"] == "learned"
+    assert (record["sizing"]["per_new_worker"], record["submitted"]) == (2, 10)
+
+
+def test_long_reported_run_times_give_every_waiting_message_its_worker(aws, pool):
+    namespace = f"BatchCelery/long-{uuid.uuid4().hex[:6]}"
+    sized, config = _target_config(pool, namespace)
+    # Reported days ago: a pool that ran its task last week starts sized right.
+    _report_run_times(aws["cloudwatch"], namespace, sized.pool, [7200, 7200], ago=3 * 86_400)
+    _send(aws["sqs"], sized.queue_url, 20)
+
+    [record] = scaler.run(config, aws["sqs"], aws["batch"], submit_batch=aws["batch"], watch=scaler.Watch(),
+                          cloudwatch=aws["cloudwatch"], sleep=_no_wait)
+
+    assert (record["sizing"]["task_seconds"], record["submitted"]) == (7200.0, 20)
+
+
+def test_run_times_are_read_once_a_refresh_for_every_pool(aws, pool, monkeypatch):
+    namespace = f"BatchCelery/refresh-{uuid.uuid4().hex[:6]}"
+    sized, config = _target_config(pool, namespace)
+    calls = []
+    real = aws["cloudwatch"].get_metric_data
+    monkeypatch.setattr(aws["cloudwatch"], "get_metric_data", lambda **kw: calls.append(kw) or real(**kw))
+    _send(aws["sqs"], sized.queue_url, 3)
+    watch = scaler.Watch()
+    wall = iter([1000.0 + t for t in range(0, 400, 1)])
+
+    for _ in range(3):
+        scaler.run(config, aws["sqs"], aws["batch"], submit_batch=aws["batch"], watch=watch,
+                   cloudwatch=aws["cloudwatch"], sleep=_no_wait, wall=lambda: next(wall))
+
+    assert len(calls) == 1
+    assert [q["MetricStat"]["Stat"] for q in calls[0]["MetricDataQueries"]] == ["Sum", "SampleCount"]
+
+
+def test_an_unreadable_run_time_sizes_as_unknown_and_says_why(aws, pool):
+    sized, config = _target_config(pool, "BatchCelery/unreadable")
+
+    class Broken:
+        def get_metric_data(self, **_):
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "not allowed"}}, "GetMetricData")
+
+    _send(aws["sqs"], sized.queue_url, 2)
+    [record] = scaler.run(config, aws["sqs"], aws["batch"], submit_batch=aws["batch"], watch=scaler.Watch(),
+                          cloudwatch=Broken(), sleep=_no_wait)
+
+    assert (record["outcome"], record["submitted"]) == ("ok", 2)
+    assert record["sizing"]["note"] == "run times unread: cloudwatch:GetMetricData failed: AccessDenied: not allowed"
+
+
+def test_a_start_is_learned_from_the_jobs_it_describes():
+    config = scaler.PoolConfig("p", "q", "jq", "jd", "jn", 0, 48, start_seconds=60)
+    samples: dict = {}
+
+    assert scaler.learned_start(config, {}, samples) == (60.0, "expected")
+    assert scaler.learned_start(config, {"a": 40.0, "b": 50.0, "c": 90.0}, samples) == (50.0, "learned")
+    # Only the last START_SAMPLES jobs count.
+    scaler.learned_start(config, {f"j{i}": 30.0 for i in range(scaler.START_SAMPLES)}, samples)
+    assert scaler.learned_start(config, {}, samples) == (30.0, "learned")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from batch_celery.scaler.policy import submission_plan, workers_needed, workers_to_submit, workers_wanted
+from batch_celery.scaler.policy import (submission_plan, workers_for_target, workers_needed, workers_to_submit,
+                                        workers_wanted)
 
 
 @pytest.mark.parametrize(
@@ -133,3 +134,49 @@ def test_submission_plan_respects_array_limits(workers, plan):
 def test_rejects_negative_submission():
     with pytest.raises(ValueError, match="workers must be a whole number >= 0, got -1"):
         submission_plan(-1)
+
+
+# --- Target sizing (workers_for_target): start every waiting message within the target wait.
+
+@pytest.mark.parametrize(
+    ("visible", "in_flight", "active", "starting", "task_seconds", "expected_wanted"),
+    [
+        pytest.param(20, 0, 0, 0, None, 20, id="unknown run time: a worker per waiting message"),
+        pytest.param(20, 0, 0, 0, 7200.0, 20, id="2 h tasks: a worker each"),
+        # A new worker polls at 60 s and starts 20 s tasks at 60 and 80 s, within 90 s.
+        pytest.param(20, 0, 0, 0, 20.0, 10, id="20 s tasks: two per new worker"),
+        # 45 s tasks, one busy worker: it frees up within a task (45 s) and starts the waiting one
+        # at 45 s, before a new worker (60 s) could: no new worker.
+        pytest.param(1, 1, 1, 0, 45.0, 1, id="a busy worker that frees up first is waited for"),
+        pytest.param(3, 1, 1, 0, 45.0, 2, id="what the busy worker cannot start gets a new one"),
+        # A busy worker on a 2 h task frees up too late for the target: the waiting one gets its own.
+        pytest.param(1, 1, 1, 0, 7200.0, 2, id="a long task's worker does not free up in time"),
+        # Workers still starting take what they can within the target too.
+        pytest.param(4, 0, 2, 2, 20.0, 2, id="starting workers already cover the backlog"),
+        # A RUNNING worker that holds nothing while messages wait is leaving (or its job's status
+        # is read late): it covers nothing.
+        pytest.param(2, 0, 2, 0, 20.0, 3, id="a listed idle worker with messages waiting covers nothing"),
+        pytest.param(1000, 0, 0, 0, 20.0, 48, id="capped"),
+        pytest.param(0, 5, 5, 0, 20.0, 5, id="nothing waiting wants no new worker"),
+    ],
+)
+def test_workers_for_target(visible, in_flight, active, starting, task_seconds, expected_wanted):
+    sizing = workers_for_target(visible, in_flight, 0, active, 48, target_wait_seconds=90, start_seconds=60,
+                                task_seconds=task_seconds, starting_workers=starting)
+
+    assert sizing.wanted == expected_wanted
+    assert sizing.basis == ("unknown" if task_seconds is None else "learned")
+
+
+def test_a_target_shorter_than_a_start_is_met_as_closely_as_a_start_allows():
+    sizing = workers_for_target(5, 0, 0, 0, 48, target_wait_seconds=10, start_seconds=60, task_seconds=1.0)
+
+    assert (sizing.per_new_worker, sizing.wanted) == (1, 5)
+
+
+def test_concurrency_counts_slots_not_workers():
+    # Workers of concurrency 4, 20 s tasks: each slot starts 2 within 90 s, a worker 8.
+    sizing = workers_for_target(16, 0, 0, 0, 48, target_wait_seconds=90, start_seconds=60, task_seconds=20.0,
+                                tasks_per_worker=4)
+
+    assert (sizing.per_new_worker, sizing.wanted) == (8, 2)
