@@ -74,3 +74,65 @@ class EventSourceMapping:
             if outcome == "done":
                 self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
         return answer
+
+
+# How the demo runs a Lambda pool: ``python -m batch_celery_local.lambda_standin`` with the
+# function's environment (and the local endpoint), in the place of a worker job of a Batch pool.
+STANDIN = "lambda_standin"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Play a Lambda pool's event source mapping with the real handler, in this process, one
+    message per invocation, until the queue has been empty for ``--idle-seconds`` or a TERM comes
+    (the current invocation finishes first). In AWS the mapping polls for as long as it exists and
+    runs up to max_workers invocations at once; here one at a time."""
+    import argparse
+    import logging
+    import os
+    import signal
+    import sys
+    import time
+
+    import boto3
+
+    from batch_celery import CONTAINER_DIR
+    from batch_celery_container import contract
+    from batch_celery_local.queues import total_messages
+
+    parser = argparse.ArgumentParser(prog="python -m batch_celery_local.lambda_standin")
+    parser.add_argument("--idle-seconds", type=int, default=5)
+    args = parser.parse_args(argv)
+    queue_url = os.environ.get(contract.QUEUE_URL, "")
+    region = os.environ.get("AWS_REGION") or os.environ.get(contract.REGION) or "us-east-1"
+    if not queue_url:
+        print(f"{STANDIN}: {contract.QUEUE_URL} is not set; run it with the function's environment", file=sys.stderr)
+        return 2
+    # Celery's own lines (``Task NAME[ID] succeeded in ...``) on stdout, as the function's log has them.
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="[%(asctime)s: %(levelname)s] %(message)s")
+    sys.path.insert(0, str(CONTAINER_DIR))  # the worker's modules import each other by name
+    import lambda_handler
+
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append("SIGTERM"))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append("SIGINT"))
+    pool = os.environ.get(contract.POOL, "?")
+    print(f"{STANDIN}: pool {pool}'s SQS event source mapping, played here: one message per invocation of "
+          "lambda_handler.handler, run in this process", flush=True)
+    sqs = boto3.client("sqs", region_name=region)
+    mapping = EventSourceMapping(sqs, queue_url, lambda_handler.handler, region=region)
+    idle_since = time.monotonic()
+    while not stopping:
+        if mapping.poll(wait_seconds=1):
+            idle_since = time.monotonic()
+        elif total_messages(sqs, queue_url):
+            idle_since = time.monotonic()  # in flight (a retry's backoff) or delayed: not idle
+        elif time.monotonic() - idle_since >= args.idle_seconds:
+            print(f"{STANDIN}: idle for {args.idle_seconds} s; the mapping would keep polling, the demo stops "
+                  "here", flush=True)
+            return 0
+    print(f"{STANDIN}: received {stopping[0]}; stopped after the invocation it ran", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
