@@ -235,3 +235,23 @@ def test_rejects_a_deployment_of_lambda_pools_only() -> None:
 def test_a_longer_visibility_timeout_setting_is_kept() -> None:
     settings = Settings.from_context({"pools": {"default": {}, "light": {**LIGHT, "visibility_timeout_seconds": 900}}})
     assert settings.props.pools["light"].queue_visibility_timeout_seconds == 900
+
+
+@pytest.mark.parametrize("access", ["default", "restricted"])
+def test_policy_evaluation_gives_the_function_role_what_a_worker_role_gets(access: str, tmp_path_factory) -> None:
+    """The queue and key policies evaluated as AWS evaluates them (policy_evaluation.py), for a
+    Batch pool and a Lambda pool side by side: the function role is the Lambda pool's workers."""
+    from .policy_evaluation import STACKS, StackPolicies, matrix, principals_for
+    from .test_policy_evaluation import EXPECTED
+
+    s = synth(tmp_path_factory.mktemp("cdk.out"), **STACKS[access], pools=POOLS)
+    stack = StackPolicies(s.template.to_json())
+    pools = ["Default", "Light"]
+    for pool in pools:
+        got = matrix(stack, pool, principals_for(stack, pool, pools), access)
+        # Another pool's role: nothing on this pool's queues (the deployment's key is one for all).
+        other_pool = EXPECTED[access]["workers"] & {"decrypt directly"}
+        expected = {**EXPECTED[access], **{f"workers of {other}": other_pool for other in pools if other != pool}}
+        if pool == "Light":
+            expected["scaler"] = set()  # the scaler does not watch a Lambda pool's queue
+        assert got.rows == expected, got.render()
