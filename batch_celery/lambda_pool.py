@@ -138,7 +138,7 @@ class LambdaPool(Construct):
         if key is None:
             Validations.of(self.log_group).acknowledge(LOG_GROUP_KEY_ACK)
         self.worker_role = self._role(results)
-        self.function = self._function(image, vpc, subnets, security_groups, metrics_namespace, results)
+        self.function = self._function(image, vpc, subnets, security_groups, metrics_namespace, results, key)
         self.event_source = event_sources.SqsEventSource(
             self.queue,
             batch_size=BATCH_SIZE,
@@ -168,7 +168,8 @@ class LambdaPool(Construct):
 
     def _function(self, image: ecr_assets.DockerImageAsset, vpc: ec2.IVpc | None,
                   subnets: ec2.SubnetSelection | None, security_groups: list[ec2.ISecurityGroup] | None,
-                  metrics_namespace: str | None, results: ResultTable | None) -> lambda_.DockerImageFunction:
+                  metrics_namespace: str | None, results: ResultTable | None,
+                  key: kms.IKey | None) -> lambda_.DockerImageFunction:
         props = self.props
         network = {}
         if vpc is not None:
@@ -194,6 +195,9 @@ class LambdaPool(Construct):
                 result_table=results.table_name if results else None,
                 result_expires_days=results.expires_days if results else None,
             ),
+            # With the deployment's key its environment is encrypted with it too (queue URLs and
+            # names, no secret); without, Lambda's own key does.
+            environment_encryption=key,
             **network,
         )
         for rule, reason in NIST_LAMBDA_ACKS.items():
