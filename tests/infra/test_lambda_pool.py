@@ -127,6 +127,16 @@ def test_the_function_runs_in_the_worker_subnets_of_a_private_vpc(lambda_pools: 
     assert "PrivateSubnet" in subnets
 
 
+def test_in_network_private_endpoints_the_function_has_the_workers_subnets_and_security_group(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    s = synth(tmp_path_factory.mktemp("cdk.out"), network="private-endpoints", pools=POOLS)
+    vpc = _function(s)["VpcConfig"]
+    sg_id, _ = s.one("AWS::EC2::SecurityGroup", "WorkersNetworkWorkerSecurityGroup")
+    assert vpc["SecurityGroupIds"] == [{"Fn::GetAtt": [sg_id, "GroupId"]}]
+    _, environment = s.pool("default", "ComputeEnvironment", "AWS::Batch::ComputeEnvironment")
+    assert vpc["SubnetIds"] == environment["Properties"]["ComputeResources"]["Subnets"]
+
+
 def test_in_network_public_the_function_runs_outside_the_vpc(public: Synth) -> None:
     assert "VpcConfig" not in _function(public)
 
