@@ -11,7 +11,8 @@
     workers.pools["gpu"].queue        # and .dead_letter_queue, .job_queue, .job_definition, .worker_role
 
 Per pool: an SQS task queue and DLQ, a compute environment, a job queue, a worker job definition,
-depth and SLA alarms. Shared: the VPC (given, or a new one), the job log group, one scaler Lambda
+depth and SLA alarms; a ``compute: "lambda"`` pool has a function fed by an SQS event source
+mapping instead of the Batch resources, and SLA and function-error alarms (lambda_pool.py). Shared: the VPC (given, or a new one), the job log group, one scaler Lambda
 (scaler mode), the filler job, the events DLQ and the alarms on every DLQ. ``routes_json`` is the
 routing of task names to pool queues (batch_celery_container/routing.py reads it).
 """

@@ -157,7 +157,8 @@ class PoolProps:
 
     # --- compute ---------------------------------------------------------------------------
     compute: str = "fargate"
-    """Where the workers run: "fargate", "fargate_spot", "ec2" or "ec2_spot" (EC2 for GPUs)."""
+    """Where the workers run: "fargate", "fargate_spot", "ec2" or "ec2_spot" (EC2 for GPUs); or
+    "lambda": the tasks run in a Lambda function fed from the queue (lambda_pool.py)."""
     platform: str = "linux/amd64"
     """CPU architecture of the image and the compute: "linux/amd64", or "linux/arm64" (Graviton)."""
     vcpus: float = 1
