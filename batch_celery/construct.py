@@ -11,7 +11,8 @@
     workers.pools["gpu"].queue        # and .dead_letter_queue, .job_queue, .job_definition, .worker_role
 
 Per pool: an SQS task queue and DLQ, a compute environment, a job queue, a worker job definition,
-depth and SLA alarms. Shared: the VPC (given, or a new one), the job log group, one scaler Lambda
+depth and SLA alarms; a ``compute: "lambda"`` pool has a function fed by an SQS event source
+mapping instead of the Batch resources, and SLA and function-error alarms (lambda_pool.py). Shared: the VPC (given, or a new one), the job log group, one scaler Lambda
 (scaler mode), the filler job, the events DLQ and the alarms on every DLQ. ``routes_json`` is the
 routing of task names to pool queues (batch_celery_container/routing.py reads it).
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from aws_cdk import Acknowledgment, Aspects, Duration, FileSystem, RemovalPolicy, Stack, Tags, Validations
 from aws_cdk import aws_batch as batch
+from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_ecs as ecs
@@ -34,6 +36,7 @@ from batch_celery_container import contract, emf, routing
 
 from . import CONTAINER_DIR, access
 from .dashboard import WorkersDashboard
+from .lambda_pool import LambdaPool, LambdaPoolAlarms
 from .monitoring import PUBLISHERS, Monitoring
 from .nag import INLINE_POLICY_ACK, LOG_GROUP_KEY_ACK
 from .network import Network, interface_endpoints
@@ -81,6 +84,7 @@ class CeleryBatchWorkers(Construct):
         # Audit evidence and failed tasks (flow logs, dead-letter queues) outlive the stack by default.
         keep = RemovalPolicy.RETAIN if props.retain_on_delete else RemovalPolicy.DESTROY
         self._images: dict[tuple[str, str], ecs.ContainerImage] = {}
+        self._image_assets: dict[tuple[str, str], ecr_assets.DockerImageAsset] = {}
 
         self._label_and_guard()
         # One customer-managed key for queues, logs, results and the alarm topic (kms_key), or None.
@@ -90,11 +94,11 @@ class CeleryBatchWorkers(Construct):
         # Where the workers' and the scaler's EMF lines put their metrics (emf.py).
         self.metrics_namespace: str = emf.namespace_for(Stack.of(self).stack_name)
         self.results: ResultTable | None = self._results()
-        self.pools: dict[str, WorkerPool] = self._pools(subnets, security_groups, keep)
+        self.pools: dict[str, WorkerPool | LambdaPool] = self._pools(subnets, security_groups, keep, retention)
         self.default_pool = self.pools[props.default_pool]
         self.events_dead_letter_queue = events_dead_letter_queue(self, "EventsDeadLetterQueue", keep, self.key)
         self.scaler: Scaler | None = self._scaler(retention)
-        self.alarms: dict[str, PoolAlarms] = self._alarms()
+        self.alarms: dict[str, PoolAlarms | LambdaPoolAlarms] = self._alarms()
         self.routes_json: str = self._routes_json()
         self._filler(retention)
         self._restrict_queue_access()
@@ -142,11 +146,43 @@ class CeleryBatchWorkers(Construct):
             return None
         return ResultTable(self, "Results", expires_days=props.result_expires_days, key=self.key)
 
+    @property
+    def batch_pools(self) -> dict[str, WorkerPool]:
+        """The pools whose workers are Batch jobs (the scaler's, the filler's compute)."""
+        return {name: pool for name, pool in self.pools.items() if isinstance(pool, WorkerPool)}
+
+    @property
+    def lambda_pools(self) -> dict[str, LambdaPool]:
+        """The pools whose tasks run in a Lambda function (compute "lambda", lambda_pool.py)."""
+        return {name: pool for name, pool in self.pools.items() if isinstance(pool, LambdaPool)}
+
+    def _lambda_pool(self, name: str, pool: PoolProps, subnets: ec2.SubnetSelection,
+                     security_groups: list[ec2.ISecurityGroup] | None, keep: RemovalPolicy,
+                     retention: logs.RetentionDays) -> LambdaPool:
+        # Network "public": outside the VPC (lambda_pool.py says why); else the workers' subnets.
+        in_vpc = self.props.network != "public"
+        return LambdaPool(
+            self,
+            f"{pascal(name)}Pool",
+            name=name,
+            props=pool,
+            image=self.image_asset(pool.image, pool.platform),
+            vpc=self.vpc if in_vpc else None,
+            subnets=subnets if in_vpc else None,
+            security_groups=security_groups if in_vpc else None,
+            log_retention=retention,
+            metrics_namespace=self.metrics_namespace,
+            results=self.results,
+            dead_letter_removal_policy=keep,
+            key=self.key,
+        )
+
     def _pools(self, subnets: ec2.SubnetSelection, security_groups: list[ec2.ISecurityGroup] | None,
-               keep: RemovalPolicy) -> dict[str, WorkerPool]:
+               keep: RemovalPolicy, retention: logs.RetentionDays) -> dict[str, WorkerPool | LambdaPool]:
         props = self.props
         return {
-            name: WorkerPool(
+            name: self._lambda_pool(name, pool, subnets, security_groups, keep, retention) if pool.on_lambda
+            else WorkerPool(
                 self,
                 f"{pascal(name)}Pool",
                 name=name,
@@ -172,7 +208,7 @@ class CeleryBatchWorkers(Construct):
         return Scaler(
             self,
             "Scaling",
-            pools=list(self.pools.values()),
+            pools=list(self.batch_pools.values()),
             poll_seconds=props.scaler_poll_seconds,
             idle_check=props.scaler_idle_check,
             events_dead_letter_queue=self.events_dead_letter_queue,
@@ -181,9 +217,10 @@ class CeleryBatchWorkers(Construct):
             key=self.key,
         )
 
-    def _alarms(self) -> dict[str, PoolAlarms]:
+    def _alarms(self) -> dict[str, PoolAlarms | LambdaPoolAlarms]:
         return {
-            name: PoolAlarms(
+            name: LambdaPoolAlarms(self, f"{pascal(name)}Alarms", pool=pool) if isinstance(pool, LambdaPool)
+            else PoolAlarms(
                 self, f"{pascal(name)}Alarms", pool=pool, scaler=self.scaler,
                 events_dead_letter_queue=self.events_dead_letter_queue,
             )
@@ -201,17 +238,22 @@ class CeleryBatchWorkers(Construct):
         ))
 
     def _monitoring(self) -> Monitoring:
-        return Monitoring(
+        monitoring = Monitoring(
             self,
             "Monitoring",
             task_dead_letter_queues={name: pool.dead_letter_queue for name, pool in self.pools.items()},
             events_dead_letter_queue=self.events_dead_letter_queue,
             sla_alarms={name: alarms.sla_alarm for name, alarms in self.alarms.items()},
-            job_queues={name: pool.job_queue for name, pool in self.pools.items()},
+            job_queues={name: pool.job_queue for name, pool in self.batch_pools.items()},
             scaler=self.scaler.function if self.scaler else None,
             alarm_email=self.props.alarm_email,
             key=self.key,
         )
+        # A Lambda pool's failed invocations need a human, like a failed worker job.
+        for alarms in self.alarms.values():
+            if isinstance(alarms, LambdaPoolAlarms):
+                alarms.errors_alarm.add_alarm_action(cloudwatch_actions.SnsAction(monitoring.topic))
+        return monitoring
 
     def _dashboard(self) -> WorkersDashboard:
         return WorkersDashboard(
@@ -336,11 +378,19 @@ class CeleryBatchWorkers(Construct):
                 **own,
             )
             self._images[key] = ecs.ContainerImage.from_docker_image_asset(asset)
+            self._image_assets[key] = asset
         return self._images[key]
 
+    def image_asset(self, directory: str | None, platform: str) -> ecr_assets.DockerImageAsset:
+        """The image asset behind ``image``: a Lambda pool's function runs the same image."""
+        self.image(directory, platform)
+        return self._image_assets[(str(Path(directory).resolve()) if directory else "", platform)]
+
     def _filler(self, retention: logs.RetentionDays) -> None:
-        """The filler job: sends example tasks, routed to every pool, from the default pool's compute."""
+        """The filler job: sends example tasks, routed to every pool, from the default pool's compute
+        (the first Batch pool's when the default pool is a Lambda pool)."""
         default = self.default_pool
+        compute = default if isinstance(default, WorkerPool) else next(iter(self.batch_pools.values()))
         self.filler_role = iam.Role(
             self,
             "FillerRole",
@@ -353,7 +403,7 @@ class CeleryBatchWorkers(Construct):
             self.results.grant_read(self.filler_role)  # --wait reads what the workers wrote
         # The filler is the bundled image for the default pool's platform and compute (its own
         # image may lack the filler); the smallest job that compute runs.
-        filler_pool: PoolProps = default.props
+        filler_pool: PoolProps = compute.props
         self.filler_container = container_definition(
             self,
             "FillerContainer",
@@ -385,5 +435,5 @@ class CeleryBatchWorkers(Construct):
             propagate_tags=True,
         )
         scratch_only(self.filler_job_definition)
-        self.filler_job_queue = default.job_queue
+        self.filler_job_queue = compute.job_queue
         Validations.of(self.filler_container.execution_role).acknowledge(EXECUTION_ROLE_ACK)

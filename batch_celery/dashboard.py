@@ -5,6 +5,9 @@ Layout (24 columns wide, every widget 6 high; ``DashboardUrl`` output opens it):
     stack   | alarms (every alarm that notifies the topic) 12 | scaler errors 4 | worker jobs failed 4 | events DLQ 4
     pool P  | backlog and oldest age 6 | workers wanted vs active 6 | tasks per minute 4 | wait and run p50/p95 4 | DLQ 4
 
+A Lambda pool's row shows its function's concurrent executions, errors and throttles where a Batch
+pool's shows its workers, and its function-errors alarm joins the stack row's alarms.
+
 - backlog: the pool queue's visible + in flight + delayed messages (stacked), the oldest message's
   age on the right axis;
 - workers wanted vs active: the scaler's ``wanted`` and ``active`` (its EMF lines, Maximum per
@@ -70,7 +73,8 @@ class WorkersDashboard(Construct):
     def _stack_row(self, pool_alarms: Mapping[str, PoolAlarms], monitoring: Monitoring, scaler: Scaler | None,
                    events_dead_letter_queue: sqs.IQueue) -> list[cloudwatch.IWidget]:
         alarms = [*monitoring.task_dead_letter_alarms.values(), monitoring.events_dead_letter_alarm,
-                  *(a.sla_alarm for a in pool_alarms.values())]
+                  *(a.sla_alarm for a in pool_alarms.values()),
+                  *(a.errors_alarm for a in pool_alarms.values() if hasattr(a, "errors_alarm"))]
         if monitoring.scaler_failing_alarm is not None:
             alarms.append(monitoring.scaler_failing_alarm)
         row: list[cloudwatch.IWidget] = [cloudwatch.AlarmStatusWidget(
@@ -130,7 +134,18 @@ class WorkersDashboard(Construct):
                 period=MINUTE, statistic=cloudwatch.Stats.MAXIMUM, label="oldest message age (s)")],
             stacked=True, width=6, height=HEIGHT,
         )
-        if has_scaler:
+        function = getattr(pool, "function", None)
+        if function is not None:
+            # A Lambda pool: the mapping's invocations stand where a Batch pool's workers do.
+            workers = cloudwatch.GraphWidget(
+                title=f"{name}: functions running (Lambda, at most {pool.props.max_workers})",
+                left=[function.metric("ConcurrentExecutions", period=MINUTE, statistic=cloudwatch.Stats.MAXIMUM,
+                                      label="running"),
+                      function.metric_errors(period=MINUTE, statistic=cloudwatch.Stats.SUM, label="errors"),
+                      function.metric_throttles(period=MINUTE, statistic=cloudwatch.Stats.SUM, label="throttled")],
+                width=6, height=HEIGHT,
+            )
+        elif has_scaler:
             workers = cloudwatch.GraphWidget(
                 title=f"{name}: workers wanted vs active",
                 left=[self._metric(emf.WANTED, name, cloudwatch.Stats.MAXIMUM, "wanted"),

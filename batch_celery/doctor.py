@@ -175,6 +175,8 @@ def submit_workers(target: Target, probes: Sequence[Probe]) -> list[Check]:
     batch, failed = target.client("batch"), []
     for probe in probes:
         prefix = f"Pool{pascal(probe.pool)}"
+        if target.outputs.get(f"{prefix}FunctionName"):
+            continue  # a Lambda pool: its event source mapping hands the probe to the function
         job_queue, definition = target.outputs.get(f"{prefix}JobQueueArn"), target.outputs.get(f"{prefix}JobDefinitionArn")
         if not job_queue or not definition:
             missing = " and ".join(n for n, v in ((f"{prefix}JobQueueArn", job_queue),

@@ -25,8 +25,29 @@ from batch_celery_container import limits, routing
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from aws_cdk import aws_ec2 as ec2
 
-COMPUTE_KINDS = ("fargate", "fargate_spot", "ec2", "ec2_spot")
+COMPUTE_KINDS = ("fargate", "fargate_spot", "ec2", "ec2_spot", "lambda")
 EC2_KINDS = ("ec2", "ec2_spot")
+# A Lambda pool (lambda_pool.py): its tasks run in a function fed by an SQS event source mapping.
+LAMBDA = "lambda"
+# Lambda's limits: memory in MiB (CPU comes with it: about 1 vCPU per 1,769 MiB, 6 at 10,240), a
+# function's timeout, and the event source mapping's MaximumConcurrency (what max_workers becomes).
+LAMBDA_MEMORY_RANGE = (128, 10_240)
+LAMBDA_MAX_TIMEOUT_SECONDS = 900
+LAMBDA_CONCURRENCY_RANGE = (2, 1000)
+# The function's timeout is the task's hard limit plus this: the task fails at its limit and the
+# function still records the failure and answers before Lambda stops it.
+LAMBDA_TIMEOUT_MARGIN_SECONDS = 20
+# AWS's guidance for an SQS event source: the queue's visibility timeout at least six times the
+# function's timeout (a throttled or retried batch must not come back while it still runs).
+LAMBDA_VISIBILITY_FACTOR = 6
+# A countdown or eta waits out one receive in SQS (lambda_handler.py), so one receive is not enough.
+LAMBDA_MIN_RECEIVE_COUNT = 2
+# Settings of a Batch pool's worker jobs and scaling that a Lambda pool has no use for: left at
+# their default, or refused with one line (the mapping and Lambda decide these things there).
+BATCH_ONLY_KEYS = (
+    "idle_seconds", "poll_seconds", "job_timeout_seconds", "job_attempts", "stop_grace_seconds",
+    "messages_per_worker", "low_threshold", "high_threshold", "high_array_size", "runnable_timeout_seconds",
+)
 PLATFORMS = ("linux/amd64", "linux/arm64")
 DEFAULT_POOL = "default"
 
@@ -138,7 +159,8 @@ class PoolProps:
 
     # --- compute ---------------------------------------------------------------------------
     compute: str = "fargate"
-    """Where the workers run: "fargate", "fargate_spot", "ec2" or "ec2_spot" (EC2 for GPUs)."""
+    """Where the workers run: "fargate", "fargate_spot", "ec2" or "ec2_spot" (EC2 for GPUs); or
+    "lambda": the tasks run in a Lambda function fed from the queue (lambda_pool.py)."""
     platform: str = "linux/amd64"
     """CPU architecture of the image and the compute: "linux/amd64", or "linux/arm64" (Graviton)."""
     vcpus: float = 1
@@ -220,6 +242,24 @@ class PoolProps:
     @property
     def ec2(self) -> bool:
         return self.compute in EC2_KINDS
+
+    @property
+    def on_lambda(self) -> bool:
+        """Its tasks run in a Lambda function (lambda_pool.py), not in Batch worker jobs."""
+        return self.compute == LAMBDA
+
+    @property
+    def function_timeout_seconds(self) -> int:
+        """A Lambda pool's function timeout: the task's hard limit and the margin to record it."""
+        return self.task_time_limit_seconds + LAMBDA_TIMEOUT_MARGIN_SECONDS
+
+    @property
+    def queue_visibility_timeout_seconds(self) -> int:
+        """The task queue's visibility timeout: the setting, or for a Lambda pool at least six
+        times the function's timeout (AWS's guidance for an SQS event source mapping)."""
+        if self.on_lambda:
+            return max(self.visibility_timeout_seconds, LAMBDA_VISIBILITY_FACTOR * self.function_timeout_seconds)
+        return self.visibility_timeout_seconds
 
     @property
     def spot(self) -> bool:
@@ -411,7 +451,9 @@ def _validate_pool(p: PoolProps) -> None:
         raise _fail("compute", compute, 'Fargate Spot runs no linux/arm64 tasks; use "fargate" or "ec2_spot"')
     ec2 = compute in EC2_KINDS
     vcpus = p.vcpus
-    if ec2:
+    if compute == LAMBDA:
+        _validate_lambda_pool(p)
+    elif ec2:
         _int(p, "vcpus", *EC2_VCPUS_RANGE)
         _int(p, "memory_mib", *EC2_MEMORY_RANGE)
     else:
@@ -496,6 +538,47 @@ def _validate_pool(p: PoolProps) -> None:
     _int(p, "runnable_timeout_seconds", *RUNNABLE_TIMEOUT_RANGE)
 
 
+def _validate_lambda_pool(p: PoolProps) -> None:
+    """What Lambda cannot do, one line each (the rest of _validate_pool checks what all pools share)."""
+    if p.vcpus != 1:
+        raise _fail("vcpus", p.vcpus, "a Lambda function's CPU comes with its memory (about 1 vCPU per 1769 MiB, "
+                    f"6 at {LAMBDA_MEMORY_RANGE[1]} MiB); leave vcpus out and size memory_mib")
+    memory = p.memory_mib
+    if not _is_int(memory) or not LAMBDA_MEMORY_RANGE[0] <= memory <= LAMBDA_MEMORY_RANGE[1]:
+        raise _fail("memory_mib", memory, "a Lambda function takes {}..{} MiB".format(*LAMBDA_MEMORY_RANGE))
+    if p.gpus != 0:
+        raise _fail("gpus", p.gpus, 'Lambda has no GPUs; set compute to "ec2" or "ec2_spot"')
+    if p.instance_types:
+        raise _fail("instance_types", p.instance_types,
+                    'a Lambda pool runs on no instances of its own; leave instance_types out or use compute "ec2"')
+    low, high = LAMBDA_CONCURRENCY_RANGE
+    max_workers = p.max_workers
+    if not _is_int(max_workers) or not low <= max_workers <= high:
+        raise _fail("max_workers", max_workers,
+                    f"a Lambda pool's max_workers is its event source mapping's maximum concurrency, {low}..{high}")
+    if p.concurrency != 1:
+        raise _fail("concurrency", p.concurrency,
+                    "a Lambda function runs one task at a time; max_workers says how many run at once")
+    limit = p.task_time_limit_seconds
+    most = LAMBDA_MAX_TIMEOUT_SECONDS - LAMBDA_TIMEOUT_MARGIN_SECONDS
+    if _is_int(limit) and limit > most:
+        raise _fail("task_time_limit_seconds", limit,
+                    f"a Lambda pool's tasks may run at most {most} s (Lambda stops a function at "
+                    f"{LAMBDA_MAX_TIMEOUT_SECONDS} s, and the function keeps {LAMBDA_TIMEOUT_MARGIN_SECONDS} s to record "
+                    'the result); longer tasks belong in a Batch pool ("fargate", "ec2")')
+    receives = p.max_receive_count
+    if _is_int(receives) and receives < LAMBDA_MIN_RECEIVE_COUNT:
+        raise _fail("max_receive_count", receives,
+                    f"a Lambda pool needs >= {LAMBDA_MIN_RECEIVE_COUNT}: a task with a countdown or eta waits "
+                    "out one receive in SQS before it runs")
+    defaults = {f.name: f.default for f in fields(PoolProps)}
+    for key in BATCH_ONLY_KEYS:
+        if getattr(p, key) != defaults[key]:
+            raise _fail(key, getattr(p, key),
+                        "a Lambda pool has no Batch worker jobs or scaler; its event source mapping takes the "
+                        "messages (max_workers at once); leave it out")
+
+
 def _validate_deployment(d: CeleryBatchWorkersProps) -> None:
     _int(d, "max_azs", 1, 2)
     _int(d, "nat_gateways", 1, d.max_azs)
@@ -513,6 +596,12 @@ def _validate_deployment(d: CeleryBatchWorkersProps) -> None:
                     'cannot run in network "public": EC2 instances there would need public addresses of '
                     'their own; use a Fargate compute, or network "private" or "private-endpoints"',
                 )
+    if all(pool.on_lambda for pool in d.pools.values()):
+        raise SettingsError(
+            "pools", sorted(d.pools),
+            'at least one pool must run on Batch ("fargate", "fargate_spot", "ec2" or "ec2_spot"): the filler job '
+            'runs there; a "lambda" pool runs beside them',
+        )
     for key in ("log_retention_days", "flow_log_retention_days"):
         if _int(d, key, 1) not in LOG_RETENTION_DAYS:
             raise _fail(key, getattr(d, key), "must be one of " + ", ".join(str(days) for days in LOG_RETENTION_DAYS))

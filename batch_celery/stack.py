@@ -67,6 +67,10 @@ class BatchCeleryStack(Stack):
                       description=f"URL of the SQS queue of pool {name}")
             CfnOutput(self, f"{p}DeadLetterQueueUrl", value=pool.dead_letter_queue.queue_url,
                       description=f"URL of the dead-letter queue of pool {name}")
+            if name in w.lambda_pools:
+                CfnOutput(self, f"{p}FunctionName", value=w.lambda_pools[name].function.function_name,
+                          description=f"Lambda function that runs the tasks of pool {name}")
+                continue
             CfnOutput(self, f"{p}JobQueueArn", value=pool.job_queue.job_queue_arn,
                       description=f"ARN of the Batch job queue pool {name}'s workers run in")
             CfnOutput(self, f"{p}JobDefinitionArn", value=pool.job_definition.job_definition_arn,

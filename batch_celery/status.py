@@ -140,6 +140,8 @@ def read_jobs(batch: Any, outputs: Mapping[str, str], status: PoolStatus, now: f
     from batch_celery.scaler.handler import definition_name, is_array_child
 
     prefix = f"Pool{pascal(status.pool)}"
+    if outputs.get(f"{prefix}FunctionName"):
+        return  # a Lambda pool (compute "lambda"): its function runs the tasks, no worker jobs
     job_queue, definition = outputs.get(f"{prefix}JobQueueArn"), outputs.get(f"{prefix}JobDefinitionArn")
     if not job_queue or not definition:
         status.errors.append(f"worker jobs: no {prefix}JobQueueArn or {prefix}JobDefinitionArn output")

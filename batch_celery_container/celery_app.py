@@ -71,6 +71,13 @@ def calculate_pi(terms: int = 2_000_000) -> float:
     return 4 * total
 
 
+@bundled_task(name="batch.word_count")
+def word_count(text: str = "the quick brown fox jumps over the lazy dog") -> int:
+    """Light example (the demo's Lambda pool): milliseconds of work, where a worker job's start and
+    idle window would cost far more than the task; the words of ``text``."""
+    return len(text.split())
+
+
 def available_cpus() -> int:
     """CPUs this container may use: its CPU affinity, capped by a cgroup v2 CPU quota (Fargate)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

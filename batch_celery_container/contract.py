@@ -25,6 +25,11 @@ STOP_GRACE_SECONDS = "STOP_GRACE_SECONDS"
 # The job definition's timeout (the same setting): the worker stops taking tasks in time for it.
 JOB_TIMEOUT_SECONDS = "JOB_TIMEOUT_SECONDS"
 
+# --- set by the stack on a Lambda pool's function (lambda_handler.py) ---------------------------
+# Where the function copies a task that cannot wait in SQS or used up its Celery retries (the
+# Batch worker finds its dead-letter queue through the queue's redrive policy instead).
+DEAD_LETTER_QUEUE_URL = "CELERY_DEAD_LETTER_QUEUE_URL"
+
 # --- set by the stack on worker jobs, the filler and the scaler when the feature is on ----------
 # Where task results go (a DynamoDB table name; unset: results off) and how long they are kept.
 RESULT_TABLE = "CELERY_RESULT_TABLE"

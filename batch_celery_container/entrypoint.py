@@ -71,6 +71,45 @@ def worker(argv: list[str] | None = None) -> int:
     return 2  # not reached: execve replaces this process
 
 
+# A Lambda pool's function (compute "lambda"): the image's entry point there, with the handler as
+# its command (batch_celery/lambda_pool.py sets both).
+LAMBDA_HANDLER = "lambda_handler.handler"
+LAMBDA_USAGE = f"""\
+usage: batch-celery-lambda [HANDLER]
+
+Runs the function of a Lambda pool of batch-celery {__version__}: the Lambda runtime interface client
+(awslambdaric) serving HANDLER (default {LAMBDA_HANDLER}), which runs each SQS record of the pool's
+queue through the worker's Celery app. Lambda starts it; the function's environment configures it
+as a worker job's configures the worker. The handler's folder: {HERE}"""
+
+
+def lambda_(argv: list[str] | None = None) -> int:
+    """``batch-celery-lambda``: exec the Lambda runtime interface client on the handler, with this
+    folder (the worker's modules) and the start folder (your task modules) importable."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(LAMBDA_USAGE)
+        return 0
+    if argv and argv[0] == "--version":
+        print(f"batch-celery-lambda {__version__}")
+        return 0
+    if len(argv) > 1 or (argv and argv[0].startswith("-")):
+        print(f"batch-celery-lambda: takes one handler at most (got {' '.join(argv)!r}); "
+              "see batch-celery-lambda --help", file=sys.stderr)
+        return 2
+    import importlib.util
+
+    if importlib.util.find_spec("awslambdaric") is None:
+        print("batch-celery-lambda: awslambdaric is not installed; install batch-celery-worker with its "
+              "requirements (requirements.txt pins it)", file=sys.stderr)
+        return 2
+    env = job_environment()
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), *env["PYTHONPATH"].split(os.pathsep)])
+    handler = argv[0] if argv else LAMBDA_HANDLER
+    os.execve(sys.executable, [sys.executable, "-m", "awslambdaric", handler], env)
+    return 2  # not reached
+
+
 def fill(argv: list[str] | None = None) -> int:
     """``batch-celery-fill``: the filler job (fill-batch-queue.py; its arguments are passed on)."""
     argv = sys.argv[1:] if argv is None else argv

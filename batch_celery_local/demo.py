@@ -69,6 +69,17 @@ SECOND_POOL_SETTINGS = {
 }
 # ~0.1 s of NumPy per task here (CUDA in the deployed pool).
 SECOND_POOL_TASK = ("gpu.matmul", {"n": 300})
+# The Lambda pool the demo adds beside them (compute "lambda"): light tasks, no worker job to wait
+# for. Here its event source mapping is played by lambda_standin.py, which runs the function's
+# handler in its own process, one message at a time.
+LAMBDA_POOL = "light"
+LAMBDA_POOL_SETTINGS = {
+    "compute": "lambda", "memory_mib": 512, "task_time_limit_seconds": 60, "max_workers": 2,
+    "tasks": ["batch.word_count"],
+}
+LAMBDA_POOL_TASK = ("batch.word_count", {"text": "light tasks need no worker job"})
+DEFAULT_LAMBDA_POOL_BURSTS = (6, 3)
+STANDIN_MODULE = "batch_celery_local.lambda_standin"
 IMAGE_TASK_MODULES = re.compile(rf"^\s*ENV\s+{contract.TASK_MODULES}=(\S+)", re.MULTILINE)
 TASK_CHOICES = {
     # ~1.3 s of pure-Python arithmetic per task on this machine's cores.
@@ -138,9 +149,9 @@ class LocalWorker:
                 for line in self.process.stdout:
                     log.write(line)
                     log.flush()
-                    if self.reason is None and "run_celery_worker: " in line and any(
-                            key in line for key in STOP_REASONS):
-                        self.reason = line.split("run_celery_worker: ", 1)[1].split("; draining")[0].strip()
+                    speaker = next((s for s in ("run_celery_worker: ", "lambda_standin: ") if s in line), None)
+                    if self.reason is None and speaker and any(key in line for key in STOP_REASONS):
+                        self.reason = line.split(speaker, 1)[1].split("; draining")[0].strip()
                     if match := SUCCEEDED.search(line):
                         self.done_ids.add(match["id"])
                     elif line.startswith("{") and '"_aws"' in line:
@@ -372,6 +383,9 @@ class LocalRun:
         env.update(self.server.client_env())
         env.update(pool.spec.worker_environment)
         env.update(pool.queues.worker_env())
+        if pool.spec.on_lambda:
+            env[contract.DEAD_LETTER_QUEUE_URL] = pool.queues.dlq_url
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         env.update(pool.image_environment())
         if self.task_module:
             env.update(self.task_module.environment(env))
@@ -427,8 +441,11 @@ class LocalRun:
         run_dir.mkdir(parents=True, exist_ok=True)
         env = self.env(pool)
         env[contract.RUN_DIR] = str(run_dir)
+        # A Lambda pool: the stand-in of its event source mapping, with the handler in-process.
+        command = ([sys.executable, "-m", STANDIN_MODULE, "--idle-seconds", str(self.idle_seconds)]
+                   if pool.spec.on_lambda else ["bash", str(WORKER_SCRIPT)])
         process = subprocess.Popen(
-            ["bash", str(WORKER_SCRIPT)],
+            command,
             cwd=CONTAINER_DIR,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -440,7 +457,8 @@ class LocalRun:
             start_new_session=True,
         )
         worker = LocalWorker(index, pool.name, process, run_dir, self.work_dir / f"{pool.name}-worker-{index}.log")
-        self.event(f"worker {pool.name}-{index} started")
+        self.event(f"Lambda pool {pool.name}: event source mapping stand-in {pool.name}-{index} started (the "
+                   "function's handler, in-process)" if pool.spec.on_lambda else f"worker {pool.name}-{index} started")
         worker.start_reading()
         pool.workers.append(worker)
         return worker
@@ -453,6 +471,12 @@ class LocalRun:
         counts = {}
         for pool in self.pools.values():
             visible, in_flight, delayed = message_counts(self.sqs, pool.queues.url)
+            if pool.spec.on_lambda:
+                # No scaler: the mapping takes the messages (in AWS up to max_workers at once).
+                if (visible or delayed) and not pool.running_workers():
+                    self.launch_worker(pool)
+                counts[pool.name] = (visible, in_flight, delayed)
+                continue
             numbers = dict(
                 visible=visible,
                 in_flight=in_flight,
@@ -865,6 +889,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--second-pool-tasks", type=_bursts, default=None, metavar="N[,N...]",
                         help=f"{SECOND_POOL_TASK[0]} tasks per burst for the {SECOND_POOL} pool the demo adds "
                              "[8,4; 0 with --task-module; 0: one pool only]")
+    parser.add_argument("--lambda-pool-tasks", type=_bursts, default=None, metavar="N[,N...]",
+                        help=f"{LAMBDA_POOL_TASK[0]} tasks per burst for the Lambda pool {LAMBDA_POOL} the demo adds "
+                             "(its handler run in-process by a local stand-in of the event source mapping) "
+                             "[6,3; 0 with --task-module; 0: no Lambda pool]")
     parser.add_argument(
         "--task", default=None,
         help="calculate_pi (about a second of CPU each), trivial, or a task of --task-module [calculate_pi]",
@@ -901,6 +929,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"argument --tasks: {','.join(map(str, args.tasks))!r} sends nothing; allowed: at least one count above 0")
     if args.second_pool_tasks is None:
         args.second_pool_tasks = (0,) if args.task_module else DEFAULT_SECOND_POOL_BURSTS
+    if args.lambda_pool_tasks is None:
+        args.lambda_pool_tasks = (0,) if args.task_module else DEFAULT_LAMBDA_POOL_BURSTS
     if args.task is None and not args.task_module:
         args.task = "calculate_pi"
     if args.task is not None and not args.task_module and args.task not in TASK_CHOICES:
@@ -989,24 +1019,30 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def demo_overrides(context: dict, second_pool: bool) -> tuple[dict, str]:
+def demo_overrides(context: dict, second_pool: bool, lambda_pool: bool = False) -> tuple[dict, str]:
     """The context overrides the demo synthesizes with, and where its pools come from.
 
-    With one pool configured (or none: the default pool), the demo adds the worked GPU pool on
-    top of the project's own settings; with two or more it runs the project's pools as they are.
+    With one pool configured (or none: the default pool), the demo adds the worked GPU pool (and,
+    with ``lambda_pool``, a Lambda pool of light tasks) on top of the project's own settings; with
+    two or more it runs the project's pools as they are.
     """
     block = context.get(CONTEXT_KEY) or {}
     if isinstance(block, str):
         block = json.loads(block)
     pools = dict(block.get("pools") or {"default": {}})
-    if len(pools) > 1 or not second_pool:
+    if len(pools) > 1 or not (second_pool or lambda_pool):
         return {}, "the pools of cdk.json"
     first = next(iter(pools))
-    if first == SECOND_POOL:
-        raise DemoError(f"the project's one pool is called {SECOND_POOL!r}, the name of the pool the demo adds")
-    pools[SECOND_POOL] = SECOND_POOL_SETTINGS
-    return ({CONTEXT_KEY: {**block, "pools": pools}},
-            f"pool {first} from cdk.json, pool {SECOND_POOL} added by the demo (examples/gpu-pool)")
+    added = []
+    for wanted, name, settings, what in ((second_pool, SECOND_POOL, SECOND_POOL_SETTINGS, "examples/gpu-pool"),
+                                         (lambda_pool, LAMBDA_POOL, LAMBDA_POOL_SETTINGS, 'compute "lambda"')):
+        if not wanted:
+            continue
+        if first == name:
+            raise DemoError(f"the project's one pool is called {name!r}, the name of a pool the demo adds")
+        pools[name] = settings
+        added.append(f"pool {name} added by the demo ({what})")
+    return ({CONTEXT_KEY: {**block, "pools": pools}}, f"pool {first} from cdk.json, " + ", ".join(added))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1031,7 +1067,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         task_name, task_kwargs, label = choose_task(args, module, module.tasks() if module else None)
         context = project_context()
         second_pool = any(args.second_pool_tasks)
-        overrides, origin = demo_overrides(context, second_pool=second_pool)
+        overrides, origin = demo_overrides(context, second_pool=second_pool, lambda_pool=any(args.lambda_pool_tasks))
         settings = Settings.from_context({**context, **overrides}.get(CONTEXT_KEY))
         with progress.working("synthesizing the stack for each pool's queue and worker settings"):
             spec = read_spec(synthesize(work_dir / "cdk.out", overrides), settings)
@@ -1052,16 +1088,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         run.on_event = progress.say
         for pool in run.pools.values():
+            if pool.spec.on_lambda:
+                progress.say(
+                    f"pool {pool.name}: Lambda (compute \"lambda\"), tasks {', '.join(pool.spec.tasks) or 'all others'}; "
+                    f"visibility {pool.spec.queue.visibility_timeout} s, DLQ after {pool.spec.queue.max_receive_count} "
+                    f"receives; its SQS event source mapping takes the messages (at most {pool.spec.max_workers} at once "
+                    "in AWS). Here a local stand-in plays the mapping and runs the function's handler in its own "
+                    "process, one message at a time"
+                )
+                continue
             progress.say(
                 f"pool {pool.name}: tasks {', '.join(pool.spec.tasks) or 'all others'}; visibility "
                 f"{pool.spec.queue.visibility_timeout} s, DLQ after {pool.spec.queue.max_receive_count} receives; "
                 f"scaler: 1 worker per {pool.messages_per_worker} messages, at most {pool.max_workers} here"
             )
         bursts = []
-        for number in range(max(len(args.tasks), len(args.second_pool_tasks))):
+        for number in range(max(len(args.tasks), len(args.second_pool_tasks), len(args.lambda_pool_tasks))):
             burst = [Send(_at(args.tasks, number), task_name, task_kwargs, args.args, label)]
             if SECOND_POOL in run.pools:
                 burst.append(Send(_at(args.second_pool_tasks, number), *SECOND_POOL_TASK))
+            if LAMBDA_POOL in run.pools and run.pools[LAMBDA_POOL].spec.on_lambda:
+                burst.append(Send(_at(args.lambda_pool_tasks, number), *LAMBDA_POOL_TASK))
             bursts.append(burst)
         tasks = sum(send.count for burst in bursts for send in burst)
         progress.say(

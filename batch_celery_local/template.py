@@ -24,6 +24,8 @@ from batch_celery.settings import Settings
 from batch_celery_container import contract
 
 WORKER_COMMAND = "batch-celery-worker"
+# A Lambda pool's function runs its image with this entry point (batch_celery/lambda_pool.py).
+LAMBDA_ENTRYPOINT = "batch-celery-lambda"
 
 
 class TemplateError(RuntimeError):
@@ -55,6 +57,9 @@ class PoolSpec:
     tasks_per_worker: int = 1
     tasks: tuple[str, ...] = ()
     image: str | None = None
+    # A Lambda pool (compute "lambda"): worker_environment is its function's; max_workers its
+    # mapping's maximum concurrency.
+    on_lambda: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,9 +149,44 @@ def read_spec(template: Mapping[str, Any], settings: Settings | None = None) -> 
         )
     if not pools:
         raise TemplateError(f"no worker job definition running {WORKER_COMMAND} in the template")
+    pools.update(_lambda_pools(template, queues, settings))
     if settings:  # the stack's order, so the first pool is the default one
         pools = {name: pools[name] for name in settings.props.pools if name in pools}
     return StackSpec(pools=pools, results=bool(_resources(template, "AWS::DynamoDB::GlobalTable")))
+
+
+def _lambda_pools(template: Mapping[str, Any], queues: Mapping[str, Any],
+                  settings: Settings | None) -> dict[str, PoolSpec]:
+    """The Lambda pools: each function that runs the Lambda entry point, with its queue."""
+    mappings = {}
+    for resource in _resources(template, "AWS::Lambda::EventSourceMapping").values():
+        properties = resource.get("Properties", {})
+        function = properties.get("FunctionName", {})
+        if isinstance(function, Mapping) and "Ref" in function:
+            mappings[function["Ref"]] = properties
+    pools = {}
+    for logical_id, resource in _resources(template, "AWS::Lambda::Function").items():
+        properties = resource.get("Properties", {})
+        if (properties.get("ImageConfig") or {}).get("EntryPoint") != [LAMBDA_ENTRYPOINT]:
+            continue
+        variables = (properties.get("Environment") or {}).get("Variables") or {}
+        name = _literal_env(variables).get(contract.POOL)
+        queue_ref = variables.get(contract.QUEUE_URL)
+        queue_id = queue_ref.get("Ref") if isinstance(queue_ref, Mapping) else None
+        if not name or queue_id not in queues:
+            raise TemplateError(f"a Lambda pool's function lacks {contract.POOL} or a {contract.QUEUE_URL} of this stack")
+        props = settings.props.pools.get(name) if settings else None
+        scaling = (mappings.get(logical_id) or {}).get("ScalingConfig") or {}
+        pools[name] = PoolSpec(
+            name=name,
+            queue=_queue_spec(queues, queue_id),
+            worker_environment=_literal_env(variables),
+            max_workers=scaling.get("MaximumConcurrency"),
+            tasks=props.tasks if props else (),
+            image=props.image if props else None,
+            on_lambda=True,
+        )
+    return pools
 
 
 def _queue_spec(queues: Mapping[str, Any], queue_id: str) -> QueueSpec:

@@ -118,7 +118,8 @@ def test_without_an_app_the_bundled_one_is_built_the_same_way(project):
     assert (app["broker_url"], app["transport"], app["default_queue"]) == ("sqs://", "sqs_transport:Transport", "pool-q")
     assert app["routes"] == {"batch.*": {"queue": "pool-q"}}
     assert (app["serializer"], app["accept"], app["include"]) == ("json", ["json"], ["extra_tasks"])
-    assert app["tasks"] == sorted(["batch.calculate_pi", "batch.parallel_digest", contract.PROBE_TASK, "extra.one"])
+    assert app["tasks"] == sorted(["batch.calculate_pi", "batch.parallel_digest", "batch.word_count",
+                                   contract.PROBE_TASK, "extra.one"])
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -322,12 +322,18 @@ def principals_for(stack: StackPolicies, pool: str, pools: Iterable[str]) -> lis
     """Everybody a deployment meets, for one pool: the people and applications above and the
     stack's own roles (with the template's policies)."""
     own = [stack.stack_role("filler", "WorkersFillerRole"),
-           stack.stack_role("workers", f"Workers{pool}PoolWorkerRole")]
-    own += [stack.stack_role(f"workers of {other}", f"Workers{other}PoolWorkerRole") for other in pools if other != pool]
+           stack.stack_role("workers", worker_role_name(stack, pool))]
+    own += [stack.stack_role(f"workers of {other}", worker_role_name(stack, other)) for other in pools if other != pool]
     scaler = stack.roles_named("WorkersScalingScalerRole")
     if scaler:
         own.append(stack.stack_role("scaler", scaler[0]))
     return [*PEOPLE, *own]
+
+
+def worker_role_name(stack: StackPolicies, pool: str) -> str:
+    """The role that runs a pool's tasks: its worker jobs' role, or a Lambda pool's function role."""
+    name = f"Workers{pool}PoolWorkerRole"
+    return name if stack.roles_named(name) else f"Workers{pool}PoolFunctionRole"
 
 
 def trust_requests(stack: StackPolicies) -> list[tuple[str, str, Request]]:

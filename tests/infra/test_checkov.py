@@ -19,10 +19,12 @@ FARGATE_POOLS = {name: pool for name, pool in THREE_POOLS.items()
                  if pool.get("compute", "fargate").startswith("fargate")}
 # The default stack and the options that change the template most (three synths and scans: each
 # costs seconds of CPU in make test).
+# A Lambda pool (compute "lambda") rides along in the two option templates.
+LAMBDA_POOL = {"light": {"compute": "lambda", "memory_mib": 1024, "task_time_limit_seconds": 60, "tasks": ["light.*"]}}
 TEMPLATES = {
     "default": committed_settings(),  # what `cdk synth` builds from cdk.json
-    "kms-private-endpoints": {"pools": THREE_POOLS, "kms_key": True, "network": "private-endpoints"},
-    "public-alarms-mode-no-results": {"pools": FARGATE_POOLS, "network": "public", "results": False,
+    "kms-private-endpoints": {"pools": {**THREE_POOLS, **LAMBDA_POOL}, "kms_key": True, "network": "private-endpoints"},
+    "public-alarms-mode-no-results": {"pools": {**FARGATE_POOLS, **LAMBDA_POOL}, "network": "public", "results": False,
                                       "scaling_mode": "alarms"},
 }
 

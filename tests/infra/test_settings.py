@@ -168,8 +168,8 @@ INVALID = [
     ({"pools": {"a-1b": {}, "a1b": {}}},
      f'{P}.a1b = "a1b": reads the same as pool \'a-1b\' in output names (A1b); rename one'),
     # --- compute
-    ({"pools": {"gpu": {"compute": "lambda"}}},
-     f'{P}.gpu.compute = "lambda": must be one of "fargate", "fargate_spot", "ec2", "ec2_spot"'),
+    ({"pools": {"gpu": {"compute": "ecs"}}},
+     f'{P}.gpu.compute = "ecs": must be one of "fargate", "fargate_spot", "ec2", "ec2_spot", "lambda"'),
     ({"pools": {"arm": {"compute": "fargate_spot", "platform": "linux/arm64"}}},
      f'{P}.arm.compute = "fargate_spot": Fargate Spot runs no linux/arm64 tasks; use "fargate" or "ec2_spot"'),
     ({"pools": {"arm": {"platform": "linux/386"}}},

@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 from batch_celery_local import REPO_ROOT, template
-from batch_celery_local.demo import SECOND_POOL, SECOND_POOL_SETTINGS, demo_overrides, parse_args
+from batch_celery_local.demo import (
+    LAMBDA_POOL, LAMBDA_POOL_SETTINGS, SECOND_POOL, SECOND_POOL_SETTINGS, demo_overrides, parse_args,
+)
 from batch_celery.settings import Settings
 from harness.processes import alive, live_pids
 
@@ -70,7 +72,8 @@ def run_demo(*args: str, tmpdir: Path | None = None) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_two_bursts_on_two_pools_scale_up_and_in_with_every_task_on_its_own_pools_workers(tmp_path):
-    demo = run_demo("--tasks", "8,3", "--task", "trivial", "--second-pool-tasks", "3,0", "--max-workers", "2",
+    demo = run_demo("--tasks", "8,3", "--task", "trivial", "--second-pool-tasks", "3,0", "--lambda-pool-tasks", "0",
+                    "--max-workers", "2",
                     "--idle-seconds", "2", "--messages-per-worker", "4", "--keep", str(tmp_path),
                     "--run-file", str(tmp_path / "run.json"))
     arrivals = lines_as_they_come(demo, timeout=240)
@@ -133,7 +136,8 @@ def test_two_bursts_on_two_pools_scale_up_and_in_with_every_task_on_its_own_pool
 def test_interrupted_run_counts_every_finished_task_done_and_none_lost(tmp_path):
     # Long tasks so the interrupt lands while workers are busy, some tasks done, most still queued.
     demo = run_demo("--tasks", "40", "--task", "calculate_pi", "--max-workers", "2", "--idle-seconds", "30",
-                    "--second-pool-tasks", "12", "--keep", str(tmp_path), "--run-file", str(tmp_path / "run.json"))
+                    "--second-pool-tasks", "12", "--lambda-pool-tasks", "0", "--keep", str(tmp_path),
+                    "--run-file", str(tmp_path / "run.json"))
     started_workers = False
     deadline = time.monotonic() + 120
     lines = []
@@ -208,6 +212,37 @@ def test_the_demo_adds_a_second_pool_only_to_a_one_pool_project():
     two = {"batch-celery": {"pools": {"a": {}, "b": {"tasks": ["b.*"]}}}}
     assert demo_overrides(two, second_pool=True) == ({}, "the pools of cdk.json")
     assert demo_overrides({}, second_pool=False) == ({}, "the pools of cdk.json")
+
+
+def test_the_demo_adds_a_lambda_pool_beside_the_batch_pools():
+    overrides, origin = demo_overrides({}, second_pool=True, lambda_pool=True)
+    assert overrides == {"batch-celery": {"pools": {"default": {}, SECOND_POOL: SECOND_POOL_SETTINGS,
+                                                    LAMBDA_POOL: LAMBDA_POOL_SETTINGS}}}
+    assert origin.endswith(f'pool {LAMBDA_POOL} added by the demo (compute "lambda")')
+    assert parse_args([]).lambda_pool_tasks == (6, 3)
+    assert parse_args(["--task-module", "x.py"]).lambda_pool_tasks == (0,)
+
+
+@pytest.mark.slow
+def test_the_lambda_pool_runs_its_handler_in_process_beside_a_batch_pool_and_says_so(tmp_path):
+    demo = run_demo("--tasks", "2", "--task", "trivial", "--second-pool-tasks", "0", "--lambda-pool-tasks", "3,1",
+                    "--idle-seconds", "1", "--keep", str(tmp_path), "--run-file", str(tmp_path / "run.json"))
+    output, _ = demo.communicate(timeout=300)
+    assert demo.returncode == 0, output
+    flat = " ".join(output.split())
+    assert 'pool light added by the demo (compute "lambda")' in flat, output
+    assert "Here a local stand-in plays the mapping and runs the function's handler in its own process" in flat
+    assert "Lambda pool light: event source mapping stand-in light-1 started (the function's handler, in-process)" \
+        in flat, output
+    pools = {name: (int(done), int(sent)) for name, done, sent, _ in POOL_LINE.findall(output)}
+    assert pools == {"default": (2, 2), LAMBDA_POOL: (4, 4)}, output
+    summary = SUMMARY.match(output.strip().splitlines()[-1])
+    assert summary and summary.groups()[2:5] == ("0", "0", "0"), output
+    # The stand-in's log: Celery's own line for each task it ran, and no worker job's lifecycle script.
+    logs = "".join(path.read_text() for path in tmp_path.glob(f"{LAMBDA_POOL}-worker-*.log"))
+    assert len(re.findall(r"Task batch\.word_count\[\S+\] succeeded", logs)) == 4, logs
+    assert "run_celery_worker" not in logs
+    assert demo_processes() == []
 
 
 def test_queues_created_locally_match_the_spec(moto_server):
