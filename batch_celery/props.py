@@ -46,7 +46,7 @@ LAMBDA_MIN_RECEIVE_COUNT = 2
 # their default, or refused with one line (the mapping and Lambda decide these things there).
 BATCH_ONLY_KEYS = (
     "idle_seconds", "poll_seconds", "job_timeout_seconds", "job_attempts", "stop_grace_seconds",
-    "messages_per_worker", "low_threshold", "high_threshold", "high_array_size", "runnable_timeout_seconds",
+    "messages_per_worker", "target_wait_seconds", "low_threshold", "high_threshold", "high_array_size", "runnable_timeout_seconds",
 )
 PLATFORMS = ("linux/amd64", "linux/arm64")
 DEFAULT_POOL = "default"
