@@ -44,7 +44,7 @@ from batch_celery_local.template import (
     PoolSpec, StackSpec, TemplateError, create_queues, project_context, read_spec, synthesize,
 )
 from batch_celery.props import pascal
-from batch_celery.scaler.policy import workers_needed, workers_to_submit
+from batch_celery.scaler.policy import workers_for_target, workers_needed, workers_to_submit
 from batch_celery.settings import CONTEXT_KEY, Settings, SettingsError
 from batch_celery_container import contract, routing
 
@@ -94,6 +94,8 @@ DEFAULT_SECOND_POOL_BURSTS = (8, 4)
 MAX_BURSTS = 10
 # A cap no pool reaches: what the policy would want without its pool's cap, shown beside it.
 UNCAPPED = 1_000_000
+# A local worker (the lifecycle script and Celery) polls about this long after its launch (seen here).
+LOCAL_START_SECONDS = 3
 # Every line the demo prints fits a terminal of this width; longer ones wrap under an indent.
 WIDTH = 80
 EVENT_INDENT = " " * 8
@@ -271,7 +273,9 @@ class LocalPool:
     spec: PoolSpec
     queues: QueuePair
     max_workers: int
+    # 0: sized to target_wait_seconds from the run times its workers report (policy.workers_for_target).
     messages_per_worker: int
+    target_wait_seconds: int = 90
     sent: int = 0
     workers: list[LocalWorker] = field(default_factory=list)
     # The ids of the tasks sent to this pool (the filler's --ids-file).
@@ -333,7 +337,8 @@ class LocalRun:
                 spec=pool,
                 queues=create_queues(self.sqs, f"batch-celery-demo-{self.marker[:8]}-{name}", pool.queue),
                 max_workers=max_workers.get(name, 1),
-                messages_per_worker=messages_per_worker or pool.messages_per_worker or 10,
+                messages_per_worker=messages_per_worker or pool.messages_per_worker or 0,
+                target_wait_seconds=pool.target_wait_seconds or 90,
             )
             for name, pool in spec.pools.items()
         }
@@ -486,15 +491,33 @@ class LocalRun:
                 max_workers=pool.max_workers,
                 tasks_per_worker=pool.spec.tasks_per_worker,
             )
-            submit = workers_to_submit(**numbers)
-            wanted = workers_needed(**numbers)
+            why = ""
+            if pool.messages_per_worker:
+                submit = workers_to_submit(**numbers)
+                wanted = workers_needed(**numbers)
+                uncapped = workers_needed(**{**numbers, "max_workers": UNCAPPED})
+            else:
+                # The stand-in for GetMetricData: the mean run_seconds of the task lines the pool's
+                # workers wrote; a local worker polls about LOCAL_START_SECONDS after its launch.
+                runs = [m["run_seconds"] for w in pool.workers for m in list(w.metrics) if "run_seconds" in m]
+                task_seconds = sum(runs) / len(runs) if runs else None
+                target = dict(visible=visible, in_flight=in_flight, delayed=delayed,
+                              active_workers=numbers["active_workers"], target_wait_seconds=pool.target_wait_seconds,
+                              start_seconds=LOCAL_START_SECONDS, task_seconds=task_seconds,
+                              tasks_per_worker=pool.spec.tasks_per_worker)
+                sizing = workers_for_target(max_workers=pool.max_workers, **target)
+                wanted = sizing.wanted
+                submit = max(0, wanted - numbers["active_workers"])
+                uncapped = workers_for_target(max_workers=UNCAPPED, **target).wanted
+                why = (f"; run time unknown: a worker per waiting task" if task_seconds is None else
+                       f"; run time {task_seconds:.1f} s (mean of {len(runs)}): {sizing.per_new_worker} per new "
+                       f"worker within {pool.target_wait_seconds} s, {sizing.free_up} by busy or starting ones")
             if submit or self._told.get(pool.name, (0, 0)) != (wanted, submit):
                 self._told[pool.name] = (wanted, submit)
-                uncapped = workers_needed(**{**numbers, "max_workers": UNCAPPED})
                 wants = f"{uncapped} (cap {pool.max_workers})" if uncapped > wanted else str(wanted)
                 self.event(
                     f"scaler {pool.name}: {visible} waiting, {in_flight} in flight, "
-                    f"{numbers['active_workers']} running; wants {wants}, starts {submit}"
+                    f"{numbers['active_workers']} running; wants {wants}, starts {submit}{why if visible + delayed else ''}"
                 )
             for _ in range(submit):
                 self.launch_worker(pool)
@@ -915,7 +938,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--poll-seconds", type=_bounded(1, 60), default=1, help="queue check interval of a worker [1]")
     parser.add_argument(
         "--messages-per-worker", type=_bounded(1, 10_000), default=None,
-        help="scaler target backlog per worker, every pool [each pool's setting]",
+        help="size every pool by this fixed backlog per worker instead of its target wait [each pool's setting]",
     )
     parser.add_argument("--timeout", type=_bounded(10, 3600), default=600, help="give up after this many seconds [600]")
     parser.add_argument("--live", dest="live", action="store_true", default=None, help="force the live view")
@@ -1100,7 +1123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress.say(
                 f"pool {pool.name}: tasks {', '.join(pool.spec.tasks) or 'all others'}; visibility "
                 f"{pool.spec.queue.visibility_timeout} s, DLQ after {pool.spec.queue.max_receive_count} receives; "
-                f"scaler: 1 worker per {pool.messages_per_worker} messages, at most {pool.max_workers} here"
+                + (f"scaler: 1 worker per {pool.messages_per_worker} messages, at most {pool.max_workers} here"
+                   if pool.messages_per_worker else
+                   f"scaler: every task started within {pool.target_wait_seconds} s, sized from the run times its "
+                   f"workers report, at most {pool.max_workers} here")
             )
         bursts = []
         for number in range(max(len(args.tasks), len(args.second_pool_tasks), len(args.lambda_pool_tasks))):

@@ -53,6 +53,7 @@ class PoolSpec:
     worker_environment: Mapping[str, str]
     # The scaler's numbers for this pool (its POOLS entry); None in alarms mode.
     messages_per_worker: int | None = None
+    target_wait_seconds: int | None = None
     max_workers: int | None = None
     tasks_per_worker: int = 1
     tasks: tuple[str, ...] = ()
@@ -142,6 +143,7 @@ def read_spec(template: Mapping[str, Any], settings: Settings | None = None) -> 
             queue=_queue_spec(queues, queue_id),
             worker_environment=_literal_env(pairs),
             messages_per_worker=scaler.get("messages_per_worker"),
+            target_wait_seconds=scaler.get("target_wait_seconds"),
             max_workers=scaler.get("max_workers"),
             tasks_per_worker=scaler.get("tasks_per_worker", 1),
             tasks=props.tasks if props else (),

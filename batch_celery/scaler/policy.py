@@ -210,7 +210,6 @@ def workers_for_target(
     coming_slots = slots - busy_slots
     if starting_workers is not None:
         coming_slots = min(coming_slots, starting_workers * tasks_per_worker)
-    busy = min(math.ceil(in_flight / tasks_per_worker), active_workers)
     if task_seconds is None:
         per_slot_new, free_up, basis = 1, coming_slots, "unknown"
     else:
@@ -221,7 +220,7 @@ def workers_for_target(
     uncovered = max(0, waiting - free_up)
     per_new_worker = per_slot_new * tasks_per_worker
     new = math.ceil(uncovered / per_new_worker)
-    wanted = min(max(active_workers, busy) + new, max_workers)
+    wanted = min(active_workers + new, max_workers)
     return Sizing(wanted=wanted, task_seconds=task_seconds, basis=basis, per_new_worker=per_new_worker,
                   free_up=min(free_up, waiting), uncovered=uncovered)
 

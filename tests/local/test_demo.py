@@ -183,7 +183,8 @@ def test_queue_attributes_come_from_the_synthesized_stack(tmp_path):
     assert pool.queue.dlq_retention_seconds > pool.queue.retention_seconds
     assert pool.worker_environment["VISIBILITY_TIMEOUT_SECONDS"] == str(pool.queue.visibility_timeout)
     assert {"IDLE_SECONDS", "POLL_SECONDS", "WORKER_CONCURRENCY"} <= set(pool.worker_environment)
-    assert (pool.messages_per_worker, pool.max_workers, pool.tasks_per_worker) == (10, 48, 1)
+    # 0: sized to the target wait (90 s) from the run times its workers report.
+    assert (pool.messages_per_worker, pool.target_wait_seconds, pool.max_workers, pool.tasks_per_worker) == (0, 90, 48, 1)
 
 
 @pytest.mark.slow  # a synth through app.py
@@ -200,7 +201,7 @@ def test_each_pool_of_a_two_pool_stack_is_read_with_its_own_settings(tmp_path):
     assert (main.queue.max_receive_count, main.worker_environment["IDLE_SECONDS"], main.messages_per_worker) == (7, "90", 4)
     assert (main.tasks, main.image) == ((), None)
     assert (gpu.queue.visibility_timeout, gpu.queue.max_receive_count) == (600, 3)
-    assert (gpu.max_workers, gpu.tasks_per_worker, gpu.messages_per_worker) == (3, 2, 10)
+    assert (gpu.max_workers, gpu.tasks_per_worker, gpu.messages_per_worker) == (3, 2, 0)
     assert (gpu.tasks, gpu.image) == (("gpu.*",), "examples/gpu-pool")
     assert gpu.worker_environment["WORKER_POOL"] == "gpu"
 
@@ -242,6 +243,24 @@ def test_the_lambda_pool_runs_its_handler_in_process_beside_a_batch_pool_and_say
     logs = "".join(path.read_text() for path in tmp_path.glob(f"{LAMBDA_POOL}-worker-*.log"))
     assert len(re.findall(r"Task batch\.word_count\[\S+\] succeeded", logs)) == 4, logs
     assert "run_celery_worker" not in logs
+    assert demo_processes() == []
+
+
+@pytest.mark.slow
+def test_the_scaler_sizes_the_second_burst_from_the_run_times_of_the_first(tmp_path):
+    demo = run_demo("--tasks", "4,3", "--task", "trivial", "--second-pool-tasks", "0", "--lambda-pool-tasks", "0",
+                    "--idle-seconds", "1", "--max-workers", "4", "--keep", str(tmp_path),
+                    "--run-file", str(tmp_path / "run.json"))
+    output, _ = demo.communicate(timeout=300)
+    assert demo.returncode == 0, output
+    flat = " ".join(output.split())
+    assert "scaler: every task started within 90 s, sized from the run times its workers report" in flat, output
+    # Burst 1: the pool never reported a run, so each waiting task gets a worker of its own.
+    assert re.search(r"scaler default: 4 waiting, 0 in flight, 0 running; wants 4, starts 4; run time unknown: "
+                     r"a worker per waiting task", flat), output
+    # Burst 2: the 4 runs of burst 1 (well under a second each) let one new worker take all 3.
+    assert re.search(r"scaler default: 3 waiting, 0 in flight, 0 running; wants 1, starts 1; run time [0-9.]+ s "
+                     r"\(mean of 4\): \d+ per new worker within 90 s", flat), output
     assert demo_processes() == []
 
 
