@@ -4,6 +4,7 @@ Layout (24 columns wide, every widget 6 high; ``DashboardUrl`` output opens it):
 
     stack   | alarms (every alarm that notifies the topic) 12 | scaler errors 4 | worker jobs failed 4 | events DLQ 4
     pool P  | backlog and oldest age 6 | workers wanted vs active 6 | tasks per minute 4 | wait and run p50/p95 4 | DLQ 4
+    scaler  | decisions that started workers, and why 24
 
 A Lambda pool's row shows its function's concurrent executions, errors and throttles where a Batch
 pool's shows its workers, and its function-errors alarm joins the stack row's alarms.
@@ -16,6 +17,9 @@ pool's shows its workers, and its function-errors alarm joins the stack row's al
 - tasks per minute: ``tasks`` (Sum) of the outcomes succeeded, failed and retried;
 - wait and run: ``wait_seconds`` and ``run_seconds`` at p50 and p95;
 - DLQ: the pool's dead-letter queue depth (any message there is an alarm).
+
+A last row (scaler mode) lists the scaler's latest decisions that started workers, with the run
+time, start and coverage each was sized from (a Logs Insights table of its decision lines).
 
 The task and scaler metrics are the EMF lines of emf.py, in the stack's namespace; their names
 come from that module only.
@@ -63,6 +67,27 @@ class WorkersDashboard(Construct):
         self.dashboard.add_widgets(*self._stack_row(pool_alarms, monitoring, scaler, events_dead_letter_queue))
         for name, pool in pools.items():
             self.dashboard.add_widgets(*self._pool_row(name, pool, scaler is not None))
+        if scaler is not None:
+            self.dashboard.add_widgets(self._decisions(scaler))
+
+    def _decisions(self, scaler: Scaler) -> cloudwatch.IWidget:
+        """The scaler's last decisions that started workers, with the figures they came from
+        (handler.scale's record: the run time and its basis, the start, what a new worker takes
+        within the target wait and what busy or starting workers take)."""
+        return cloudwatch.LogQueryWidget(
+            title="Scaler: decisions that started workers, and why",
+            log_group_names=[scaler.log_group.log_group_name],
+            view=cloudwatch.LogQueryVisualizationType.TABLE,
+            query_lines=[
+                "fields @timestamp, pool, visible, in_flight, active, wanted, submitted, sizing.task_seconds, "
+                "sizing.task_seconds_basis, sizing.start_seconds, sizing.per_new_worker, sizing.free_up, "
+                "messages_per_worker",
+                "filter submitted > 0",
+                "sort @timestamp desc",
+                "limit 20",
+            ],
+            width=24, height=HEIGHT,
+        )
 
     @property
     def dashboard_name(self) -> str:

@@ -53,10 +53,24 @@ def metrics(widget: dict[str, Any]) -> list[tuple[str, str, dict[str, str], str]
 def test_a_row_for_the_stack_then_a_row_per_pool_in_order_each_24_wide(request, fixture: str, pools: list) -> None:
     s: Synth = request.getfixturevalue(fixture)
     layout = rows(s)
-    assert len(layout) == 1 + len(pools)
+    # The stack, each pool, then the scaler's decisions.
+    assert len(layout) == 1 + len(pools) + 1
     assert all(sum(w["width"] for w in row) == 24 for row in layout)
     for pool, row in zip(pools, layout[1:]):
         assert all(w["properties"]["title"].startswith(f"{pool}: ") for w in row), row
+
+
+def test_the_last_row_lists_the_decisions_that_started_workers_with_their_reasons(default: Synth) -> None:
+    [widget] = rows(default)[-1]
+    properties = widget["properties"]
+    assert (widget["type"], properties["view"]) == ("log", "table")
+    assert properties["query"].startswith("SOURCE '<WorkersScalingScalerLogs>' | fields @timestamp, pool, ")
+    # The fields the scaler's decision record carries (handler.scale, policy.Sizing.reasons).
+    from batch_celery.scaler.policy import Sizing
+    reasons = Sizing(1, 20.0, "learned", 2, 0, 1).reasons()
+    for field in ("task_seconds", "task_seconds_basis", "per_new_worker", "free_up"):
+        assert field in reasons and f"sizing.{field}" in properties["query"]
+    assert "filter submitted > 0" in properties["query"]
 
 
 def test_each_pool_row_reads_its_own_queues_and_its_own_metrics(three_pools: Synth) -> None:
