@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from batch_celery_container import limits, routing
 
+from .scaler import warm
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from aws_cdk import aws_ec2 as ec2
 
@@ -46,7 +48,7 @@ LAMBDA_MIN_RECEIVE_COUNT = 2
 # their default, or refused with one line (the mapping and Lambda decide these things there).
 BATCH_ONLY_KEYS = (
     "idle_seconds", "poll_seconds", "job_timeout_seconds", "job_attempts", "stop_grace_seconds",
-    "messages_per_worker", "target_wait_seconds", "low_threshold", "high_threshold", "high_array_size", "runnable_timeout_seconds",
+    "messages_per_worker", "target_wait_seconds", "min_workers", "min_workers_hours", "low_threshold", "high_threshold", "high_array_size", "runnable_timeout_seconds",
 )
 PLATFORMS = ("linux/amd64", "linux/arm64")
 DEFAULT_POOL = "default"
@@ -216,6 +218,12 @@ class PoolProps:
     task starts within it, from the run times the pool's tasks report and the starts its jobs
     took (docs/scaling.md). A new worker needs a start first (about a minute on Fargate), so a
     shorter target means "as soon as a start allows" (10..86400)."""
+    min_workers: int = 0
+    """Warm capacity: workers kept up with nothing to do, for tasks that need seconds, not a
+    start's minute (0..max_workers; scaler mode). Each costs what a busy worker costs."""
+    min_workers_hours: str | None = None
+    """When the ``min_workers`` are kept: ``"[DAYS ]HH:MM-HH:MM[ UTC|+HH:MM]"``, e.g.
+    ``"mon-fri 08:00-18:00 +01:00"``; None: all the time."""
     messages_per_worker: int | None = None
     """Override: size by a fixed backlog per worker (acceptable latency / time per message)
     instead of the measured run times; None (the default) sizes to ``target_wait_seconds``."""
@@ -525,6 +533,14 @@ def _validate_pool(p: PoolProps) -> None:
 
     # Scaling.
     _int(p, "target_wait_seconds", *TARGET_WAIT_RANGE)
+    _int(p, "min_workers", 0, p.max_workers)
+    if p.min_workers_hours is not None:
+        if not p.min_workers:
+            raise _fail("min_workers_hours", p.min_workers_hours, "keeps min_workers warm; set min_workers >= 1 too")
+        try:
+            warm.parse(p.min_workers_hours)
+        except ValueError as error:
+            raise _fail("min_workers_hours", p.min_workers_hours, str(error)) from None
     if p.messages_per_worker is not None:
         _int(p, "messages_per_worker", 1)
     low = _int(p, "low_threshold", 1)
@@ -615,6 +631,12 @@ def _validate_deployment(d: CeleryBatchWorkersProps) -> None:
             " alarm rules submit workers themselves)",
         )
     _int(d, "scaler_poll_seconds", *SCALER_POLL_RANGE)
+    if d.scaling_mode == "alarms":
+        for name, pool in d.pools.items():
+            if pool.min_workers:
+                raise SettingsError("min_workers", pool.min_workers,
+                                    'keeps warm workers through the scaler; with scaling_mode "alarms" there is '
+                                    "none: set it to 0 or use the scaler").under(f"pools.{name}.")
     if d.scaler_idle_check not in SCALER_IDLE_CHECKS:
         raise _fail("scaler_idle_check", d.scaler_idle_check,
                     'must be "minute" (an idle run makes one check and ends) or "loop" (every run decides '

@@ -184,9 +184,12 @@ class Scaler(Construct):
         return role
 
     def _pools_json(self, pools: list[WorkerPool]) -> str:
-        """The handler's POOLS: what it reads, and what it submits to, for each pool."""
+        """The handler's POOLS: what it reads, and what it submits to, for each pool (warm
+        capacity only for the pools that keep some)."""
         return Stack.of(self).to_json_string([
             {
+                **({"min_workers": pool.props.min_workers, "warm_hours": pool.props.min_workers_hours or ""}
+                   if pool.props.min_workers else {}),
                 "pool": pool.name,
                 "queue_url": pool.queue.queue_url,
                 "job_queue": pool.job_queue.job_queue_arn,

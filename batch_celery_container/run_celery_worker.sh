@@ -39,6 +39,8 @@
 # STOP_GRACE_SECONDS [20], MAX_FAILED_READINGS [30], STOP_TIMEOUT_SECONDS [TASK_TIME_LIMIT_SECONDS
 # + 30], START_TIMEOUT_SECONDS [60], DRAIN_TIMEOUT_SECONDS [10], JOB_TIMEOUT_SECONDS [unset: no
 # deadline], JOB_START_MARGIN_SECONDS [30] and JOB_STOP_MARGIN_SECONDS [10] (limits.py),
+# WARM_UNTIL [0: none; epoch seconds before which the idle exit does not apply: a warm worker the
+# scaler started for a pool's min_workers],
 # WORKER_RUN_DIR [a new temporary folder], PYTHON [python3], LOG_LEVEL [INFO]; the queue and
 # worker settings (HEARTBEAT_SECONDS among them) are read by worker_settings.py.
 set -euo pipefail
@@ -65,6 +67,7 @@ STOP_GRACE_SECONDS="${STOP_GRACE_SECONDS:-20}"
 DRAIN_TIMEOUT_SECONDS="${DRAIN_TIMEOUT_SECONDS:-10}"
 LOG_LEVEL="${LOG_LEVEL:-INFO}"
 JOB_TIMEOUT_SECONDS="${JOB_TIMEOUT_SECONDS:-}"
+WARM_UNTIL="${WARM_UNTIL:-0}"
 
 log() { printf '%s run_celery_worker: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*"; }
 
@@ -75,6 +78,10 @@ for name in IDLE_SECONDS POLL_SECONDS MAX_FAILED_READINGS STOP_TIMEOUT_SECONDS S
         exit "$EXIT_CONFIG"
     fi
 done
+if [[ ! "$WARM_UNTIL" =~ ^[0-9]+$ ]]; then
+    log "configuration error: WARM_UNTIL=${WARM_UNTIL} is not allowed; expected epoch seconds (0: not kept warm)"
+    exit "$EXIT_CONFIG"
+fi
 
 # The job's deadline: the last moment to take a task (take_until_ms) and Batch's timeout
 # (job_end_ms), both counted from this script's start. The rule is limits.py's, as at synth.
@@ -395,6 +402,9 @@ if ! worker_alive; then
     finish "$EXIT_CONFIG"
 fi
 log "worker $worker_pid running; stopping it after ${IDLE_SECONDS} s holding no message with nothing waiting in the queue (checked every ${POLL_SECONDS} s)"
+if (( WARM_UNTIL * 1000 > STARTED_MS )); then
+    log "kept warm (a pool's min_workers): no idle exit before $(date -u -d "@${WARM_UNTIL}" +%Y-%m-%dT%H:%M:%SZ)"
+fi
 if [[ -n "$take_until_ms" ]]; then
     log "taking tasks for $(( (take_until_ms - $(now_ms)) / 1000 )) s more: the job timeout is ${JOB_TIMEOUT_SECONDS} s from the job's start and a task may run ${TASK_LIMIT_SECONDS} s"
 fi
@@ -450,7 +460,10 @@ while true; do
             empty_since_ms=""
         else
             empty_since_ms="${empty_since_ms:-$poll_started_ms}"
-            if (( poll_started_ms - empty_since_ms >= IDLE_SECONDS * 1000 )); then
+            if (( poll_started_ms < WARM_UNTIL * 1000 )); then
+                # Kept warm: idle, but no idle exit before its window ends.
+                empty_since_ms=""
+            elif (( poll_started_ms - empty_since_ms >= IDLE_SECONDS * 1000 )); then
                 log "idle for ${IDLE_SECONDS} s (held no message, nothing waiting in the queue); draining"
                 drain_worker
                 [[ -n "$stop_signal" ]] && handle_stop_signal

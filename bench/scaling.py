@@ -222,6 +222,9 @@ class Params:
     listjobs_lag_seconds: int = LISTJOBS_LAG_SECONDS
     # Each worker's lifecycle polls start at a random point of its first poll interval.
     poll_offsets: bool = True
+    # Warm capacity (a pool's min_workers, all the time): workers up with nothing to do, started
+    # before t = 0, billed until the work is done.
+    min_workers: int = STACK.min_workers
     tasks_per_worker: int = STACK.concurrency
     sla_seconds: int = STACK.age_alarm_seconds
     idle_seconds: int = STACK.idle_seconds
@@ -400,6 +403,8 @@ WORKLOADS: dict[str, Workload] = {
                               settings=(("learned_task_seconds", LONG_TASK_SECONDS),)),
     "diurnal": Workload("8 h of Poisson arrivals, 2 a minute, 45 s tasks, then 16 h idle (3 seeds pooled)",
                         _diurnal, seeds=3),
+    # Warm capacity for tasks that need seconds: one worker kept up all the time.
+    "trickle-warm": Workload("trickle, one warm worker (min_workers 1)", _trickle, settings=(("min_workers", 1),)),
     "mixed": Workload("2 h of Poisson arrivals, 1 a minute, log-normal run times 10 s .. 30 min", _mixed),
     # Past this machine: the simulator's figures and the scaler's API calls at a million tasks.
     "huge": Workload(f"{HUGE_TASKS:,} tasks of 30 s at t=0, max_workers {HUGE_MAX_WORKERS:,} (one phase)",
@@ -426,6 +431,7 @@ class Job:
     submitted_at: float
     size: int
     active: int
+    warm: bool = False
 
 
 @dataclass(eq=False)
@@ -556,9 +562,19 @@ class Simulation:
     def active_jobs(self) -> int:
         return self.jobs_pending + len(self.workers)
 
+    @staticmethod
+    def warm_event(payload: object) -> bool:
+        """An event of a warm worker (its polls, its job's end): it does not keep the run going."""
+        worker = payload[0] if isinstance(payload, tuple) and payload and isinstance(payload[0], Worker) else payload
+        return isinstance(worker, Worker) and worker.job is not None and worker.job.warm
+
     def quiet(self) -> bool:
-        return (self.arrived == len(self.tasks) and not self.waiting and self.in_flight() == 0
-                and self.active_jobs() == 0 and not self.faults)
+        # Warm workers with nothing to do stay up; the run ends when the work is done.
+        if self.arrived < len(self.tasks) or self.waiting or self.in_flight() or self.faults:
+            return False
+        warm_idle = 0 if not self.params.min_workers else sum(
+            1 for w in self.workers if w.job is not None and w.job.warm and w.state == IDLE)
+        return self.active_jobs() == warm_idle
 
     def record(self) -> None:
         if not self.keep_timeline:
@@ -570,9 +586,9 @@ class Simulation:
             self.timeline.append(point)
 
     # -- Batch: submit -> RUNNABLE -> placed (slot) -> RUNNING
-    def submit(self, workers: int) -> None:
+    def submit(self, workers: int, warm: bool = False) -> None:
         for size in submission_plan(workers):
-            job = Job(self.now, size, size)
+            job = Job(self.now, size, size, warm)
             self.active_parents += 1
             for _ in range(size):
                 self.jobs_submitted += 1
@@ -656,6 +672,8 @@ class Simulation:
         """One pass of the lifecycle script's loop."""
         if worker.state == BUSY:
             worker.empty_since = None
+        elif worker.state == IDLE and worker.job is not None and worker.job.warm:
+            worker.empty_since = None                         # kept warm (WARM_UNTIL): no idle exit
         elif worker.state == IDLE:
             if self.params.idle_rule == "worker":
                 empty = not self.waiting                      # visible + delayed (none delayed here)
@@ -832,9 +850,16 @@ class Simulation:
                                         starting_workers=self.jobs_pending + sum(
                                             1 for w in self.workers if w.state == STARTING))
             deficit = max(0, sizing.wanted - active)
+        warm_new = 0
+        if p.min_workers:
+            # handler.scale: at least min_workers; the ones started for that alone are warm.
+            target = min(p.min_workers, p.max_workers)
+            warm_new = max(0, target - max(active, active + deficit))
+            deficit += warm_new
         self.count_calls(parents, deficit)
-        self.submit(deficit)
-        if visible or in_flight or active or deficit:
+        self.submit(deficit - warm_new)
+        self.submit(warm_new, warm=True)
+        if visible or in_flight or active > min(p.min_workers, p.max_workers) or deficit:
             self.last_work = self.now
             return True
         return p.scaler_idle_check == "loop" or (
@@ -866,6 +891,18 @@ class Simulation:
             self.schedule(task.arrival, ARRIVAL, task)
         if self.policy != "oracle":
             self.schedule(self.phase, MINUTE, 0)
+        if self.policy == "scaler" and self.params.min_workers:
+            # Warm capacity kept while the stack was idle: up and polling at t = 0.
+            job = Job(0.0, self.params.min_workers, self.params.min_workers, warm=True)
+            self.active_parents += 1
+            for _ in range(min(self.params.min_workers, self.params.max_workers)):
+                worker = Worker(placed_at=0.0, running_at=0.0, job=job)
+                self.workers.append(worker)
+                self.become_idle(worker)
+                self.schedule_job_end(worker)
+                self.schedule(self.rng.uniform(0, self.params.poll_seconds), POLL, worker)
+            self.started = True
+            self.peak = max(self.peak, len(self.workers))
         if self.policy == "scaler":
             # The invocation before t = 0 may still be deciding after it, if every run loops; with
             # the idle check it found nothing (the stack was idle) and ended at its first decision.
@@ -882,7 +919,7 @@ class Simulation:
             self.now = at
             self.handle(kind, payload)
             self.record()
-            if self.quiet() and all(k in PERIODIC for _, k, _, _ in self.events):
+            if self.quiet() and all(k in PERIODIC or self.warm_event(p) for _, k, _, p in self.events):
                 break
         for worker in self.workers:  # still alive at the horizon: billed up to it
             self.now = min(self.now, self.horizon)

@@ -26,7 +26,10 @@ control):
                     "target_wait_seconds": 60,         how long a task may wait for a worker, >= 1
                     "start_seconds": 60,               expected SubmitJob to a polling worker, >= 0
                     "max_workers": 48,                 cap on its active workers, >= 0 (0: off)
-                    "tasks_per_worker": 1}             tasks one worker runs at once, >= 1
+                    "tasks_per_worker": 1,             tasks one worker runs at once, >= 1
+                    "min_workers": 2,                  optional: warm workers kept with nothing to do
+                    "warm_hours": "mon-fri 08:00-18:00 +01:00"}
+                                                       optional: when (warm.py); "": all the time
                    No two pools share a job queue and a job definition name (each would count the
                    other's workers as its own).
     POLL_SECONDS   seconds between two decisions of one run (>= 1)
@@ -85,6 +88,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from batch_celery_container import contract, emf
 
+from . import warm
 from .policy import submission_plan, workers_for_target, workers_needed, workers_to_submit
 
 # Listed in lifecycle order on purpose: a job that moves on while we page through the listings is
@@ -111,6 +115,11 @@ POOL_TEXT_FIELDS = ("pool", "queue_url", "job_queue", "job_definition", "job_nam
 POOL_NUMBER_FIELDS = {"messages_per_worker": 0, "target_wait_seconds": 1, "start_seconds": 0, "max_workers": 0,
                       "tasks_per_worker": 1}
 POOL_FIELDS = POOL_TEXT_FIELDS + tuple(POOL_NUMBER_FIELDS)
+# Warm capacity, set only for the pools that keep some.
+POOL_OPTIONAL_FIELDS = ("min_workers", "warm_hours")
+# The job environment variable that keeps a warm worker from its idle exit until then (epoch
+# seconds; run_celery_worker.sh).
+WARM_UNTIL = "WARM_UNTIL"
 # SubmitJob's jobName: up to 128 letters, digits, hyphens and underscores, the first alphanumeric.
 JOB_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
@@ -139,6 +148,17 @@ class PoolConfig:
     # Target sizing (messages_per_worker 0): the wait to meet and the start a new worker needs.
     target_wait_seconds: int = 60
     start_seconds: int = 60
+    min_workers: int = 0
+    warm_hours: str = ""
+
+    def warm_now(self, now: float) -> tuple[int, float | None]:
+        """Warm workers wanted now, and until when (epoch seconds; None: no window end)."""
+        if not self.min_workers:
+            return 0, None
+        if not self.warm_hours:
+            return self.min_workers, None
+        end = warm.parse(self.warm_hours).window_end(now)
+        return (self.min_workers, end) if end is not None else (0, None)
 
     @classmethod
     def from_json(cls, index: int, item: Any) -> "PoolConfig":
@@ -152,7 +172,8 @@ class PoolConfig:
             label = f"POOLS[{index}] ({name})"
         # One line for both, so that a misspelt field reads as what it is.
         faults = [f"lacks {field}" for field in POOL_FIELDS if field not in item]
-        faults += [f"has unknown field {field}" for field in sorted(set(item) - set(POOL_FIELDS))]
+        faults += [f"has unknown field {field}"
+                   for field in sorted(set(item) - set(POOL_FIELDS) - set(POOL_OPTIONAL_FIELDS))]
         if faults:
             raise ValueError(f"{label} {', '.join(faults)}: a pool has exactly {', '.join(POOL_FIELDS)}")
         for field in POOL_TEXT_FIELDS:
@@ -161,7 +182,16 @@ class PoolConfig:
             raise ValueError(f"{label}.job_name = {_shown(item['job_name'])}: must be 1-128 letters, digits, "
                              "hyphens or underscores, starting with a letter or digit (Batch's job name rule)")
         numbers = {field: _whole(label, field, item[field], minimum) for field, minimum in POOL_NUMBER_FIELDS.items()}
-        return cls(**{field: item[field] for field in POOL_TEXT_FIELDS}, **numbers)
+        extra: dict[str, Any] = {}
+        if "min_workers" in item:
+            extra["min_workers"] = _whole(label, "min_workers", item["min_workers"], 0)
+        if item.get("warm_hours"):
+            try:
+                warm.parse(item["warm_hours"])
+            except ValueError as error:
+                raise ValueError(f"{label}.warm_hours = {_shown(item['warm_hours'])}: {error}") from None
+            extra["warm_hours"] = item["warm_hours"]
+        return cls(**{field: item[field] for field in POOL_TEXT_FIELDS}, **numbers, **extra)
 
 
 @dataclass(frozen=True)
@@ -349,7 +379,7 @@ def _active_in(job: Mapping[str, Any]) -> int:
     return sum(int(summary.get(status, 0)) for status in ACTIVE_STATUSES)
 
 
-def submit_workers(batch: Any, config: PoolConfig, workers: int) -> list[str]:
+def submit_workers(batch: Any, config: PoolConfig, workers: int, warm_until: float | None = None) -> list[str]:
     """Submit ``workers`` workers of one pool as one job or array job(s); stops at the first failure.
 
     The job queue, job definition and job name all come from the one ``config``: this is the only
@@ -358,6 +388,9 @@ def submit_workers(batch: Any, config: PoolConfig, workers: int) -> list[str]:
     job_ids = []
     for size in submission_plan(workers):
         request = {"jobName": config.job_name, "jobQueue": config.job_queue, "jobDefinition": config.job_definition}
+        if warm_until is not None:
+            # A warm worker: no idle exit before its window ends (its take window still ends it).
+            request["containerOverrides"] = {"environment": [{"name": WARM_UNTIL, "value": str(int(warm_until))}]}
         if size > 1:
             request["arrayProperties"] = {"size": size}
         try:
@@ -464,7 +497,7 @@ def learned_start(config: PoolConfig, started: Mapping[str, float],
 
 def scale(config: PoolConfig, sqs: Any, batch: Any, *, submit_batch: Any,
           submitted_ids: list[str] | None = None, run_times: Any = None,
-          start_samples: dict[str, float] | None = None) -> dict[str, Any]:
+          start_samples: dict[str, float] | None = None, now: float | None = None) -> dict[str, Any]:
     """One pool's scaling decision with the given clients; returns the record that is logged.
 
     ``batch`` lists and describes jobs (retries are fine); ``submit_batch`` submits them and must
@@ -475,6 +508,7 @@ def scale(config: PoolConfig, sqs: Any, batch: Any, *, submit_batch: Any,
     returns the pool's mean run time (None: unknown) and a note for the record.
     """
     submitted_ids = [] if submitted_ids is None else submitted_ids
+    now = time.time() if now is None else now
     record: dict[str, Any] = {
         "scaler": "batch-celery",
         "pool": config.pool,
@@ -512,16 +546,34 @@ def scale(config: PoolConfig, sqs: Any, batch: Any, *, submit_batch: Any,
                             "start_seconds_basis": start_basis}
         if note:
             record["sizing"]["note"] = note
+    # Warm capacity: at least min_workers in its hours; the ones started for it (none are active
+    # beyond the backlog's) stay up until the window's end instead of their idle exit.
+    warm_target, warm_end = config.warm_now(now)
+    warm_target = min(warm_target, config.max_workers)
+    warm_new = max(0, warm_target - max(active, wanted))
+    wanted = max(wanted, warm_target)
     deficit = max(0, wanted - active)
     record.update(counts, backlog=backlog, active=active, wanted=wanted, to_submit=deficit)
-    try:
-        job_ids = submit_workers(submit_batch, config, deficit)
-    except PartialSubmit as error:
-        submitted_ids.extend(error.job_ids)
-        submitted = sum(submission_plan(deficit)[: len(error.job_ids)])
-        record.update(outcome="submit_failed", level="ERROR", submitted=submitted, job_ids=error.job_ids,
-                      error=f"{error}; stopped here, the next decision re-evaluates")
-        return record
+    if config.min_workers:
+        record["warm"] = {"min_workers": warm_target, "submitted": warm_new,
+                          "until": None if warm_end is None else int(warm_end)}
+    job_ids: list[str] = []
+    submitted = 0
+    batches = ((deficit - warm_new, None),
+               (warm_new, warm_end if warm_end is not None else warm.ALWAYS_EPOCH))
+    for count, warm_until in batches:
+        if not count:
+            continue
+        try:
+            job_ids += submit_workers(submit_batch, config, count, warm_until=warm_until)
+        except PartialSubmit as error:
+            job_ids += error.job_ids
+            submitted_ids.extend(job_ids)
+            submitted += sum(submission_plan(count)[: len(error.job_ids)])
+            record.update(outcome="submit_failed", level="ERROR", submitted=submitted, job_ids=job_ids,
+                          error=f"{error}; stopped here, the next decision re-evaluates")
+            return record
+        submitted += count
     submitted_ids.extend(job_ids)
     record.update(outcome="ok", level="INFO", submitted=deficit, job_ids=job_ids)
     return record
@@ -575,9 +627,11 @@ def log_decision(record: dict[str, Any], metrics_namespace: str | None) -> None:
 
 def found_work(record: Mapping[str, Any]) -> bool:
     """Whether a pool's decision leaves something to watch: a message in its queue (visible, in
-    flight or delayed), an active worker job, a submission, or a decision that failed (it saw
-    nothing, so it cannot say the pool is idle)."""
-    return not (record.get("outcome") == "ok" and record.get("backlog") == 0 and record.get("active") == 0
+    flight or delayed), an active worker job beyond its warm ones, a submission, or a decision that
+    failed (it saw nothing, so it cannot say the pool is idle)."""
+    # Warm workers a pool keeps with nothing to do are no work to watch: one check a minute keeps them.
+    kept = (record.get("warm") or {}).get("min_workers", 0)
+    return not (record.get("outcome") == "ok" and record.get("backlog") == 0 and record.get("active", 1) <= kept
                 and record.get("submitted") == 0)
 
 

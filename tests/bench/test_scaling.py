@@ -403,3 +403,13 @@ def test_a_pool_that_never_ran_its_long_tasks_starts_a_worker_for_each(results):
     cold = results["few-long", "scaler"]
 
     assert cold.jobs_submitted == 20 and cold.p95_wait_seconds <= 150
+
+
+def test_a_warm_worker_serves_a_trickle_at_once_for_its_whole_time(results):
+    warm, cold = results["trickle-warm", "scaler"], results["trickle", "scaler"]
+
+    assert (warm.p95_wait_seconds, warm.jobs_submitted) == (0, 0)
+    # One worker up from the first task to the last: the hour, against the cold pool's starts and
+    # idle windows per task.
+    assert warm.worker_seconds == pytest.approx(3510, abs=1)
+    assert warm.worker_seconds <= 1.2 * cold.worker_seconds

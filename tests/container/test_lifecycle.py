@@ -62,6 +62,23 @@ def test_drains_queue_and_exits_after_idle(moto_server, sqs, make_queues, tmp_pa
     assert tail <= IDLE + POLL + MARGIN, f"exited {tail:.1f} s after the queue became empty"
 
 
+def test_a_warm_worker_stays_idle_until_its_window_ends_then_leaves_by_the_idle_rule(moto_server, make_queues,
+                                                                                     tmp_path):
+    queues = make_queues(visibility_timeout=30)
+    warm_for = IDLE + 2 * POLL + 5
+    env = worker_env(moto_server, queues, tmp_path, WARM_UNTIL=str(int(time.time()) + warm_for))
+
+    with running_script(env, tmp_path / "out.log") as run:
+        started = time.monotonic()
+        status = run.wait(timeout=warm_for + IDLE + POLL + MARGIN + 30)
+        lived = time.monotonic() - started
+
+    assert status == 0, run.output[-3000:]
+    assert "kept warm (a pool's min_workers): no idle exit before" in run.output
+    # Nothing to do at any time: without WARM_UNTIL it would have left after IDLE + POLL.
+    assert warm_for <= lived <= warm_for + IDLE + POLL + MARGIN, f"left after {lived:.1f} s"
+
+
 def test_keeps_worker_while_task_in_flight(moto_server, sqs, make_queues, tmp_path):
     queues = make_queues(visibility_timeout=30)
     env = worker_env(moto_server, queues, tmp_path)
@@ -237,7 +254,7 @@ def test_rejects_time_limit_beyond_sqs_hold_limit(moto_server, make_queues, tmp_
     assert "Traceback" not in run.output
 
 
-@pytest.mark.parametrize("name, value", [("IDLE_SECONDS", "0"), ("POLL_SECONDS", "soon")])
+@pytest.mark.parametrize("name, value", [("IDLE_SECONDS", "0"), ("POLL_SECONDS", "soon"), ("WARM_UNTIL", "soon")])
 def test_rejects_bad_timing(moto_server, make_queues, tmp_path, name, value):
     queues = make_queues()
     env = worker_env(moto_server, queues, tmp_path, **{name: value})

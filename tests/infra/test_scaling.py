@@ -280,7 +280,7 @@ def test_scaler_asset_holds_the_scaler_and_the_two_shared_modules_and_imports_al
     files = {p.relative_to(asset_dir).as_posix() for p in asset_dir.rglob("*") if p.is_file()}
     assert files == {
         "batch_celery/__init__.py", "batch_celery/scaler/__init__.py", "batch_celery/scaler/policy.py",
-        "batch_celery/scaler/handler.py", "batch_celery_container/contract.py", "batch_celery_container/emf.py",
+        "batch_celery/scaler/handler.py", "batch_celery/scaler/warm.py", "batch_celery_container/contract.py", "batch_celery_container/emf.py",
     }
     # As Lambda loads it: the asset folder alone on the path, nothing of the repository.
     module, _, name = function["Properties"]["Handler"].rpartition(".")
@@ -348,3 +348,19 @@ def test_rejects_an_unknown_scaler_idle_check(monkeypatch: pytest.MonkeyPatch) -
     assert str(raised.value) == (
         'batch-celery.scaler_idle_check = "never": must be "minute" (an idle run makes one check and ends) or '
         '"loop" (every run decides every scaler_poll_seconds, work or none)')
+
+
+def test_warm_capacity_reaches_the_scaler_only_for_the_pools_that_keep_some(tmp_path) -> None:
+    from .conftest import synth
+
+    warm = synth(tmp_path, pools={"default": {"min_workers": 2, "min_workers_hours": "mon-fri 08:00-18:00 +01:00"},
+                                  "batch": {"tasks": ["batch.*"]}})
+    _, function = _scaler(warm)
+    default, batch = _pools_variable(warm)
+    assert (default["min_workers"], default["warm_hours"]) == (2, "mon-fri 08:00-18:00 +01:00")
+    assert "min_workers" not in batch and "warm_hours" not in batch
+    # The handler accepts what the stack sets.
+    config = scaler_handler.ScalerConfig.from_env({**function["Properties"]["Environment"]["Variables"],
+                                                  "POOLS": json.dumps([{**default, "queue_url": "q1"},
+                                                                       {**batch, "queue_url": "q2"}])})
+    assert [(p.min_workers, p.warm_hours) for p in config.pools] == [(2, "mon-fri 08:00-18:00 +01:00"), (0, "")]

@@ -266,6 +266,20 @@ INVALID = [
      f"{P}.default.low_threshold = 50: must be below high_threshold (50)"),
     ({"pools": {"default": {"high_array_size": 1}}}, f"{P}.default.high_array_size = 1: must be 2..10000"),
     ({"pools": {"default": {"messages_per_worker": 0}}}, f"{P}.default.messages_per_worker = 0: must be >= 1"),
+    ({"pools": {"default": {"target_wait_seconds": 5}}}, f"{P}.default.target_wait_seconds = 5: must be 10..86400"),
+    ({"pools": {"default": {"min_workers": 49}}}, f"{P}.default.min_workers = 49: must be 0..48"),
+    ({"pools": {"default": {"min_workers_hours": "08:00-18:00"}}},
+     f'{P}.default.min_workers_hours = "08:00-18:00": keeps min_workers warm; set min_workers >= 1 too'),
+    ({"pools": {"default": {"min_workers": 1, "min_workers_hours": "mon-fri 18:00-08:00"}}},
+     f'{P}.default.min_workers_hours = "mon-fri 18:00-08:00": the window must start before it ends within one '
+     'day (18:00-08:00); "[DAYS ]HH:MM-HH:MM[ UTC|+HH:MM|-HH:MM]", e.g. "mon-fri 08:00-18:00 +01:00"'),
+    ({"pools": {"default": {"min_workers": 1, "min_workers_hours": "mon-fri 08:00-18:00 Berlin"}}},
+     f"{P}.default.min_workers_hours = \"mon-fri 08:00-18:00 Berlin\": 'Berlin' is not UTC or an offset from it "
+     "(-12:00 to +14:00); time zone names such as Europe/Berlin are not taken: the scaler's runtime may have no "
+     "zone database"),
+    ({"scaling_mode": "alarms", "pools": {"default": {"min_workers": 1}}},
+     f'{P}.default.min_workers = 1: keeps warm workers through the scaler; with scaling_mode "alarms" there is '
+     "none: set it to 0 or use the scaler"),
     ({"pools": {"default": {"age_alarm_seconds": 30}}}, f"{P}.default.age_alarm_seconds = 30: must be 60..86400"),
     ({"pools": {"default": {"age_alarm_seconds": 86401}}},
      f"{P}.default.age_alarm_seconds = 86401: must be 60..86400"),

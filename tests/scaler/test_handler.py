@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 
 from harness.faults import LOST_RESPONSE, THROTTLE, ApiProxy
 from batch_celery.scaler import handler as scaler
+from batch_celery.scaler import warm
 
 
 def _moto_api(server, path, body=None):
@@ -1030,3 +1031,68 @@ def test_a_start_is_learned_from_the_jobs_it_describes():
     # Only the last START_SAMPLES jobs count.
     scaler.learned_start(config, {f"j{i}": 30.0 for i in range(scaler.START_SAMPLES)}, samples)
     assert scaler.learned_start(config, {}, samples) == (30.0, "learned")
+
+
+# --- Warm capacity: min_workers, in their hours, kept up with nothing to do.
+
+def _warm(pool, **fields):
+    return dataclasses.replace(pool, messages_per_worker=0, **fields)
+
+
+def _warm_until(job):
+    environment = (job.get("container") or {}).get("environment") or []
+    overrides = {e["name"]: e["value"] for e in environment}
+    return overrides.get(scaler.WARM_UNTIL)
+
+
+def test_an_empty_pool_keeps_its_min_workers_warm_and_counts_them_as_no_work(aws, pool, jobs_stay_active):
+    warm_pool = _warm(pool, min_workers=2)
+
+    first = scaler.scale(warm_pool, aws["sqs"], aws["batch"], submit_batch=aws["batch"])
+    second = scaler.scale(warm_pool, aws["sqs"], aws["batch"], submit_batch=aws["batch"])
+
+    assert (first["submitted"], first["warm"]["submitted"], second["submitted"]) == (2, 2, 0)
+    [job] = _jobs_in(aws["batch"], warm_pool)
+    # No window end: warm until its job's take window ends it.
+    assert job["arrayProperties"]["size"] == 2
+    assert _warm_until(job) == str(warm.ALWAYS_EPOCH)
+    # Two warm workers and nothing else: the run may end at its first decision (one check a minute).
+    assert not scaler.found_work(second)
+
+
+def test_a_backlog_gets_plain_workers_beside_the_warm_ones(aws, pool, jobs_stay_active):
+    warm_pool = _warm(pool, min_workers=1)
+    _send(aws["sqs"], warm_pool.queue_url, 3)
+
+    record = scaler.scale(warm_pool, aws["sqs"], aws["batch"], submit_batch=aws["batch"])
+
+    # A run time unknown: a worker per waiting task; min_workers is within them, none extra.
+    assert (record["submitted"], record["warm"]["submitted"]) == (3, 0)
+    assert [_warm_until(job) for job in _jobs_in(aws["batch"], warm_pool)] == [None]
+
+
+def test_outside_its_hours_a_pool_keeps_no_warm_worker(aws, pool, jobs_stay_active):
+    # Saturday 03:00 UTC: outside "mon-fri 08:00-18:00".
+    saturday_night = datetime(2026, 12, 5, 3, 0, tzinfo=timezone.utc).timestamp()
+    monday_morning = datetime(2026, 12, 7, 9, 30, tzinfo=timezone.utc).timestamp()
+    warm_pool = _warm(pool, min_workers=2, warm_hours="mon-fri 08:00-18:00 UTC")
+
+    night = scaler.scale(warm_pool, aws["sqs"], aws["batch"], submit_batch=aws["batch"], now=saturday_night)
+    morning = scaler.scale(warm_pool, aws["sqs"], aws["batch"], submit_batch=aws["batch"], now=monday_morning)
+
+    assert (night["submitted"], night["warm"]["min_workers"]) == (0, 0)
+    assert (morning["submitted"], morning["warm"]["until"]) == (2, int(datetime(2026, 12, 7, 18, 0,
+                                                                                 tzinfo=timezone.utc).timestamp()))
+    [job] = _jobs_in(aws["batch"], warm_pool)
+    assert _warm_until(job) == str(morning["warm"]["until"])
+
+
+def test_pools_carry_warm_capacity_only_when_they_keep_some():
+    plain = scaler.PoolConfig.from_json(0, _GOOD)
+    warm_pool = scaler.PoolConfig.from_json(0, {**_GOOD, "min_workers": 2, "warm_hours": "mon-fri 08:00-18:00 UTC"})
+
+    assert (plain.min_workers, plain.warm_hours) == (0, "")
+    assert (warm_pool.min_workers, warm_pool.warm_hours) == (2, "mon-fri 08:00-18:00 UTC")
+    with pytest.raises(ValueError) as rejected:
+        scaler.PoolConfig.from_json(0, {**_GOOD, "min_workers": 1, "warm_hours": "weekdays"})
+    assert str(rejected.value).startswith('POOLS[0] (default).warm_hours = "weekdays": must have the form')
