@@ -111,6 +111,7 @@ _SOURCE_ARNS = {
     "ecs-tasks.amazonaws.com": "arn:{partition}:ecs:{region}:{account}:*",
     "vpc-flow-logs.amazonaws.com": "arn:{partition}:ec2:{region}:{account}:vpc-flow-log/*",
     "events.amazonaws.com": "arn:{partition}:events:{region}:{account}:rule/*",
+    "scheduler.amazonaws.com": "arn:{partition}:scheduler:{region}:{account}:schedule/*",
 }
 
 
@@ -119,7 +120,7 @@ class ConfusedDeputyGuard:
     """Adds ``aws:SourceAccount`` and ``aws:SourceArn`` conditions to every trust policy that lets
     one of these services assume a role (the worker, filler and execution roles, the flow-log and
     EventBridge roles, including those CDK makes inside other constructs): another account's
-    ECS task, flow log or rule cannot borrow the role through the service."""
+    ECS task, flow log, rule or schedule cannot borrow the role through the service."""
 
     def visit(self, node: IConstruct) -> None:
         if not isinstance(node, iam.CfnRole):
