@@ -242,6 +242,7 @@ class CeleryBatchWorkers(Construct):
             monitoring=self.monitoring,
             scaler=self.scaler,
             events_dead_letter_queue=self.events_dead_letter_queue,
+            schedules=self.schedules,
         )
 
     def _key(self) -> kms.IKey | None:

@@ -14,13 +14,17 @@ Layout (24 columns wide, every widget 6 high; ``DashboardUrl`` output opens it):
 - wait and run: ``wait_seconds`` and ``run_seconds`` at p50 and p95;
 - DLQ: the pool's dead-letter queue depth (any message there is an alarm).
 
+With ``schedules``, a last row shows them: the last fires (a Logs Insights query of the sender's
+lines: schedule, task, task id, queue, scheduled time, lag) 12 | tasks sent per schedule 6 |
+sender failed runs and throttles 6.
+
 The task and scaler metrics are the EMF lines of emf.py, in the stack's namespace; their names
 come from that module only.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from aws_cdk import Duration
 from aws_cdk import aws_cloudwatch as cloudwatch
@@ -32,6 +36,9 @@ from batch_celery_container import emf
 from .monitoring import Monitoring
 from .pool import WorkerPool
 from .scaling import PoolAlarms, Scaler
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from .schedules import Schedules
 
 MINUTE = Duration.minutes(1)
 HEIGHT = 6
@@ -51,6 +58,7 @@ class WorkersDashboard(Construct):
         monitoring: Monitoring,
         scaler: Scaler | None,
         events_dead_letter_queue: sqs.IQueue,
+        schedules: "Schedules | None" = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.namespace = metrics_namespace
@@ -60,6 +68,8 @@ class WorkersDashboard(Construct):
         self.dashboard.add_widgets(*self._stack_row(pool_alarms, monitoring, scaler, events_dead_letter_queue))
         for name, pool in pools.items():
             self.dashboard.add_widgets(*self._pool_row(name, pool, scaler is not None))
+        if schedules is not None:
+            self.dashboard.add_widgets(*self._schedules_row(schedules))
 
     @property
     def dashboard_name(self) -> str:
@@ -165,3 +175,33 @@ class WorkersDashboard(Construct):
             width=4, height=HEIGHT,
         )
         return [backlog, workers, outcomes, timings, dead_letters]
+
+    # -- the schedules ------------------------------------------------------------------------------
+
+    def _schedules_row(self, schedules: "Schedules") -> list[cloudwatch.IWidget]:
+        from batch_celery_container import schedule_sender as sender
+
+        fields = ", ".join((sender.SCHEDULE, "task", "task_id", "queue", "scheduled_time", sender.LAG_SECONDS))
+        last_fires = cloudwatch.LogQueryWidget(
+            title="schedules: last fires (task messages sent)",
+            log_group_names=[schedules.log_group.log_group_name],
+            query_lines=[f"fields @timestamp, {fields}", f'filter sender = "{sender.RECORD_MARKER}"',
+                         "sort @timestamp desc", "limit 20"],
+            view=cloudwatch.LogQueryVisualizationType.TABLE,
+            width=12, height=HEIGHT,
+        )
+        sent = cloudwatch.GraphWidget(
+            title="schedules: tasks sent",
+            left=[cloudwatch.Metric(namespace=self.namespace, metric_name=sender.SENT,
+                                    dimensions_map={sender.SCHEDULE: name}, period=MINUTE,
+                                    statistic=cloudwatch.Stats.SUM, label=name)
+                  for name in schedules.schedules],
+            width=6, height=HEIGHT,
+        )
+        failures = cloudwatch.GraphWidget(
+            title="schedules: sender failed runs and throttles",
+            left=[schedules.function.metric_errors(period=MINUTE, statistic=cloudwatch.Stats.SUM, label="failed runs"),
+                  schedules.function.metric_throttles(period=MINUTE, statistic=cloudwatch.Stats.SUM, label="throttled")],
+            width=6, height=HEIGHT,
+        )
+        return [last_fires, sent, failures]

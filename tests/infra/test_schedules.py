@@ -257,3 +257,18 @@ def test_a_schedule_routes_as_the_producers_do() -> None:
     settings = Settings.from_context({"pools": THREE_POOLS, "schedules": SCHEDULES})
     assert {name: settings.props.schedule_pool(name) for name in SCHEDULES} == {
         "nightly-report": "default", "gpu.warm": "gpu"}
+
+
+def test_the_dashboards_last_row_shows_the_last_fires_and_the_tasks_sent(scheduled: Synth) -> None:
+    from .test_dashboard import metrics, rows
+
+    layout = rows(scheduled)
+    assert len(layout) == 1 + len(THREE_POOLS) + 1
+    last_fires, sent, failures = layout[-1]
+    assert sum(w["width"] for w in layout[-1]) == 24
+    query = last_fires["properties"]["query"]
+    assert "<WorkersSchedulesSenderLogs>" in query and 'filter sender = "schedule-sender"' in query
+    assert all(field in query for field in ("schedule", "task_id", "queue", "scheduled_time"))
+    assert {(name, tuple(dims.items())) for _, name, dims, _ in metrics(sent)} == {
+        ("scheduled_tasks", (("schedule", name),)) for name in SCHEDULES}
+    assert [name for _, name, _, _ in metrics(failures)] == ["Errors", "Throttles"]
