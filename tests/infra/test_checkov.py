@@ -21,7 +21,8 @@ FARGATE_POOLS = {name: pool for name, pool in THREE_POOLS.items()
 # costs seconds of CPU in make test).
 TEMPLATES = {
     "default": committed_settings(),  # what `cdk synth` builds from cdk.json
-    "kms-private-endpoints": {"pools": THREE_POOLS, "kms_key": True, "network": "private-endpoints"},
+    "kms-private-endpoints": {"pools": THREE_POOLS, "kms_key": True, "network": "private-endpoints",
+                              "schedules": {"nightly-report": {"task": "reports.nightly", "cron": "0 2 * * ? *"}}},
     "public-alarms-mode-no-results": {"pools": FARGATE_POOLS, "network": "public", "results": False,
                                       "scaling_mode": "alarms"},
 }
