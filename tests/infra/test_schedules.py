@@ -272,3 +272,26 @@ def test_the_dashboards_last_row_shows_the_last_fires_and_the_tasks_sent(schedul
     assert {(name, tuple(dims.items())) for _, name, dims, _ in metrics(sent)} == {
         ("scheduled_tasks", (("schedule", name),)) for name in SCHEDULES}
     assert [name for _, name, _, _ in metrics(failures)] == ["Errors", "Throttles"]
+
+
+def test_a_cdk_app_of_its_own_gets_schedules_from_the_props(tmp_path) -> None:
+    # As a user embeds the construct: a bare app and stack, ScheduleProps built in code.
+    import aws_cdk as cdk
+    from aws_cdk.assertions import Template
+
+    from batch_celery.construct import CeleryBatchWorkers
+    from batch_celery.props import CeleryBatchWorkersProps, PoolProps, ScheduleProps
+
+    app = cdk.App(outdir=str(tmp_path))
+    stack = cdk.Stack(app, "Embedded")
+    workers = CeleryBatchWorkers(stack, "Workers", CeleryBatchWorkersProps(
+        pools={"default": PoolProps(), "video": PoolProps(tasks=("video.*",))},
+        schedules={"weekly-cleanup": ScheduleProps(task="video.cleanup", kwargs={"older_than_days": 30},
+                                                   cron="0 3 ? * SUN *", timezone="America/New_York")},
+    ))
+    assert workers.schedules is not None and workers.schedules.target_pools == ["video"]
+    assert set(workers.schedules.schedules) == {"weekly-cleanup"}
+    template = Template.from_stack(stack)
+    template.resource_count_is("AWS::Scheduler::Schedule", 1)
+    template.has_resource_properties("AWS::Scheduler::Schedule", {
+        "ScheduleExpression": "cron(0 3 ? * SUN *)", "ScheduleExpressionTimezone": "America/New_York"})
