@@ -36,7 +36,10 @@ def no_orphaned_workers(tmp_path_factory):
 # Infra test files that synthesize only stacks of their own (module fixtures, the CDK CLI, no
 # cdk.json): each runs on one worker of its own, beside the shared "synth" group.
 OWN_SYNTH = ("test_bare_app.py", "test_checkov.py", "test_cli.py", "test_embedding.py", "test_kms.py",
-             "test_network.py", "test_schedules.py", "test_settings.py")
+             "test_network.py", "test_settings.py")
+
+# Schedules (EventBridge Scheduler, the sender Lambda) synthesize stacks of their own too.
+OWN_SYNTH += ("test_schedules.py",)
 
 
 def pytest_collection_modifyitems(config, items):
