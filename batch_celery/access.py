@@ -4,7 +4,8 @@ every principal but the ones it spares, so SQS rights granted broadly elsewhere 
 policy in another account's role, a compromised CI role once operators are named) cannot read,
 plant or drop tasks. Planted tasks would also scale the workers out to their cap.
 
-    task queue   send: its pool's workers (Celery retries), the filler, producers, operators
+    task queue   send: its pool's workers (Celery retries), the filler, the schedule sender (when a
+                 schedule routes to the pool), producers, operators
                  receive/delete/visibility/purge: its pool's workers, operators
     DLQ          send: its pool's workers (a malformed message goes there by design:
                  dead_letter_consumer.py), operators
