@@ -43,7 +43,7 @@ from batch_celery_local.queues import QueuePair, create_result_table, message_co
 from batch_celery_local.template import (
     PoolSpec, StackSpec, TemplateError, create_queues, project_context, read_spec, synthesize,
 )
-from batch_celery.props import ScheduleProps, pascal
+from batch_celery.props import pascal
 from batch_celery.scaler.policy import workers_needed, workers_to_submit
 from batch_celery.settings import CONTEXT_KEY, Settings, SettingsError
 from batch_celery_container import contract, routing, schedule_sender
@@ -1024,6 +1024,13 @@ def choose_task(args: argparse.Namespace, module: TaskModule | None, registered:
     return args.task, args.kwargs or {}, None
 
 
+def _demo_schedule(**settings) -> "ScheduleProps":
+    """The schedule ``--schedule`` fires, validated as synth validates a schedule of cdk.json."""
+    from batch_celery.props import ScheduleProps
+
+    return ScheduleProps(**settings)
+
+
 def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -1088,8 +1095,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             messages_per_worker=args.messages_per_worker,
             run_file=args.run_file,
             task_module=module,
-            schedules=({DEMO_SCHEDULE: ScheduleProps(task=task_name, args=tuple(args.args), kwargs=task_kwargs,
-                                                     rate="5 minutes")} if args.schedule else None),
+            schedules=({DEMO_SCHEDULE: _demo_schedule(task=task_name, args=tuple(args.args), kwargs=task_kwargs,
+                                                      rate="5 minutes")} if args.schedule else None),
         )
         run.on_event = progress.say
         for pool in run.pools.values():
