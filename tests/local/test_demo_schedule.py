@@ -10,7 +10,7 @@ import pytest
 
 from batch_celery import status
 
-from .test_demo import SUMMARY, demo_processes, lines_as_they_come, run_demo
+from .test_demo import POOL_LINE, SUMMARY, demo_processes, lines_as_they_come, run_demo
 
 FIRED = re.compile(r"schedule demo-every-5-minutes fired \(EventBridge Scheduler's stand-in\):\s+"
                    r"batch\.calculate_pi\[(?P<id>[0-9a-f]{8})\] to pool default")
@@ -35,7 +35,12 @@ def test_the_demo_fires_a_schedule_and_a_worker_runs_its_task(tmp_path) -> None:
     assert fired, output
     match = SUMMARY.match([line for line in arrivals if line.strip()][-1])
     assert match, output
-    assert match.groups()[:5] == ("3", "3", "0", "0", "0"), output  # 2 sent by the filler, 1 by the schedule
+    done, total, queued, dead, lost = map(int, match.groups()[:5])
+    assert (done, queued, dead, lost) == (total, 0, 0, 0), output
+    # The default pool's tasks: 2 sent by the filler, 1 by the schedule (other pools the demo may
+    # add run their own).
+    pools = {name: (int(done), int(sent)) for name, done, sent, _ in POOL_LINE.findall(output)}
+    assert pools["default"] == (3, 3), output
     assert "never sent" not in output
     logs = "".join(path.read_text() for path in (tmp_path / "keep").glob("default-worker-*.log"))
     assert re.search(rf"Task batch\.calculate_pi\[{fired['id']}[0-9a-f-]+\] succeeded", logs), logs[-2000:]
