@@ -32,8 +32,9 @@ PREFIX = f"{CONTEXT_KEY}."
 DEFAULT_STACK_NAME = "BatchCelery"
 VPC_ID = re.compile(r"^vpc-[0-9a-f]{8}([0-9a-f]{9})?$")
 
-# Deployment-wide keys of cdk.json besides `pools`: the props' own, minus what cdk.json cannot hold
-# (a VPC object: cdk.json names one by `vpc_id`).
+# Deployment-wide keys of cdk.json besides `pools` and `schedules` (blocks translated into props
+# objects below): the props' own, minus what cdk.json cannot hold (a VPC object: cdk.json names
+# one by `vpc_id`).
 DEPLOYMENT_KEYS = tuple(f.name for f in fields(CeleryBatchWorkersProps) if f.name not in ("pools", "vpc", "schedules"))
 STACK_KEYS = ("stack_name", "vpc_id")
 
