@@ -102,6 +102,8 @@ class CeleryBatchWorkers(Construct):
         self._restrict_queue_access()
         self.monitoring = self._monitoring()
         self.dashboard = self._dashboard()
+        if self.schedules is not None:
+            self.dashboard.add_schedules_row(self.schedules)
 
     def _label_and_guard(self) -> None:
         # Every resource says what it belongs to (each pool adds its own name).
@@ -242,7 +244,6 @@ class CeleryBatchWorkers(Construct):
             monitoring=self.monitoring,
             scaler=self.scaler,
             events_dead_letter_queue=self.events_dead_letter_queue,
-            schedules=self.schedules,
         )
 
     def _key(self) -> kms.IKey | None:

@@ -14,12 +14,12 @@ Layout (24 columns wide, every widget 6 high; ``DashboardUrl`` output opens it):
 - wait and run: ``wait_seconds`` and ``run_seconds`` at p50 and p95;
 - DLQ: the pool's dead-letter queue depth (any message there is an alarm).
 
-With ``schedules``, a last row shows them: the last fires (a Logs Insights query of the sender's
-lines: schedule, task, task id, queue, scheduled time, lag) 12 | tasks sent per schedule 6 |
-sender failed runs and throttles 6.
-
 The task and scaler metrics are the EMF lines of emf.py, in the stack's namespace; their names
 come from that module only.
+
+With ``schedules``, ``add_schedules_row`` puts a row of them last: the last fires (a Logs Insights
+table of the sender's lines: schedule, task, task id, queue, scheduled time, lag) 12 | tasks sent
+per schedule 6 | the sender's failed runs and throttles 6.
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ class WorkersDashboard(Construct):
         monitoring: Monitoring,
         scaler: Scaler | None,
         events_dead_letter_queue: sqs.IQueue,
-        schedules: "Schedules | None" = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.namespace = metrics_namespace
@@ -68,8 +67,6 @@ class WorkersDashboard(Construct):
         self.dashboard.add_widgets(*self._stack_row(pool_alarms, monitoring, scaler, events_dead_letter_queue))
         for name, pool in pools.items():
             self.dashboard.add_widgets(*self._pool_row(name, pool, scaler is not None))
-        if schedules is not None:
-            self.dashboard.add_widgets(*self._schedules_row(schedules))
 
     @property
     def dashboard_name(self) -> str:
@@ -178,7 +175,8 @@ class WorkersDashboard(Construct):
 
     # -- the schedules ------------------------------------------------------------------------------
 
-    def _schedules_row(self, schedules: "Schedules") -> list[cloudwatch.IWidget]:
+    def add_schedules_row(self, schedules: "Schedules") -> None:
+        """A row for the schedules (schedules.py), below the others: did each fire, and when."""
         from batch_celery_container import schedule_sender as sender
 
         fields = ", ".join((sender.SCHEDULE, "task", "task_id", "queue", "scheduled_time", sender.LAG_SECONDS))
@@ -204,4 +202,4 @@ class WorkersDashboard(Construct):
                   schedules.function.metric_throttles(period=MINUTE, statistic=cloudwatch.Stats.SUM, label="throttled")],
             width=6, height=HEIGHT,
         )
-        return [last_fires, sent, failures]
+        self.dashboard.add_widgets(last_fires, sent, failures)
