@@ -4,7 +4,8 @@ every principal but the ones it spares, so SQS rights granted broadly elsewhere 
 policy in another account's role, a compromised CI role once operators are named) cannot read,
 plant or drop tasks. Planted tasks would also scale the workers out to their cap.
 
-    task queue   send: its pool's workers (Celery retries), the filler, producers, operators
+    task queue   send: its pool's workers (Celery retries), the filler, the schedule sender (when a
+                 schedule routes to the pool), producers, operators
                  receive/delete/visibility/purge: its pool's workers, operators
     DLQ          send: its pool's workers (a malformed message goes there by design:
                  dead_letter_consumer.py), operators
@@ -111,6 +112,7 @@ _SOURCE_ARNS = {
     "ecs-tasks.amazonaws.com": "arn:{partition}:ecs:{region}:{account}:*",
     "vpc-flow-logs.amazonaws.com": "arn:{partition}:ec2:{region}:{account}:vpc-flow-log/*",
     "events.amazonaws.com": "arn:{partition}:events:{region}:{account}:rule/*",
+    "scheduler.amazonaws.com": "arn:{partition}:scheduler:{region}:{account}:schedule/*",
 }
 
 
@@ -119,7 +121,7 @@ class ConfusedDeputyGuard:
     """Adds ``aws:SourceAccount`` and ``aws:SourceArn`` conditions to every trust policy that lets
     one of these services assume a role (the worker, filler and execution roles, the flow-log and
     EventBridge roles, including those CDK makes inside other constructs): another account's
-    ECS task, flow log or rule cannot borrow the role through the service."""
+    ECS task, flow log, rule or schedule cannot borrow the role through the service."""
 
     def visit(self, node: IConstruct) -> None:
         if not isinstance(node, iam.CfnRole):

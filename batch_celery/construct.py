@@ -44,6 +44,7 @@ from .pool import EXECUTION_ROLE_ACK, WorkerPool, container_definition, scratch_
 from .props import LOG_RETENTION_DAYS, CeleryBatchWorkersProps, PoolProps, SettingsError, pascal
 from .results import ResultTable
 from .scaling import PoolAlarms, Scaler, events_dead_letter_queue
+from .schedules import Schedules
 
 # The name of the build context a pool's own Dockerfile takes the lifecycle script and its helpers
 # from (`COPY --from=batch-celery ...`, examples/gpu-pool/Dockerfile).
@@ -101,9 +102,12 @@ class CeleryBatchWorkers(Construct):
         self.alarms: dict[str, PoolAlarms | LambdaPoolAlarms] = self._alarms()
         self.routes_json: str = self._routes_json()
         self._filler(retention)
+        self.schedules: Schedules | None = self._schedules(retention)
         self._restrict_queue_access()
         self.monitoring = self._monitoring()
         self.dashboard = self._dashboard()
+        if self.schedules is not None:
+            self.dashboard.add_schedules_row(self.schedules)
 
     def _label_and_guard(self) -> None:
         # Every resource says what it belongs to (each pool adds its own name).
@@ -227,6 +231,23 @@ class CeleryBatchWorkers(Construct):
             for name, pool in self.pools.items()
         }
 
+    def _schedules(self, retention: logs.RetentionDays) -> Schedules | None:
+        """The deployment's periodic tasks (schedules.py), or None when it has none."""
+        props = self.props
+        if not props.schedules:
+            return None
+        return Schedules(
+            self,
+            "Schedules",
+            schedules=props.schedules,
+            pool_of={name: props.schedule_pool(name) for name in props.schedules},
+            pools=self.pools,
+            dead_letter_queue=self.events_dead_letter_queue,
+            log_retention=retention,
+            key=self.key,
+            metrics_namespace=self.metrics_namespace,
+        )
+
     def _routes_json(self) -> str:
         stack = Stack.of(self)
         # The routing's format is routing.py's (which producers parse); the values are tokens here.
@@ -330,8 +351,12 @@ class CeleryBatchWorkers(Construct):
         filler = self.filler_role.role_arn
         for pool in self.pools.values():
             worker = pool.worker_role.role_arn
+            # The schedule sender sends to the queues of the pools its schedules route to.
+            scheduled = ([self.schedules.role.role_arn]
+                         if self.schedules and pool.name in self.schedules.target_pools else [])
             access.deny_all_but(pool.queue, access.SEND,
-                                lambda worker=worker: [worker, filler, *self._producer_arns, *operators],
+                                lambda worker=worker, scheduled=scheduled: [
+                                    worker, filler, *scheduled, *self._producer_arns, *operators],
                                 account=account)
             access.deny_all_but(pool.queue, access.READ, [worker, *operators], account=account)
             access.deny_all_but(pool.dead_letter_queue, access.SEND, [worker, *operators], account=account)

@@ -23,11 +23,15 @@ time, start and coverage each was sized from (a Logs Insights table of its decis
 
 The task and scaler metrics are the EMF lines of emf.py, in the stack's namespace; their names
 come from that module only.
+
+With ``schedules``, ``add_schedules_row`` puts a row of them last: the last fires (a Logs Insights
+table of the sender's lines: schedule, task, task id, queue, scheduled time, lag) 12 | tasks sent
+per schedule 6 | the sender's failed runs and throttles 6.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from aws_cdk import Duration
 from aws_cdk import aws_cloudwatch as cloudwatch
@@ -39,6 +43,9 @@ from batch_celery_container import emf
 from .monitoring import Monitoring
 from .pool import WorkerPool
 from .scaling import PoolAlarms, Scaler
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from .schedules import Schedules
 
 MINUTE = Duration.minutes(1)
 HEIGHT = 6
@@ -205,3 +212,34 @@ class WorkersDashboard(Construct):
             width=4, height=HEIGHT,
         )
         return [backlog, workers, outcomes, timings, dead_letters]
+
+    # -- the schedules ------------------------------------------------------------------------------
+
+    def add_schedules_row(self, schedules: "Schedules") -> None:
+        """A row for the schedules (schedules.py), below the others: did each fire, and when."""
+        from batch_celery_container import schedule_sender as sender
+
+        fields = ", ".join((sender.SCHEDULE, "task", "task_id", "queue", "scheduled_time", sender.LAG_SECONDS))
+        last_fires = cloudwatch.LogQueryWidget(
+            title="schedules: last fires (task messages sent)",
+            log_group_names=[schedules.log_group.log_group_name],
+            query_lines=[f"fields @timestamp, {fields}", f'filter sender = "{sender.RECORD_MARKER}"',
+                         "sort @timestamp desc", "limit 20"],
+            view=cloudwatch.LogQueryVisualizationType.TABLE,
+            width=12, height=HEIGHT,
+        )
+        sent = cloudwatch.GraphWidget(
+            title="schedules: tasks sent",
+            left=[cloudwatch.Metric(namespace=self.namespace, metric_name=sender.SENT,
+                                    dimensions_map={sender.SCHEDULE: name}, period=MINUTE,
+                                    statistic=cloudwatch.Stats.SUM, label=name)
+                  for name in schedules.schedules],
+            width=6, height=HEIGHT,
+        )
+        failures = cloudwatch.GraphWidget(
+            title="schedules: sender failed runs and throttles",
+            left=[schedules.function.metric_errors(period=MINUTE, statistic=cloudwatch.Stats.SUM, label="failed runs"),
+                  schedules.function.metric_throttles(period=MINUTE, statistic=cloudwatch.Stats.SUM, label="throttled")],
+            width=6, height=HEIGHT,
+        )
+        self.dashboard.add_widgets(last_fires, sent, failures)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from batch_celery_container import limits, routing
 
+from . import expressions
 from .scaler import warm
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -292,6 +293,52 @@ class PoolProps:
         return tuple(f.name for f in fields(cls))
 
 
+# The largest args + kwargs of a schedule, as JSON: they travel in the template and in every fire's
+# input; a bigger input belongs in S3, with its key in kwargs.
+MAX_SCHEDULE_INPUT_CHARS = 8192
+# A task name as Celery routes it: a task pattern (routing.py) without its glob.
+TASK_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+
+
+@dataclass(frozen=True)
+class ScheduleProps:
+    """One periodic task, sent by EventBridge Scheduler instead of ``celery beat``: at each time,
+    a Celery task message with a task id of its own goes to the queue of the pool the task routes
+    to (docs/schedules.md)."""
+
+    task: str
+    """The Celery task name, e.g. "reports.nightly"; it runs in the pool its name routes to."""
+    args: tuple[Any, ...] = ()
+    """Positional arguments (JSON values)."""
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """Keyword arguments (a JSON object)."""
+    cron: str | None = None
+    """EventBridge Scheduler cron: minutes hours day-of-month month day-of-week year, with '?' in
+    one day field, e.g. "0 2 * * ? *" (02:00 daily). Exactly one of cron and rate."""
+    rate: str | None = None
+    """Every N minutes, hours or days, e.g. "5 minutes", "1 hour". Exactly one of cron and rate."""
+    timezone: str = "UTC"
+    """IANA time zone the cron is read in (daylight saving included), e.g. "Europe/Berlin"."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.args, list):
+            object.__setattr__(self, "args", tuple(self.args))
+        if isinstance(self.kwargs, Mapping):
+            object.__setattr__(self, "kwargs", dict(self.kwargs))
+        _validate_schedule(self)
+
+    @property
+    def expression(self) -> str:
+        """The schedule expression EventBridge Scheduler takes: cron(...) or rate(...)."""
+        if self.cron is not None:
+            return expressions.cron_expression(self.cron)
+        return expressions.rate_expression(self.rate or "")
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
 @dataclass(frozen=True)
 class CeleryBatchWorkersProps:
     """The whole deployment: the pools, the network and what the pools share."""
@@ -342,6 +389,9 @@ class CeleryBatchWorkersProps:
     """Encrypt the queues, dead-letter queues, log groups, result table and alarm topic with one
     customer-managed KMS key: true creates it (rotating yearly), a key ARN uses yours. false: the
     services' own keys (SQS-managed, AWS-owned, AWS-managed), which cost nothing."""
+    schedules: Mapping[str, ScheduleProps] = field(default_factory=dict)
+    """Schedule name -> periodic task (cron or rate): EventBridge Scheduler sends each task at its
+    times to the queue of the pool it routes to, with no process running ``celery beat``."""
 
     def __post_init__(self) -> None:
         for name in ("producer_role_arns", "operator_role_arns"):
@@ -378,10 +428,16 @@ class CeleryBatchWorkersProps:
             raise SettingsError(f"pools.{second}.tasks", pattern, f"{where}; a task goes to one pool")
         object.__setattr__(self, "pools", MappingProxyType(dict(pools)))
         _validate_deployment(self)
+        _validate_schedules(self)
 
     @property
     def default_pool(self) -> str:
         return next(iter(self.pools))
+
+    def schedule_pool(self, name: str) -> str:
+        """The pool the schedule ``name``'s task routes to: routing.pool_for, the rule every
+        producer applies (a pool's ``tasks``, the default pool for the rest)."""
+        return routing.pool_for(_pool_routes(self.pools), self.schedules[name].task)
 
 
 def pascal(name: str) -> str:
@@ -655,3 +711,56 @@ def _validate_deployment(d: CeleryBatchWorkersProps) -> None:
         if not isinstance(arns, tuple) or not all(isinstance(arn, str) and ROLE_ARN.match(arn) for arn in arns):
             raise _fail(key, list(arns) if isinstance(arns, tuple) else arns,
                         'must be a list of IAM role ARNs, e.g. ["arn:aws:iam::123456789012:role/web"]')
+
+
+# --- schedules -------------------------------------------------------------------------------------
+
+
+def _pool_routes(pools: Mapping[str, PoolProps]) -> routing.Routes:
+    """The pools' routing as routing.py reads it, each pool standing for its own queue: synth
+    routes a schedule's task with the very function the producers and the filler use."""
+    return routing.Routes(
+        default_pool=next(iter(pools)), region="",
+        pools={name: routing.PoolRoute(queue_name=name, queue_url="", tasks=pool.tasks) for name, pool in pools.items()},
+    )
+
+
+def _validate_schedule(s: ScheduleProps) -> None:
+    if not isinstance(s.task, str) or not TASK_NAME.fullmatch(s.task):
+        raise _fail("task", s.task, "must be one Celery task name, not a glob (1..200 letters, digits, '_', '.', "
+                    "':', '-'), e.g. \"reports.nightly\"; it goes to the pool whose tasks match it, else the default pool")
+    if not isinstance(s.args, tuple):
+        raise _fail("args", s.args, "must be a list of JSON values, e.g. [1, \"a\"]")
+    if not isinstance(s.kwargs, dict) or not all(isinstance(key, str) for key in s.kwargs):
+        raise _fail("kwargs", s.kwargs, 'must be an object of argument name -> JSON value, e.g. {"day": "today"}')
+    for key in ("args", "kwargs"):
+        try:
+            json.dumps(getattr(s, key), allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise _fail(key, getattr(s, key), f"must hold JSON values only ({error})") from None
+    size = len(json.dumps([list(s.args), s.kwargs]))
+    if size > MAX_SCHEDULE_INPUT_CHARS:
+        raise _fail("args", f"{size} characters with kwargs",
+                    f"args and kwargs take at most {MAX_SCHEDULE_INPUT_CHARS} characters as JSON; "
+                    "put a large input in S3 and its key in kwargs")
+    if (s.cron is None) == (s.rate is None):
+        raise _fail("cron" if s.cron is not None else "rate", s.cron if s.cron is not None else s.rate,
+                    'give exactly one of cron (e.g. "0 2 * * ? *") and rate (e.g. "5 minutes")')
+    if s.cron is not None:
+        _check(s, "cron", expressions.cron_problem(s.cron))
+    else:
+        _check(s, "rate", expressions.rate_problem(s.rate))
+    _check(s, "timezone", expressions.timezone_problem(s.timezone))
+
+
+def _validate_schedules(d: CeleryBatchWorkersProps) -> None:
+    schedules = d.schedules
+    if not isinstance(schedules, Mapping):
+        raise _fail("schedules", schedules, "must be an object of schedule name -> schedule settings")
+    for name, schedule in schedules.items():
+        problem = expressions.schedule_name_problem(name)
+        if problem:
+            raise SettingsError(f"schedules.{name}", name, f"not a schedule name: {problem}")
+        if not isinstance(schedule, ScheduleProps):
+            raise SettingsError(f"schedules.{name}", schedule, "must be a ScheduleProps")
+    object.__setattr__(d, "schedules", MappingProxyType(dict(schedules)))

@@ -22,12 +22,16 @@ DEFAULT_PATH = CONTAINER_DIR.parent / ".demo" / "run.json"
 
 def write(path: Path, *, endpoint: str, region: str, outputs: Mapping[str, str],
           workers: Mapping[str, Mapping[str, int]], decisions: Mapping[str, Mapping[str, Any]],
-          failures: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+          failures: Mapping[str, Mapping[str, Any]] | None = None,
+          schedule_fires: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {"endpoint": endpoint, "region": region, "outputs": dict(outputs),
                 "workers": {pool: dict(states) for pool, states in workers.items()},
                 "decisions": {pool: dict(decision) for pool, decision in decisions.items()},
                 "failures": {pool: dict(failure) for pool, failure in (failures or {}).items()}}
+    if schedule_fires:
+        # Each schedule's last fire in the demo (EventBridge Scheduler's stand-in), for `status --local`.
+        document["schedule_fires"] = {name: dict(fire) for name, fire in schedule_fires.items()}
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".run.", suffix=".json")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:

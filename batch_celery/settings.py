@@ -20,6 +20,7 @@ from .props import (
     STACK_NAME,
     CeleryBatchWorkersProps,
     PoolProps,
+    ScheduleProps,
     SettingsError,
     describe,
 )
@@ -31,9 +32,10 @@ PREFIX = f"{CONTEXT_KEY}."
 DEFAULT_STACK_NAME = "BatchCelery"
 VPC_ID = re.compile(r"^vpc-[0-9a-f]{8}([0-9a-f]{9})?$")
 
-# Deployment-wide keys of cdk.json besides `pools`: the props' own, minus what cdk.json cannot hold
-# (a VPC object: cdk.json names one by `vpc_id`).
-DEPLOYMENT_KEYS = tuple(f.name for f in fields(CeleryBatchWorkersProps) if f.name not in ("pools", "vpc"))
+# Deployment-wide keys of cdk.json besides `pools` and `schedules` (blocks translated into props
+# objects below): the props' own, minus what cdk.json cannot hold (a VPC object: cdk.json names
+# one by `vpc_id`).
+DEPLOYMENT_KEYS = tuple(f.name for f in fields(CeleryBatchWorkersProps) if f.name not in ("pools", "vpc", "schedules"))
 STACK_KEYS = ("stack_name", "vpc_id")
 
 # Keys that have a new place, and where it is: a context that still holds one gets the line
@@ -87,7 +89,7 @@ class Settings:
                 pass
         if not isinstance(raw, Mapping):
             raise SettingsError(CONTEXT_KEY, raw, "must be a JSON object of settings")
-        known = (*STACK_KEYS, "pools", *DEPLOYMENT_KEYS)
+        known = (*STACK_KEYS, "pools", "schedules", *DEPLOYMENT_KEYS)
         for key in raw:
             if key in REPLACED_KEYS:
                 raise SettingsError(PREFIX + key, raw[key], REPLACED_KEYS[key])
@@ -109,9 +111,11 @@ class Settings:
                     raise SettingsError(PREFIX + key, raw[key], "shapes a new VPC only; remove it when vpc_id is set")
 
         pools = _pools(raw.get("pools"))
+        schedules = _schedules(raw.get("schedules"))
         try:
             props = CeleryBatchWorkersProps(
                 **({"pools": pools} if pools is not None else {}),
+                **({"schedules": schedules} if schedules is not None else {}),
                 **{key: raw[key] for key in DEPLOYMENT_KEYS if key in raw},
             )
         except SettingsError as error:
@@ -154,6 +158,32 @@ def _pools(raw: Any) -> dict[str, PoolProps] | None:
         except SettingsError as error:
             raise error.under(f"{PREFIX}pools.{name}.") from None
     return pools
+
+
+def _schedules(raw: Any) -> dict[str, ScheduleProps] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise SettingsError(PREFIX + "schedules", raw, "must be an object of schedule name -> schedule settings")
+    allowed = ScheduleProps.keys()
+    schedules = {}
+    for name, block in raw.items():
+        where = f"{PREFIX}schedules.{name}"
+        if not isinstance(block, Mapping):
+            raise SettingsError(where, block, 'must be an object, e.g. {"task": "reports.nightly", "cron": "0 2 * * ? *"}')
+        for key in block:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, list(allowed), n=1)
+                hint = f'did you mean "{close[0]}"? ' if close else ""
+                raise SettingsError(f"{where}.{key}", block[key],
+                                    f"unknown schedule setting; {hint}(allowed: {', '.join(allowed)})")
+        if "task" not in block:
+            raise SettingsError(f"{where}.task", None, 'is required: the Celery task name, e.g. "reports.nightly"')
+        try:
+            schedules[name] = ScheduleProps(**block)
+        except SettingsError as error:
+            raise error.under(f"{where}.") from None
+    return schedules
 
 
 __all__ = ["CONTEXT_KEY", "Settings", "SettingsError", "describe"]

@@ -96,6 +96,11 @@ class BatchCeleryStack(Stack):
             CfnOutput(self, routing.RESULT_TABLE_OUTPUT, value=w.results.table_name,
                       description="DynamoDB table of task results (Celery result_backend "
                                   "dynamodb://@REGION/TABLE); grant your application read access")
+        if w.schedules is not None:
+            CfnOutput(self, "Schedules", value=w.schedules.schedules_json(props.schedules),
+                      description="Periodic tasks: name -> task, pool, expression, time zone (EventBridge Scheduler)")
+            CfnOutput(self, "ScheduleSenderLogGroupName", value=w.schedules.log_group.log_group_name,
+                      description="Log group of the schedule sender (one JSON line per scheduled task sent)")
         if w.scaler is not None:
             CfnOutput(self, "ScalerFunctionName", value=w.scaler.function.function_name,
                       description="Name of the Lambda function that sizes every pool's workers")

@@ -11,6 +11,11 @@ for the pool (from its log group, the last 15 minutes). The deployed stack is fo
 cloudformation:DescribeStacks, sqs:GetQueueAttributes, batch:ListJobs, batch:DescribeJobs and
 logs:FilterLogEvents.
 
+With schedules (the ``Schedules`` output), each schedule follows: its task, pool, expression and
+time zone, and its last fire in the last 25 hours (the schedule sender's log group: the scheduled
+time, the task id, how late it was sent) with the number of fires in that window; the sender's
+log group takes logs:FilterLogEvents as the scaler's does.
+
 ``--local`` reads the run file the demo keeps up to date (``.demo/run.json``, see
 batch_celery/runfile.py): the same output names pointing at the demo's moto server, whose queues are read
 live, and the demo's worker processes and decisions in place of Batch's and the scaler's log group.
@@ -44,6 +49,8 @@ FINISHED_STATES = ("SUCCEEDED", "FAILED")
 FINISHED_WINDOW_SECONDS = 3600
 DECISION_WINDOW_SECONDS = 15 * 60
 DESCRIBE_BATCH = 100  # DescribeJobs takes at most 100 job ids.
+# A daily schedule's last fire is in this window whatever the time of day.
+SCHEDULE_WINDOW_SECONDS = 25 * 3600
 
 # Where the figures come from, and what the worker-jobs and scaler lines say about it.
 SCALER, ALARMS, LOCAL = "scaler", "alarms", "local"
@@ -70,12 +77,26 @@ class PoolStatus:
 
 
 @dataclass
+class ScheduleStatus:
+    schedule: str
+    task: str = ""
+    pool: str = ""
+    expression: str = ""
+    timezone: str = ""
+    # The newest fire's record (task_id, scheduled_time, schedule_lag_seconds, time) and the count.
+    last_fire: dict[str, Any] | None = None
+    fires: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Report:
     source: str
     """One line: which stack in which region, or which local run."""
     scaling: str
     """SCALER (decisions from its log group), ALARMS (no scaler) or LOCAL (the demo's decisions)."""
     pools: list[PoolStatus]
+    schedules: list[ScheduleStatus] = field(default_factory=list)
 
 
 # -- where the outputs come from -----------------------------------------------------------------
@@ -212,6 +233,43 @@ def last_decisions(logs: Any, log_group: str, now: float) -> dict[str | None, di
     return latest
 
 
+def schedule_statuses(outputs: Mapping[str, str]) -> list[ScheduleStatus]:
+    """The stack's schedules from its ``Schedules`` output (none without it)."""
+    if not outputs.get("Schedules"):
+        return []
+    try:
+        schedules = json.loads(outputs["Schedules"])
+    except ValueError as error:
+        raise StatusError(f"the Schedules output cannot be read: {_reason(error)}") from None
+    return [ScheduleStatus(name, **{k: str(v) for k, v in (entry or {}).items()
+                                    if k in ("task", "pool", "expression", "timezone")})
+            for name, entry in schedules.items()]
+
+
+def read_fires(logs: Any, log_group: str, statuses: Sequence[ScheduleStatus], now: float) -> None:
+    """Each schedule's newest fire and count of fires in the sender's log group (the last 25 hours)."""
+    from batch_celery_container.schedule_sender import RECORD_MARKER
+
+    by_name = {status.schedule: status for status in statuses}
+    paginator = logs.get_paginator("filter_log_events")
+    for page in paginator.paginate(logGroupName=log_group, startTime=int((now - SCHEDULE_WINDOW_SECONDS) * 1000)):
+        for event in page.get("events", []):
+            try:
+                record = json.loads(event["message"])
+            except ValueError:
+                continue  # Lambda's own START/END/REPORT lines
+            if not isinstance(record, dict) or record.get("sender") != RECORD_MARKER:
+                continue
+            status = by_name.get(record.get("schedule"))
+            if status is None:
+                continue
+            record = {k: v for k, v in record.items() if k != "_aws"}
+            record["time"] = event["timestamp"] / 1000
+            status.fires += 1
+            if record["time"] >= (status.last_fire or {}).get("time", 0):
+                status.last_fire = record
+
+
 def _decision_for(decisions: Mapping[str | None, dict[str, Any]], pool: str) -> dict[str, Any] | None:
     own, every = decisions.get(pool), decisions.get(None)
     if own and every:
@@ -256,7 +314,14 @@ def deployed_status(stack: str, region: str | None) -> Report:
             for status in statuses:
                 status.decision = _decision_for(decisions, status.pool)
     source = f"stack {stack} in {region}" + (" (alarms mode: no scaler)" if scaling == ALARMS else "")
-    return Report(source, scaling, statuses)
+    schedules = schedule_statuses(outputs)
+    if schedules and outputs.get("ScheduleSenderLogGroupName"):
+        try:
+            read_fires(client("logs"), outputs["ScheduleSenderLogGroupName"], schedules, now)
+        except Exception as error:  # noqa: BLE001
+            for schedule in schedules:
+                schedule.errors.append(f"fires: {_reason(error)}")
+    return Report(source, scaling, statuses, schedules)
 
 
 def read_local_run(run_file: Path) -> dict[str, Any]:
@@ -305,7 +370,12 @@ def local_status(run_file: Path | None = None) -> Report:
                             decision=decisions.get(pool), last_failure=run["failures"].get(pool))
         read_queues(sqs, outputs, status)
         statuses.append(status)
-    return Report(f"local run on {endpoint} (worker processes stand in for Batch jobs)", LOCAL, statuses)
+    schedules = schedule_statuses(outputs)
+    fires = run.get("schedule_fires") or {}
+    for schedule in schedules:
+        schedule.last_fire = fires.get(schedule.schedule)
+        schedule.fires = int((schedule.last_fire or {}).get("count") or 0)
+    return Report(f"local run on {endpoint} (worker processes stand in for Batch jobs)", LOCAL, statuses, schedules)
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -340,7 +410,26 @@ def render(report: Report) -> str:
             lines.append(f"  last failure at {when} ({runs} failed run{'s' if runs != 1 else ''}): "
                          f"{f.get('task')}[{str(f.get('task_id') or '')[:8]}]: {f.get('reason') or 'no reason given'}")
         lines.extend(f"  error: {error}" for error in s.errors)
+    lines.extend(_schedule_lines(report))
     return "\n".join(lines)
+
+
+def _schedule_lines(report: Report) -> list[str]:
+    lines = []
+    window = "this run" if report.scaling == LOCAL else "the last 25 hours"
+    for s in report.schedules:
+        zone = f" {s.timezone}" if s.expression.startswith("cron(") else ""
+        lines.append(f"schedule {s.schedule}: {s.task} to pool {s.pool}, {s.expression}{zone}")
+        if s.last_fire:
+            f = s.last_fire
+            when = datetime.fromtimestamp(f.get("time") or 0, timezone.utc).strftime("%H:%M:%S UTC")
+            lines.append(f"  last fire sent at {when} for {f.get('scheduled_time')} "
+                         f"(task id {str(f.get('task_id') or '')[:8]}, {float(f.get('schedule_lag_seconds') or 0):g} s "
+                         f"late); {s.fires} fire{'s' if s.fires != 1 else ''} in {window}")
+        elif not s.errors:
+            lines.append(f"  no fire in {window}")
+        lines.extend(f"  error: {error}" for error in s.errors)
+    return lines
 
 
 def as_json(report: Report) -> str:
@@ -350,7 +439,10 @@ def as_json(report: Report) -> str:
         if s.decision and "time" in s.decision:
             pool["decision"]["time_utc"] = datetime.fromtimestamp(s.decision["time"], timezone.utc).isoformat()
         pools.append(pool)
-    return json.dumps({"source": report.source, "scaling": report.scaling, "pools": pools}, indent=2, default=str)
+    document: dict[str, Any] = {"source": report.source, "scaling": report.scaling, "pools": pools}
+    if report.schedules:
+        document["schedules"] = [asdict(s) for s in report.schedules]
+    return json.dumps(document, indent=2, default=str)
 
 
 def _reason(error: BaseException) -> str:

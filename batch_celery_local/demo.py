@@ -46,7 +46,7 @@ from batch_celery_local.template import (
 from batch_celery.props import pascal
 from batch_celery.scaler.policy import workers_for_target, workers_needed, workers_to_submit
 from batch_celery.settings import CONTEXT_KEY, Settings, SettingsError
-from batch_celery_container import contract, routing
+from batch_celery_container import contract, routing, schedule_sender
 
 WORKER_SCRIPT = CONTAINER_DIR / "run_celery_worker.sh"
 FILLER = CONTAINER_DIR / "fill-batch-queue.py"
@@ -90,6 +90,8 @@ TASK_CHOICES = {
 # The default workload: a burst, a pause until every worker has left, a smaller burst. The first
 # burst wants more workers than the cap allows, the second fewer: both directions show.
 DEFAULT_BURSTS = (30, 10)
+# The schedule `--schedule` fires once: the first pool's demo task, as periodic work.
+DEMO_SCHEDULE = "demo-every-5-minutes"
 DEFAULT_SECOND_POOL_BURSTS = (8, 4)
 MAX_BURSTS = 10
 # A cap no pool reaches: what the policy would want without its pool's cap, shown beside it.
@@ -323,6 +325,7 @@ class LocalRun:
         scale_interval: float = 1.0,
         run_file: Path = runfile.DEFAULT_PATH,
         task_module: "TaskModule | None" = None,
+        schedules: dict[str, ScheduleProps] | None = None,
     ) -> None:
         self.server = server
         self.spec = spec
@@ -352,6 +355,9 @@ class LocalRun:
         self._told: dict[str, tuple[int, int]] = {}
         self.run_file = run_file
         self.task_module = task_module
+        # Schedules fired once with the first burst, as EventBridge Scheduler fires them at their times.
+        self.schedules = dict(schedules or {})
+        self.schedule_fires: dict[str, dict] = {}
         # Told each scaler decision that changes, each worker start and exit, and each burst.
         self.on_event: Callable[[str], None] = lambda line: None
         # What the run is doing, for the live view's title.
@@ -437,6 +443,29 @@ class LocalRun:
             if send.count:
                 pool = self.fill(send)
                 self.event(f"burst {number} of {bursts}: sent {send.describe()} to pool {pool}")
+        if number == 1:
+            for name in self.schedules:
+                self.fire_schedule(name)
+
+    def fire_schedule(self, name: str) -> dict:
+        """What EventBridge Scheduler does at a schedule's time, played here: hand the schedule
+        sender's real message builder the fire's input (the task and its routed pool's queue, the
+        scheduled time) and let it send the Celery message to moto's SQS."""
+        schedule = self.schedules[name]
+        pool = self.pools[routing.pool_for(routing.parse_routes(self.routes_json()), schedule.task)]
+        scheduled_time = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        record = schedule_sender.fire(self.sqs, {
+            "schedule": name, "task": schedule.task, "args": list(schedule.args), "kwargs": dict(schedule.kwargs),
+            "queue": pool.queues.name, "queue_url": pool.queues.url, "scheduled_time": scheduled_time,
+            "execution_id": f"local-{uuid.uuid4().hex[:16]}",
+        })
+        pool.sent += 1
+        pool.task_ids.add(record["task_id"])
+        count = (self.schedule_fires.get(name) or {}).get("count", 0) + 1
+        self.schedule_fires[name] = {**record, "time": time.time(), "count": count}
+        self.event(f"schedule {name} fired (EventBridge Scheduler's stand-in): "
+                   f"{schedule.task}[{record['task_id'][:8]}] to pool {pool.name}")
+        return record
 
     # -- the scaler and Batch, played locally ------------------------------------------------
 
@@ -566,6 +595,11 @@ class LocalRun:
                             f"{p}DeadLetterQueueUrl": pool.queues.dlq_url})
         if self.result_table:
             outputs["ResultTableName"] = self.result_table
+        if self.schedules:
+            outputs["Schedules"] = json.dumps({
+                name: {"task": s.task, "pool": routing.pool_for(routing.parse_routes(self.routes_json()), s.task),
+                       "expression": s.expression, "timezone": s.timezone}
+                for name, s in self.schedules.items()})
         return outputs
 
     def write_run_file(self) -> None:
@@ -586,7 +620,8 @@ class LocalRun:
                                   "reason": last.get("reason"), "count": len(runs),
                                   "time": last.get("_aws", {}).get("Timestamp", 0) / 1000}
         runfile.write(self.run_file, endpoint=self.server.endpoint, region=self.server.region,
-                      outputs=self.outputs(), workers=workers, decisions=self.decisions, failures=failures)
+                      outputs=self.outputs(), workers=workers, decisions=self.decisions, failures=failures,
+                      **({"schedule_fires": self.schedule_fires} if self.schedules else {}))
 
     def _results(self):
         """(task id, Celery's result document) of every result in the result table."""
@@ -945,6 +980,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--plain", dest="live", action="store_false", help="plain progress lines (no live view)")
     parser.add_argument("--keep", "--keep-logs", dest="keep", nargs="?", const=True, type=Path, default=None,
                         metavar="DIR", help="keep the run's folder (worker logs), in DIR if given, and say where")
+    parser.add_argument("--schedule", action="store_true",
+                        help="also fire a schedule (rate 5 minutes) of the first burst's task once, with that "
+                             "burst: the schedule sender's real message builder, standing in for EventBridge "
+                             "Scheduler")
     parser.add_argument("--run-file", type=Path, default=runfile.DEFAULT_PATH,
                         help=f"where `status --local` finds the run [{runfile.DEFAULT_PATH}]")
     args = parser.parse_args(argv)
@@ -1038,6 +1077,13 @@ def choose_task(args: argparse.Namespace, module: TaskModule | None, registered:
     return args.task, args.kwargs or {}, None
 
 
+def _demo_schedule(**settings) -> "ScheduleProps":
+    """The schedule ``--schedule`` fires, validated as synth validates a schedule of cdk.json."""
+    from batch_celery.props import ScheduleProps
+
+    return ScheduleProps(**settings)
+
+
 def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -1108,6 +1154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             messages_per_worker=args.messages_per_worker,
             run_file=args.run_file,
             task_module=module,
+            schedules=({DEMO_SCHEDULE: _demo_schedule(task=task_name, args=tuple(args.args), kwargs=task_kwargs,
+                                                      rate="5 minutes")} if args.schedule else None),
         )
         run.on_event = progress.say
         for pool in run.pools.values():
@@ -1136,7 +1184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if LAMBDA_POOL in run.pools and run.pools[LAMBDA_POOL].spec.on_lambda:
                 burst.append(Send(_at(args.lambda_pool_tasks, number), *LAMBDA_POOL_TASK))
             bursts.append(burst)
-        tasks = sum(send.count for burst in bursts for send in burst)
+        tasks = sum(send.count for burst in bursts for send in burst) + len(run.schedules)
         progress.say(
             f"{len(bursts)} burst{'s' if len(bursts) != 1 else ''} of tasks; each next one once every worker "
             "has left. Events: each scaler decision that changes (messages waiting and in flight, workers "

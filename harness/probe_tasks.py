@@ -57,6 +57,16 @@ def retry(self, tag: str = "") -> None:
     raise self.retry(exc=RuntimeError(f"probe.retry {tag} fails on purpose"))
 
 
+@shared_task(name="probe.echo", bind=True)
+def echo(self, *args, **kwargs) -> dict:
+    """Return its arguments and the schedule headers it came with (None from a plain producer
+    that sends none): two messages with the same arguments and headers give the same value."""
+    _record("done", self.request.id, "echo")
+    return {"args": list(args), "kwargs": kwargs,
+            "schedule": getattr(self.request, "batch_celery_schedule", None),
+            "scheduled_time": getattr(self.request, "batch_celery_scheduled_time", None)}
+
+
 def read_records(path: str | Path) -> list[tuple[str, str, str]]:
     """(event, task id, pid) of every line of a record file (empty if it does not exist)."""
     try:

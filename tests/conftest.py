@@ -38,6 +38,9 @@ def no_orphaned_workers(tmp_path_factory):
 OWN_SYNTH = ("test_bare_app.py", "test_checkov.py", "test_cli.py", "test_embedding.py", "test_kms.py",
              "test_network.py", "test_settings.py", "test_lambda_pool.py")
 
+# Schedules (EventBridge Scheduler, the sender Lambda) synthesize stacks of their own too.
+OWN_SYNTH += ("test_schedules.py",)
+
 
 def pytest_collection_modifyitems(config, items):
     """Under ``pytest -n`` (make test), the infrastructure tests that share the session's

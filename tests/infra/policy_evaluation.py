@@ -7,7 +7,7 @@ account needs an allow in the resource policy as well as in its own; a KMS key o
 policy must itself let the principal in), with the identity policies the template gives the
 stack's roles and stand-in identity policies for the people and applications around it.
 
-    python -m tests.infra.policy_evaluation          # prints the matrix for the four stacks
+    python -m tests.infra.policy_evaluation          # prints the matrix for the five stacks
 
 The template is environment-agnostic: its account, region and resource names are tokens, resolved
 here to ACCOUNT and REGION and to names made from the logical ids.
@@ -327,6 +327,9 @@ def principals_for(stack: StackPolicies, pool: str, pools: Iterable[str]) -> lis
     scaler = stack.roles_named("WorkersScalingScalerRole")
     if scaler:
         own.append(stack.stack_role("scaler", scaler[0]))
+    sender = stack.roles_named("WorkersSchedulesSenderRole")
+    if sender:
+        own.append(stack.stack_role("schedule sender", sender[0]))
     return [*PEOPLE, *own]
 
 
@@ -374,6 +377,7 @@ def _source_arn(service: str, account: str) -> str | None:
         "ecs-tasks.amazonaws.com": f"arn:{PARTITION}:ecs:{REGION}:{account}:task/batch-cluster/0123456789abcdef",
         "vpc-flow-logs.amazonaws.com": f"arn:{PARTITION}:ec2:{REGION}:{account}:vpc-flow-log/fl-0123456789abcdef0",
         "events.amazonaws.com": f"arn:{PARTITION}:events:{REGION}:{account}:rule/submit-workers",
+        "scheduler.amazonaws.com": f"arn:{PARTITION}:scheduler:{REGION}:{account}:schedule/default/nightly-report",
     }.get(service)
 
 
@@ -388,6 +392,10 @@ STACKS: dict[str, dict[str, Any]] = {
     # The key with nobody named but a producer of another account.
     "kms": {"kms_key": True, "producer_role_arns": [PRODUCER_OTHER]},
     "multi-pool": {"pools": THREE_POOLS},  # the session's three_pools stack
+    # Schedules on two of the three pools, with the key: the sender sends to those two only.
+    "scheduled": {"pools": THREE_POOLS, "kms_key": True, "schedules": {
+        "nightly-report": {"task": "reports.nightly", "cron": "0 2 * * ? *"},
+        "gpu-warm": {"task": "gpu.warm", "rate": "1 hour"}}},
 }
 
 

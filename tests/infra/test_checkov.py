@@ -28,6 +28,10 @@ TEMPLATES = {
                                       "scaling_mode": "alarms"},
 }
 
+# A schedule rides along in the kms template: its sender Lambda, scheduler role and schedule.
+TEMPLATES["kms-private-endpoints"] = {**TEMPLATES["kms-private-endpoints"],
+                                      "schedules": {"nightly-report": {"task": "reports.nightly", "cron": "0 2 * * ? *"}}}
+
 pytestmark = [
     pytest.mark.slow,  # a synth and a checkov run (seconds each) per template
     pytest.mark.skipif(not CHECKOV.exists(), reason="needs .venv-checkov: make test installs it"),

@@ -65,15 +65,29 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "workers": WORKERS | {"decrypt directly"},
         "scaler": SCALER,
     },
+    # The key and schedules on the default and gpu pools: the sender sends there and nowhere else
+    # (it may use the key directly through IAM, as the filler and workers may).
+    "scheduled": {
+        **{name: allowed | KEY for name, allowed in NOBODY_NAMED.items() if allowed == EVERYTHING},
+        "operator, other account": NOTHING,
+        "producer, other account": NOTHING,
+        "stranger, other account": NOTHING,
+        "filler": FILLER | {"decrypt directly"},
+        "workers": WORKERS | {"decrypt directly"},
+        "scaler": SCALER,
+        "schedule sender": {"send", "depth", "decrypt directly"},
+    },
 }
+# The pools no schedule routes to: the sender may not send there.
+UNSCHEDULED = {"scheduled": {"Arm"}}
 
 
 @pytest.fixture(scope="module")
 def stacks(default: Synth, three_pools: Synth, tmp_path_factory) -> dict[str, StackPolicies]:
-    """The four stacks: two the session already synthesized, two of this module's own."""
+    """The five stacks: two the session already synthesized, three of this module's own."""
     assert STACKS["default"] == {} and STACKS["multi-pool"] == {"pools": THREE_POOLS}
     out = {"default": default, "multi-pool": three_pools}
-    for name in ("restricted", "kms"):
+    for name in ("restricted", "kms", "scheduled"):
         out[name] = synth(tmp_path_factory.mktemp("cdk.out"), **STACKS[name])
     return {name: StackPolicies(stack.template.to_json()) for name, stack in out.items()}
 
@@ -84,7 +98,12 @@ def test_each_principal_can_do_exactly_what_its_part_needs(stacks: dict[str, Sta
     pools = pools_of(STACKS[name])
     for pool in pools:
         got = matrix(stack, pool, principals_for(stack, pool, pools), name)
-        expected = {**EXPECTED[name], **{f"workers of {other}": NOTHING for other in pools if other != pool}}
+        # Another pool's workers may not touch this pool's queues; with the key they may still
+        # use it directly, as their own queue needs (IAM grants the key, not a queue).
+        others = {"decrypt directly"} if STACKS[name].get("kms_key") else NOTHING
+        expected = {**EXPECTED[name], **{f"workers of {other}": others for other in pools if other != pool}}
+        if pool in UNSCHEDULED.get(name, ()):
+            expected["schedule sender"] = {"decrypt directly"}
         assert got.rows == expected, got.render()
 
 

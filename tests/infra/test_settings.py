@@ -418,15 +418,18 @@ def test_the_configuration_reference_lists_every_key_with_its_default() -> None:
 
     reference = (REPO / "docs" / "configuration.md").read_text()
     pools_table = reference[reference.index("### Pools"):reference.index("### Deployment settings")]
-    deployment_table = reference[reference.index("### Deployment settings"):]
+    deployment_table = reference[reference.index("### Deployment settings"):reference.index("### Schedules")]
     rows = _table_rows(pools_table)
     assert set(rows) == set(PoolProps.keys())
     for f in fields(PoolProps):
         if isinstance(f.default, int) and not isinstance(f.default, bool):
             assert f"| {f.default} |" in rows[f.name], f"{f.name}: the reference's default is not {f.default}"
     listed = set(_table_rows(deployment_table))
-    assert listed == {"pools", *STACK_KEYS, *DEPLOYMENT_KEYS}
+    assert listed == {"pools", "schedules", *STACK_KEYS, *DEPLOYMENT_KEYS}
     assert {f.name for f in fields(CeleryBatchWorkersProps)} - {"vpc"} <= listed
+    from batch_celery.props import ScheduleProps
+
+    assert set(_table_rows(reference[reference.index("### Schedules"):])) == set(ScheduleProps.keys())
 
 
 def test_the_readmes_settings_are_keys_with_their_defaults() -> None:
