@@ -1,5 +1,5 @@
 """Scaling simulator: a discrete-event model of the AWS timing that decides how fast a backlog of
-Celery tasks is drained by Batch workers and what the workers cost, run for four scaling policies
+Celery tasks is drained by Batch workers and what the workers cost, run for five scaling policies
 on the same workloads.
 
     python -m bench.scaling                 # readable table, start-latency sweep, targets
@@ -11,7 +11,10 @@ on the same workloads.
 Policies (the stack's ``scaling_mode`` values, plus two references)
     scaler  the default mode: the scaler Lambda, invoked once a minute by an EventBridge schedule,
             decides every ``scaler_poll_seconds`` (10) inside that invocation (no decision after
-            55 s), calling the real ``batch_celery.scaler.policy.workers_to_submit``. With
+            55 s), calling the real ``batch_celery.scaler.policy.workers_for_target`` (the
+            target wait, from the run times the pool reported METRICS_LAG_SECONDS after each task
+            and the start its first job took) or, with ``messages_per_worker``, the override
+            ``workers_to_submit``; warm workers for ``min_workers``. With
             ``scaler_idle_check`` "minute" (the default) an invocation whose decision finds no
             work (no message visible or in flight, no active job) ends there, unless a decision
             found work within the last ``scaler_cooldown_seconds`` (SCALER_COOLDOWN_SECONDS, 300);
@@ -28,6 +31,9 @@ Policies (the stack's ``scaling_mode`` values, plus two references)
             ceil(SLA / 60) consecutive minutes submits 1 job). Each rule fires once per transition
             into ALARM.
     seed    the original sample as-is: the two depth rules only.
+    lambda  a ``compute: "lambda"`` pool (``simulate_lambda``): no worker lifecycle; each message
+            runs in a function instance within LAMBDA_POLL_SECONDS, after a cold start when no
+            instance is warm, billed per millisecond. Only for workloads whose tasks fit.
     oracle  a lower bound: knows every arrival and starts a worker the moment a task would
             otherwise wait (capped by max_workers), with NO start latency and no metric delay.
             Tasks are served first come first served by the earliest free worker; with the equal
@@ -36,11 +42,12 @@ Policies (the stack's ``scaling_mode`` values, plus two references)
             leave by the same per-worker idle rule, so its worker-seconds are the cost of the
             fastest drain with this worker; ``busy_seconds`` (the tasks' own run time) is the floor.
 
-Every policy runs the same worker (the lifecycle script, batch_celery_container/run_celery_worker.sh),
-so the policies differ only in when workers are submitted.
+Every Batch policy runs the same worker (the lifecycle script,
+batch_celery_container/run_celery_worker.sh), so they differ only in when workers are submitted.
 
 The worker, as the lifecycle script behaves
-    Per-worker idle exit   every POLL_SECONDS (10) from its start the script asks whether its own
+    Per-worker idle exit   every POLL_SECONDS (10) from its start (the first poll at a random point
+                           of the first interval: polls are not in step with the tasks) the script asks whether its own
                            worker holds a message (running, reserved or waiting for an ETA) and, if
                            not, whether the queue shows a visible or delayed one. After IDLE_SECONDS
                            (60) of "no" without a break it drains: it stops the worker's long
@@ -89,8 +96,8 @@ Model parameters (each with its source)
                                  no decision after SCALER_LOOP_SECONDS = 55 (batch_celery/scaling.py).
     Phase                        neither the metric minute nor the schedule is aligned with the
                                  arrivals. Every policy but the oracle runs once per phase in PHASES
-                                 (0, 5, ..., 55 s: the time from t = 0 to the first metric tick and
-                                 scaler invocation); a row reports the MEAN of drain, worker-seconds
+                                 (one at a random point of each 5 s of the minute: the time from t = 0
+                                 to the first metric tick and scaler invocation); a row reports the MEAN of drain, worker-seconds
                                  and jobs over the 12 runs, the MAX of peak workers and stranded
                                  tasks, and p50/p95 waits as percentiles of the POOLED waits of all
                                  12 runs (every task once per phase).
@@ -130,9 +137,17 @@ Cost (bench/prices.py, list prices of --region, no free tier)
     --cost                       also the idle stack's monthly fixed cost per network option,
                                  itemised, counted from the stack synthesized from cdk.json.
 
+    Job status lag               the scaler reads job statuses LISTJOBS_LAG_SECONDS late (an ended worker
+                                 still listed; assumption, no documented figure), counting its own
+                                 fresh submissions at once (it remembers them, handler.REMEMBER_SECONDS).
+    Run times                    reach GetMetricData METRICS_LAG_SECONDS after a task ends (assumption).
+    API calls                    per decision: ListJobs pages, DescribeJobs, SubmitJob and array sizes,
+                                 checked against Batch's 50 calls a second (api_check; the huge workload).
+
 What the model leaves out: metric gaps after a queue has been inactive (SQS can take up to 15 min
 to resume metrics, which only hurts the alarm-driven policies), Lambda and SubmitJob latency
-(< 1 s), Fargate capacity shortages, task failures and retries, SQS's approximate counts.
+(< 1 s), Fargate capacity shortages, task failures and retries, SQS's approximate counts, a
+scaler's cold start (it forgets its memory: run times are read again, submissions listed late).
 """
 
 from __future__ import annotations
@@ -151,7 +166,8 @@ from batch_celery.scaler import handler as scaler_handler
 from batch_celery.scaler.policy import (expected_start_seconds, submission_plan, workers_for_target,
                                         workers_to_submit, workers_wanted)
 from bench import prices
-from batch_celery.props import CeleryBatchWorkersProps, PoolProps
+from batch_celery.props import (LAMBDA_MAX_TIMEOUT_SECONDS, LAMBDA_TIMEOUT_MARGIN_SECONDS, CeleryBatchWorkersProps,
+                                PoolProps)
 from batch_celery_container import limits
 
 METRIC_PERIOD_SECONDS = 60
@@ -186,7 +202,9 @@ LISTJOBS_LAG_SECONDS = 45
 LAMBDA_COLD_START_SECONDS = 2.0
 LAMBDA_KEEP_WARM_SECONDS = 300
 LAMBDA_POLL_SECONDS = 1.0
-LAMBDA_MAX_TASK_SECONDS = 900
+# The longest task a Lambda pool takes: the function's 900 s less the margin it keeps to record
+# the result (props.py).
+LAMBDA_MAX_TASK_SECONDS = LAMBDA_MAX_TIMEOUT_SECONDS - LAMBDA_TIMEOUT_MARGIN_SECONDS
 # Batch API quota: 50 transactions per second per account for SubmitJob ("AWS Batch service
 # quotas", Batch User Guide) and, per AWS re:Post ("aws-batch-requests-error"), for Batch's API
 # calls in general (DescribeJobs, ListJobs); ListJobs returns up to 100 jobs a page by default and
@@ -1140,7 +1158,7 @@ def runs_for(scenario: str, policy: str) -> bool:
         return False
     if policy == "lambda":
         longest = max((d for _, d in workload.arrivals(random.Random(0))), default=0)
-        return longest < LAMBDA_MAX_TASK_SECONDS and not workload.faults
+        return longest <= LAMBDA_MAX_TASK_SECONDS and not workload.faults
     return True
 
 
@@ -1198,7 +1216,7 @@ COLUMNS = (("scenario", "scenario"), ("policy", "policy"), ("start_seconds", "st
            ("worker_seconds", "worker-s billed"), ("busy_seconds", "busy s"), ("cost_ratio", "worker-s / busy"),
            ("peak_workers", "peak workers"), ("jobs_submitted", "jobs"), ("reruns", "reruns"),
            ("timeout_cuts", "cut by timeout"), ("stranded", "stranded"), ("cost_fargate", "$ Fargate"),
-           ("cost_fargate_spot", "$ Spot"), ("settings", "settings"))
+           ("cost_fargate_spot", "$ Spot"), ("cost_lambda", "$ Lambda"), ("settings", "settings"))
 
 # The worker every row pays for: the pool's defaults.
 WORKER_VCPUS = STACK.vcpus
@@ -1212,11 +1230,20 @@ def costs(result: Result, region: str = prices.DEFAULT_REGION) -> dict[str, floa
     def cost(spot: bool) -> float:
         return prices.worker_cost(result.worker_seconds, WORKER_VCPUS, WORKER_MEMORY_GIB, spot, region, arm=WORKER_ARM)
 
+    if result.compute == "lambda":
+        # A function of the pool's memory, billed per millisecond of its runs and cold starts, plus
+        # a request per task (the workload's tasks: one invocation each, batch size 1).
+        listed = prices.prices(region)
+        gb_second = listed.lambda_arm_gb_second if WORKER_ARM else listed.lambda_x86_gb_second
+        dollars = result.worker_seconds * WORKER_MEMORY_GIB * gb_second + result.tasks * listed.lambda_request
+        return {"region": region, "cost_fargate": None, "cost_fargate_spot": None, "cost_public_ipv4": 0.0,
+                "cost_lambda": round(dollars, 4)}
     return {
         "region": region,
         "cost_fargate": round(cost(False), 4),
         "cost_fargate_spot": None if WORKER_ARM else round(cost(True), 4),
         "cost_public_ipv4": round(prices.public_ipv4_cost(result.worker_seconds, region), 4),
+        "cost_lambda": None,
     }
 
 
@@ -1401,7 +1428,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy", action="append", choices=list(POLICIES), help="repeatable; default all")
     defaults = Params()
     parser.add_argument("--messages-per-worker", type=_positive("--messages-per-worker", 1),
-                        default=defaults.messages_per_worker, help="acceptable backlog per worker (default %(default)s)")
+                        default=defaults.messages_per_worker,
+                        help="the override: a fixed backlog per worker instead of the target wait (default: none)")
+    parser.add_argument("--target-wait", type=_positive("--target-wait", 10), default=defaults.target_wait_seconds,
+                        help="target_wait_seconds: every waiting task started within it (default %(default)s)")
+    parser.add_argument("--min-workers", type=_positive("--min-workers", 0), default=defaults.min_workers,
+                        help="warm workers kept all the time (default %(default)s)")
+    parser.add_argument("--listjobs-lag", type=_positive("--listjobs-lag", 0), default=defaults.listjobs_lag_seconds,
+                        help="seconds job statuses are read late (an assumption; default %(default)s)")
     parser.add_argument("--max-workers", type=_positive("--max-workers", 1), default=defaults.max_workers,
                         help="cap = compute environment max vCPUs / vCPUs per worker (default %(default)s)")
     parser.add_argument("--sla-seconds", type=_positive("--sla-seconds", 60), default=defaults.sla_seconds)
@@ -1444,6 +1478,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     params = replace(defaults, messages_per_worker=args.messages_per_worker, max_workers=args.max_workers,
+                     target_wait_seconds=args.target_wait, min_workers=args.min_workers,
+                     listjobs_lag_seconds=args.listjobs_lag,
                      sla_seconds=args.sla_seconds, idle_seconds=args.idle_seconds, poll_seconds=args.poll_seconds,
                      scaler_poll_seconds=args.scaler_poll_seconds, scaler_idle_check=args.scaler_idle_check,
                      scaler_cooldown_seconds=args.scaler_cooldown,
