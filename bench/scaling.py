@@ -1388,8 +1388,14 @@ def plot(results: list[Result], path: str, params: Params, scenario: str = "burs
     top.set_ylabel("backlog (visible + in flight)")
     bottom.set_ylabel("workers (starting or running)")
     bottom.set_xlabel("minutes since the burst (phase 0)")
-    top.set_title(f"{scenario}: {WORKLOADS[scenario].description}; max_workers {params.max_workers}, "
-                  f"messages_per_worker {params.messages_per_worker}", fontsize=10)
+    sizing = (f"messages_per_worker {params.messages_per_worker}" if params.messages_per_worker
+              else f"target wait {params.target_wait_seconds} s")
+    top.set_title(f"{scenario}: {WORKLOADS[scenario].description}; max_workers {params.max_workers}, {sizing}",
+                  fontsize=10)
+    # Up to the slowest drain and its workers' exits, not the horizon the quiet scaler runs on to.
+    drained = [r.drain_seconds for r in chosen if r.drain_seconds is not None]
+    if drained:
+        bottom.set_xlim(0, (max(drained) + 300) / 60)
     top.legend()
     top.grid(alpha=0.3)
     bottom.grid(alpha=0.3)
@@ -1529,7 +1535,8 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print(prices.idle_table(idle, markdown=args.markdown))
     if args.plot:
-        plot_results = [simulate("burst-1000x30s", p, params, phase=0) for p in policies]
+        # The Lambda policy has no worker fleet to draw.
+        plot_results = [simulate("burst-1000x30s", p, params, phase=0) for p in policies if p != "lambda"]
         plot(plot_results, args.plot, params)
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0

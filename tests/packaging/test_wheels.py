@@ -174,7 +174,7 @@ def test_bare_cdk_app_outside_the_checkout_synthesizes_with_the_installed_constr
     assert len(scaler) == 1, lambdas
     shipped = sorted(str(p.relative_to(scaler[0])) for p in scaler[0].rglob("*") if p.is_file())
     assert shipped == ["batch_celery/__init__.py", "batch_celery/scaler/__init__.py", "batch_celery/scaler/handler.py",
-                       "batch_celery/scaler/policy.py", "batch_celery_container/contract.py",
+                       "batch_celery/scaler/policy.py", "batch_celery/scaler/warm.py", "batch_celery_container/contract.py",
                        "batch_celery_container/emf.py"], shipped
 
 
