@@ -559,6 +559,7 @@ class Simulation:
         self.last_work: float | None = None      # the scaler's last decision that found work
         self.rng = random.Random(f"{params.seed}:{phase}")   # the workers' poll offsets
         self.active_parents = 0
+        self.warm_active = 0      # active children of warm jobs (handler: jobs named <job name>-warm)
         self.started = False      # a job reached RUNNING: the scaler knows the pool's start (handler.learned_start)
         self.ended: deque[tuple[float, Job]] = deque()    # children's ends, for the ListJobs lag
         self.reported: deque[tuple[float, float]] = deque()  # (end, run time), not yet in metrics
@@ -608,6 +609,7 @@ class Simulation:
         for size in submission_plan(workers):
             job = Job(self.now, size, size, warm)
             self.active_parents += 1
+            self.warm_active += size if warm else 0
             for _ in range(size):
                 self.jobs_submitted += 1
                 self.jobs_pending += 1
@@ -746,6 +748,7 @@ class Simulation:
             self.schedule(self.now + self.params.batch_schedule_seconds, RUNNABLE, (worker.job, worker.attempt + 1))
         elif worker.job is not None:
             worker.job.active -= 1
+            self.warm_active -= worker.job.warm
             self.active_parents -= worker.job.active == 0
             self.ended.append((self.now, worker.job))
         self.place()
@@ -871,13 +874,14 @@ class Simulation:
         warm_new = 0
         if p.min_workers:
             # handler.scale: at least min_workers; the ones started for that alone are warm.
+            # handler.scale tells its warm jobs by name: a worker started for the backlog is not one.
             target = min(p.min_workers, p.max_workers)
-            warm_new = max(0, target - max(active, active + deficit))
+            warm_new = max(0, min(target - self.warm_active, p.max_workers - active - deficit))
             deficit += warm_new
         self.count_calls(parents, deficit)
         self.submit(deficit - warm_new)
         self.submit(warm_new, warm=True)
-        if visible or in_flight or active > min(p.min_workers, p.max_workers) or deficit:
+        if visible or in_flight or active > self.warm_active or deficit:
             self.last_work = self.now
             return True
         return p.scaler_idle_check == "loop" or (
@@ -913,6 +917,7 @@ class Simulation:
             # Warm capacity kept while the stack was idle: up and polling at t = 0.
             job = Job(0.0, self.params.min_workers, self.params.min_workers, warm=True)
             self.active_parents += 1
+            self.warm_active += min(self.params.min_workers, self.params.max_workers)
             for _ in range(min(self.params.min_workers, self.params.max_workers)):
                 worker = Worker(placed_at=0.0, running_at=0.0, job=job)
                 self.workers.append(worker)
@@ -1332,7 +1337,7 @@ def targets(results: list[Result], swept: list[Result], params: Params) -> list[
         r, o = by["huge", "scaler"], by["huge", "oracle"]
         ratio = r.drain_seconds / o.drain_seconds
         within, figures = api_check(r, params)
-        checks.append(("huge: drain <= 1.15x oracle, every call rate within its quota", ratio <= 1.15 and within,
+        checks.append(("huge: drain <= 1.15x oracle, its calls within the poll and the quota", ratio <= 1.15 and within,
                        f"{ratio:.3f}x; {figures}"))
     for scenario in ("burst-4", "trickle"):
         if (scenario, "lambda") in by:
@@ -1354,19 +1359,20 @@ def targets(results: list[Result], swept: list[Result], params: Params) -> list[
 
 
 def api_check(result: Result, params: Params) -> tuple[bool, str]:
-    """The scaler's Batch calls in its busiest decision against the account's 50 TPS, spread over
-    the decision's CALL_SECONDS each (one call at a time), and its run time within the poll."""
+    """The scaler's Batch calls in its busiest decision. One scaler makes its calls one after
+    another, so at CALL_SECONDS a call it cannot exceed 1 / CALL_SECONDS (20) a second, under the
+    account's 50 (a quota it shares with everything else in the account). What can fail: a
+    decision that does not fit its poll interval, or an array above 10,000."""
     api = result.api
     if not api:
         return True, "no decisions"
     calls = api["batch_calls_max"]
     seconds = calls * CALL_SECONDS
-    tps = calls / max(seconds, 1.0)
-    within = tps <= BATCH_TPS_QUOTA and seconds < params.scaler_poll_seconds and api["array_max"] <= 10_000
+    within = seconds < params.scaler_poll_seconds and api["array_max"] <= 10_000
     return within, (f"busiest decision {calls:g} Batch calls ({api['listjobs_pages_max']:g} ListJobs pages, "
-                    f"{api['submit_calls_max']:g} SubmitJob, largest array {api['array_max']:g} of 10,000) "
-                    f"= {tps:.0f} calls/s at most against {BATCH_TPS_QUOTA}, about {seconds:.1f} s of "
-                    f"the {params.scaler_poll_seconds} s poll")
+                    f"{api['submit_calls_max']:g} SubmitJob, largest array {api['array_max']:g} of 10,000), "
+                    f"about {seconds:.1f} s of the {params.scaler_poll_seconds} s poll, one call at a time: at "
+                    f"most {1 / CALL_SECONDS:.0f} a second of the account's {BATCH_TPS_QUOTA}")
 
 
 def _fmt(value: float | None) -> str:

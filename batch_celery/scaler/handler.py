@@ -89,11 +89,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from batch_celery_container import contract, emf
 
 from . import warm
-from .policy import submission_plan, workers_for_target, workers_needed, workers_to_submit
+from .policy import submission_plan, workers_for_target, workers_needed
 
 # Listed in lifecycle order on purpose: a job that moves on while we page through the listings is
 # then seen again in a later status (and de-duplicated by id) instead of slipping between two.
 ACTIVE_STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
+# Workers on their way: a job (or array child) in these holds no slot yet but will.
+STARTING_STATUSES = ACTIVE_STATUSES[:-1]
 DESCRIBE_BATCH = 100  # DescribeJobs takes at most 100 job ids.
 
 # A decision must not hold up the ones after it (or the next minute's run): few, quick retries.
@@ -323,7 +325,8 @@ def queue_counts(sqs: Any, queue_url: str) -> dict[str, int]:
 
 
 def active_workers(batch: Any, job_queue: str, job_definition: str, also: Iterable[str] = (),
-                   starts: dict[str, float] | None = None) -> int:
+                   starts: dict[str, float] | None = None, tally: dict[str, int] | None = None,
+                   warm_job_name: str | None = None, known_starts: Iterable[str] = ()) -> int:
     """Workers of this job definition that are active or on their way, array children included.
 
     Parents are found with ListJobs per active status (array children are skipped there, whether
@@ -333,7 +336,10 @@ def active_workers(batch: Any, job_queue: str, job_definition: str, also: Iterab
     ``also`` are job ids this run submitted: counted from DescribeJobs even if ListJobs does not
     show them yet (a listing that lags a fresh submission would otherwise let the next decision,
     seconds later, submit the same workers again). ``starts`` gets, for each RUNNING job, the
-    seconds from its creation to its start (an array's: to its first child's), at no extra call.
+    seconds from its creation to its start, at no extra call; for an array (whose parent is never
+    RUNNING itself) from its creation to its first RUNNING child's start, one ListJobs call per
+    array not in ``known_starts``. ``tally`` gets ``starting`` (the active workers not yet
+    RUNNING) and ``warm`` (the active workers of jobs named ``warm_job_name``).
     """
     wanted_definition = definition_name(job_definition)
     job_ids: dict[str, None] = {}
@@ -352,13 +358,40 @@ def active_workers(batch: Any, job_queue: str, job_definition: str, also: Iterab
     job_ids.update((job_id, None) for job_id in also)
     ids = list(job_ids)
     active = 0
+    tally = {} if tally is None else tally
+    tally.update(starting=0, warm=0)
+    known = set(known_starts)
     for start in range(0, len(ids), DESCRIBE_BATCH):
         jobs = _call("batch:DescribeJobs", batch.describe_jobs, jobs=ids[start:start + DESCRIBE_BATCH])["jobs"]
         for job in jobs:
-            active += _active_in(job)
-            if starts is not None and job.get("status") == "RUNNING" and job.get("startedAt") and job.get("createdAt"):
-                starts[job["jobId"]] = max(0.0, (job["startedAt"] - job["createdAt"]) / 1000)
+            working, starting = _active_in(job)
+            active += working
+            tally["starting"] += starting
+            if warm_job_name is not None and job.get("jobName") == warm_job_name:
+                tally["warm"] += working
+            if starts is not None and job["jobId"] not in known:
+                took = _start_of(batch, job, working - starting)
+                if took is not None:
+                    starts[job["jobId"]] = took
     return active
+
+
+def _start_of(batch: Any, job: Mapping[str, Any], running: int) -> float | None:
+    """Seconds from the job's creation to its (first child's) start, or None if not started yet."""
+    created = job.get("createdAt")
+    if not created:
+        return None
+    if not (job.get("arrayProperties") or {}).get("size"):
+        started = job.get("startedAt") if job.get("status") == "RUNNING" else None
+    elif running > 0:
+        try:
+            children = _call("batch:ListJobs(array)", batch.list_jobs, arrayJobId=job["jobId"], jobStatus="RUNNING")
+        except ScalerError:
+            return None   # learned at a later decision; the start is an estimate, not a count
+        started = min((c["startedAt"] for c in children.get("jobSummaryList", []) if c.get("startedAt")), default=None)
+    else:
+        started = None
+    return None if not started else max(0.0, (started - created) / 1000)
 
 
 def is_array_child(summary: Mapping[str, Any]) -> bool:
@@ -366,17 +399,24 @@ def is_array_child(summary: Mapping[str, Any]) -> bool:
     return "index" in (summary.get("arrayProperties") or {}) or ":" in summary.get("jobId", "")
 
 
-def _active_in(job: Mapping[str, Any]) -> int:
+def _active_in(job: Mapping[str, Any]) -> tuple[int, int]:
+    """(active workers, of which not yet RUNNING) of one job or array job."""
     if job.get("status") not in ACTIVE_STATUSES:
-        return 0
+        return 0, 0
     array = job.get("arrayProperties") or {}
     size = array.get("size")
     if not size:
-        return 1
+        return 1, int(job.get("status") in STARTING_STATUSES)
     summary = array.get("statusSummary") or {}
     if not any(summary.values()):
-        return int(size)
-    return sum(int(summary.get(status, 0)) for status in ACTIVE_STATUSES)
+        return int(size), int(size)
+    return (sum(int(summary.get(status, 0)) for status in ACTIVE_STATUSES),
+            sum(int(summary.get(status, 0)) for status in STARTING_STATUSES))
+
+
+def warm_job_name(config: PoolConfig) -> str:
+    """The name of a pool's warm worker jobs: how the scaler tells them from the others."""
+    return config.job_name[:123] + "-warm"
 
 
 def submit_workers(batch: Any, config: PoolConfig, workers: int, warm_until: float | None = None) -> list[str]:
@@ -390,6 +430,7 @@ def submit_workers(batch: Any, config: PoolConfig, workers: int, warm_until: flo
         request = {"jobName": config.job_name, "jobQueue": config.job_queue, "jobDefinition": config.job_definition}
         if warm_until is not None:
             # A warm worker: no idle exit before its window ends (its take window still ends it).
+            request["jobName"] = warm_job_name(config)
             request["containerOverrides"] = {"environment": [{"name": WARM_UNTIL, "value": str(int(warm_until))}]}
         if size > 1:
             request["arrayProperties"] = {"size": size}
@@ -418,8 +459,9 @@ def _call(what: str, function: Any, **kwargs: Any) -> Any:
 
 
 # Target sizing reads the pools' reported run times at most this often per warm container, over
-# the last RECENT_SECONDS, or LEARNED_SECONDS if no task ran in those (a pool that ran its task
-# last week starts sized right); CloudWatch keeps one-hour data points for 63 days.
+# about the last RECENT_SECONDS (whole one-hour periods), or LEARNED_SECONDS if no task ran in those
+# (a pool that ran its task last week starts sized right); CloudWatch keeps one-hour data points
+# for 455 days.
 RUN_TIMES_REFRESH_SECONDS = 60
 RECENT_SECONDS = 3 * 3600
 LEARNED_SECONDS = 14 * 86_400
@@ -519,9 +561,12 @@ def scale(config: PoolConfig, sqs: Any, batch: Any, *, submit_batch: Any,
     else:
         record["target_wait_seconds"] = config.target_wait_seconds
     started: dict[str, float] = {}
+    tally: dict[str, int] = {}
     try:
         counts = queue_counts(sqs, config.queue_url)
-        active = active_workers(batch, config.job_queue, config.job_definition, also=submitted_ids, starts=started)
+        active = active_workers(batch, config.job_queue, config.job_definition, also=submitted_ids, starts=started,
+                                tally=tally, warm_job_name=warm_job_name(config) if config.min_workers else None,
+                                known_starts=list(start_samples or ()))
     except ScalerError as error:
         record.update(outcome="read_failed", level="ERROR", submitted=0,
                       error=f"{error}; submitted nothing, the next decision re-evaluates")
@@ -540,7 +585,7 @@ def scale(config: PoolConfig, sqs: Any, batch: Any, *, submit_batch: Any,
         sizing = workers_for_target(counts["visible"], counts["in_flight"], counts["delayed"], active,
                                     config.max_workers, target_wait_seconds=config.target_wait_seconds,
                                     start_seconds=start_seconds, task_seconds=task_seconds,
-                                    tasks_per_worker=config.tasks_per_worker)
+                                    tasks_per_worker=config.tasks_per_worker, starting_workers=tally["starting"])
         wanted = sizing.wanted
         record["sizing"] = {**sizing.reasons(), "start_seconds": round(start_seconds, 1),
                             "start_seconds_basis": start_basis}
@@ -550,12 +595,13 @@ def scale(config: PoolConfig, sqs: Any, batch: Any, *, submit_batch: Any,
     # beyond the backlog's) stay up until the window's end instead of their idle exit.
     warm_target, warm_end = config.warm_now(now)
     warm_target = min(warm_target, config.max_workers)
-    warm_new = max(0, warm_target - max(active, wanted))
-    wanted = max(wanted, warm_target)
-    deficit = max(0, wanted - active)
+    plain_new = max(0, wanted - active)
+    warm_new = max(0, min(warm_target - tally["warm"], config.max_workers - active - plain_new))
+    deficit = plain_new + warm_new
+    wanted = max(wanted, active + deficit)
     record.update(counts, backlog=backlog, active=active, wanted=wanted, to_submit=deficit)
     if config.min_workers:
-        record["warm"] = {"min_workers": warm_target, "submitted": warm_new,
+        record["warm"] = {"min_workers": warm_target, "active": tally["warm"], "submitted": warm_new,
                           "until": None if warm_end is None else int(warm_end)}
     job_ids: list[str] = []
     submitted = 0
@@ -630,7 +676,7 @@ def found_work(record: Mapping[str, Any]) -> bool:
     flight or delayed), an active worker job beyond its warm ones, a submission, or a decision that
     failed (it saw nothing, so it cannot say the pool is idle)."""
     # Warm workers a pool keeps with nothing to do are no work to watch: one check a minute keeps them.
-    kept = (record.get("warm") or {}).get("min_workers", 0)
+    kept = (record.get("warm") or {}).get("active", 0)
     return not (record.get("outcome") == "ok" and record.get("backlog") == 0 and record.get("active", 1) <= kept
                 and record.get("submitted") == 0)
 
@@ -662,7 +708,12 @@ class Watch:
             return None, "no metrics namespace: run times unknown"
         if self.run_times is None or now - self.run_times.read_at >= RUN_TIMES_REFRESH_SECONDS:
             sized = [p.pool for p in config.pools if not p.messages_per_worker]
-            self.run_times = read_run_times(cloudwatch, config.metrics_namespace, sized, now)
+            fresh = read_run_times(cloudwatch, config.metrics_namespace, sized, now)
+            if fresh.error and self.run_times is not None:
+                # A failed read keeps what was learned (a throttle must not mean "unknown": a
+                # worker per waiting message); it is tried again at the next refresh.
+                fresh = RunTimes(self.run_times.seconds, now, fresh.error)
+            self.run_times = fresh
         times = self.run_times
         return times.seconds.get(pool), (f"run times unread: {times.error}" if times.error else None)
 

@@ -63,6 +63,11 @@ START_SECONDS = {"fargate": 60, "fargate_spot": 60, "ec2": 180, "ec2_spot": 180}
 # simulator's mixed workload (log-normal, 10 s .. 30 min) half a task gave p95 255 s for a 90 s
 # target, a whole one 79 s, for 1.32x busy time instead of 1.19x (python -m bench.scaling).
 BUSY_REMAINING = 1.0
+# A task's run time as the workers report it leaves out its message's receive, ack and result
+# write: about 0.1 s a task for one worker process on moto here (8.6 trivial tasks a second,
+# FACTS), so no task is taken as shorter than this (else a millisecond task would give one worker
+# tens of thousands of messages).
+MIN_TASK_SECONDS = 0.2
 
 
 def expected_start_seconds(compute: str) -> int:
@@ -214,6 +219,7 @@ def workers_for_target(
         per_slot_new, free_up, basis = 1, coming_slots, "unknown"
     else:
         basis = "learned"
+        task_seconds = max(task_seconds, MIN_TASK_SECONDS)
         per_slot_new = max(1, tasks_within(target_wait_seconds, start_seconds, task_seconds))
         free_up = (busy_slots * tasks_within(target_wait_seconds, task_seconds * BUSY_REMAINING, task_seconds)
                    + coming_slots * per_slot_new)

@@ -47,7 +47,13 @@ class WarmHours:
         if local.weekday() not in self.days or not self.start <= minute < self.end:
             return None
         midnight = local.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
-        return (midnight + timedelta(minutes=self.end)).replace(tzinfo=zone).timestamp()
+        end = midnight + timedelta(minutes=self.end)
+        # Whole days in a row ("sat,sun 00:00-24:00") are one window: its workers stay over midnight.
+        for _ in range(7):
+            if not (self.start == 0 and self.end == 24 * 60 and end.weekday() in self.days):
+                break
+            end += timedelta(days=1)
+        return end.replace(tzinfo=zone).timestamp()
 
 
 def parse(text: str) -> WarmHours:

@@ -1066,9 +1066,16 @@ def test_a_backlog_gets_plain_workers_beside_the_warm_ones(aws, pool, jobs_stay_
 
     record = scaler.scale(warm_pool, aws["sqs"], aws["batch"], submit_batch=aws["batch"])
 
-    # A run time unknown: a worker per waiting task; min_workers is within them, none extra.
-    assert (record["submitted"], record["warm"]["submitted"]) == (3, 0)
-    assert [_warm_until(job) for job in _jobs_in(aws["batch"], warm_pool)] == [None]
+    # A run time unknown: a worker per waiting task, and the warm one beside them: the backlog's
+    # workers leave by their idle rule once it is done, the warm one stays.
+    assert (record["submitted"], record["warm"]["submitted"]) == (4, 1)
+    jobs = {job["jobName"]: job for job in _jobs_in(aws["batch"], warm_pool)}
+    assert jobs[warm_pool.job_name]["arrayProperties"]["size"] == 3
+    assert _warm_until(jobs[warm_pool.job_name]) is None
+    assert _warm_until(jobs[scaler.warm_job_name(warm_pool)]) == str(warm.ALWAYS_EPOCH)
+    # The next decision counts the warm job by its name: no second warm worker.
+    again = scaler.scale(warm_pool, aws["sqs"], aws["batch"], submit_batch=aws["batch"])
+    assert (again["warm"]["active"], again["warm"]["submitted"]) == (1, 0)
 
 
 def test_outside_its_hours_a_pool_keeps_no_warm_worker(aws, pool, jobs_stay_active):
@@ -1096,3 +1103,53 @@ def test_pools_carry_warm_capacity_only_when_they_keep_some():
     with pytest.raises(ValueError) as rejected:
         scaler.PoolConfig.from_json(0, {**_GOOD, "min_workers": 1, "warm_hours": "weekdays"})
     assert str(rejected.value).startswith('POOLS[0] (default).warm_hours = "weekdays": must have the form')
+
+
+def test_workers_not_yet_running_are_counted_as_starting(aws, pool, jobs_stay_active):
+    sized = dataclasses.replace(pool, messages_per_worker=0)
+    _send(aws["sqs"], sized.queue_url, 3)
+    first = scaler.scale(sized, aws["sqs"], aws["batch"], submit_batch=aws["batch"])
+    _send(aws["sqs"], sized.queue_url, 2)
+
+    second = scaler.scale(sized, aws["sqs"], aws["batch"], submit_batch=aws["batch"])
+
+    # The 3 jobs are held SUBMITTED: they are starting, and each covers one waiting message (run
+    # time unknown); the 2 new messages get 2 more.
+    assert (first["submitted"], second["active"], second["sizing"]["free_up"], second["submitted"]) == (3, 3, 3, 2)
+
+
+def test_an_array_job_learns_its_start_from_its_first_running_child():
+    class Batch:
+        def list_jobs(self, **request):
+            assert request == {"arrayJobId": "parent", "jobStatus": "RUNNING"}
+            return {"jobSummaryList": [{"jobId": "parent:1", "startedAt": 1_000_050_000},
+                                       {"jobId": "parent:0", "startedAt": 1_000_045_000}]}
+
+    parent = {"jobId": "parent", "status": "PENDING", "createdAt": 1_000_000_000,
+              "arrayProperties": {"size": 2, "statusSummary": {"RUNNING": 2}}}
+
+    # The parent of an array is never RUNNING itself; its first child started 45 s after it.
+    assert scaler._start_of(Batch(), parent, running=2) == 45.0
+    assert scaler._start_of(Batch(), {**parent, "arrayProperties": {"size": 2, "statusSummary": {"RUNNABLE": 2}}},
+                            running=0) is None
+
+
+def test_a_failed_run_time_read_keeps_what_was_learned():
+    config = scaler.ScalerConfig(pools=(scaler.PoolConfig("p", "q", "jq", "jd", "jn", 0, 48),),
+                                 metrics_namespace="BatchCelery/test")
+
+    class Flaky:
+        calls = 0
+
+        def get_metric_data(self, **_):
+            Flaky.calls += 1
+            if Flaky.calls > 1:
+                raise ClientError({"Error": {"Code": "Throttling", "Message": "slow down"}}, "GetMetricData")
+            now = datetime.now(timezone.utc)
+            return {"MetricDataResults": [{"Id": "p0sum", "Timestamps": [now], "Values": [60.0]},
+                                          {"Id": "p0samplecount", "Timestamps": [now], "Values": [3.0]}]}
+
+    watch = scaler.Watch()
+    assert watch.run_time(config, "p", Flaky(), 1000.0)[0] == 20.0
+    seconds, note = watch.run_time(config, "p", Flaky(), 1000.0 + scaler.RUN_TIMES_REFRESH_SECONDS)
+    assert seconds == 20.0 and note.startswith("run times unread: cloudwatch:GetMetricData failed: Throttling")

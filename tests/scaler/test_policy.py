@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from batch_celery.scaler.policy import (submission_plan, workers_for_target, workers_needed, workers_to_submit,
+from batch_celery.scaler.policy import (MIN_TASK_SECONDS, submission_plan, workers_for_target, workers_needed,
+                                        workers_to_submit,
                                         workers_wanted)
 
 
@@ -180,3 +181,12 @@ def test_concurrency_counts_slots_not_workers():
                                 tasks_per_worker=4)
 
     assert (sizing.per_new_worker, sizing.wanted) == (8, 2)
+
+
+def test_no_task_is_taken_as_shorter_than_a_message_takes():
+    # Millisecond tasks: each message still costs its receive, ack and result write.
+    sizing = workers_for_target(100_000, 0, 0, 0, 48, target_wait_seconds=90, start_seconds=60,
+                                task_seconds=0.001)
+
+    assert sizing.task_seconds == MIN_TASK_SECONDS
+    assert sizing.per_new_worker == int(30 / MIN_TASK_SECONDS) + 1
