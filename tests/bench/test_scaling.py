@@ -337,6 +337,7 @@ def test_json_rows_carry_the_documented_keys(capsys):
                 "busy_seconds", "peak_workers", "jobs_submitted", "stranded", "phases", "start_seconds"} <= row.keys()
 
 
+@pytest.mark.slow  # every workload, the million-task one too
 def test_table_names_every_scenario_and_prints_each_target(capsys):
     assert scaling.main(["--phase", "0"]) == 0
 
@@ -371,6 +372,7 @@ def test_rejects_invalid_arguments(capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a million tasks: half a minute
 def test_a_million_tasks_drain_near_the_oracle_within_the_batch_quota():
     scaler, oracle = (scaling.simulate("huge", policy) for policy in ("scaler", "oracle"))
     within, figures = scaling.api_check(scaler, Params())

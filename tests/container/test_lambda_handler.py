@@ -27,6 +27,10 @@ from harness.lifecycle import environment, worker_env
 from harness.probe_tasks import read_events
 from tests.emf_spec import emf_lines
 
+# The queue is drained through redeliveries (a visibility window per failed receive): tens of
+# seconds of waiting, so make test-fast leaves it out.
+pytestmark = pytest.mark.slow
+
 NAMESPACE = "BatchCelery/LambdaTest"
 # The shortest visibility timeout the worker accepts: a failed message is back within it.
 VISIBILITY = 6
