@@ -123,16 +123,8 @@ class LambdaPool(Construct):
         super().__init__(scope, construct_id)
         self.name, self.props = name, props
         Tags.of(self).add(POOL_TAG, name)
-        tasks = TaskQueue(
-            self,
-            "TaskQueue",
-            visibility_timeout=Duration.seconds(props.queue_visibility_timeout_seconds),
-            retention=Duration.days(props.message_retention_days),
-            max_receive_count=props.max_receive_count,
-            dead_letter_removal_policy=dead_letter_removal_policy,
-            key=key,
-        )
-        self.queue, self.dead_letter_queue = tasks.queue, tasks.dead_letter_queue
+        self.tasks = TaskQueue.of_pool(self, props, dead_letter_removal_policy=dead_letter_removal_policy, key=key)
+        self.queue, self.dead_letter_queue = self.tasks.queue, self.tasks.dead_letter_queue
         self.log_group = logs.LogGroup(self, "FunctionLogs", retention=log_retention,
                                        removal_policy=RemovalPolicy.DESTROY, encryption_key=key)
         if key is None:
@@ -157,11 +149,8 @@ class LambdaPool(Construct):
             description=f"Celery tasks of Lambda pool {self.name}: consume its task queue, dead-letter what cannot run",
         )
         self.log_group.grant_write(role)
-        # Its own queue only, as a Batch worker: Celery retries re-publish to it; a task that used up
-        # its retries or cannot wait in SQS goes to its DLQ.
-        self.queue.grant_consume_messages(role)
-        self.queue.grant_send_messages(role)
-        self.dead_letter_queue.grant_send_messages(role)
+        # Its own queue only, as a Batch worker.
+        self.tasks.grant_worker(role)
         if results is not None:
             results.grant_write(role)
         return role

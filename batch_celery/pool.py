@@ -187,17 +187,8 @@ class WorkerPool(Construct):
         self.job_definition = self._job_definition()
 
     def _task_queue(self, dead_letter_removal_policy: RemovalPolicy, key: kms.IKey | None) -> None:
-        props = self.props
-        tasks = TaskQueue(
-            self,
-            "TaskQueue",
-            visibility_timeout=Duration.seconds(props.visibility_timeout_seconds),
-            retention=Duration.days(props.message_retention_days),
-            max_receive_count=props.max_receive_count,
-            dead_letter_removal_policy=dead_letter_removal_policy,
-            key=key,
-        )
-        self.queue, self.dead_letter_queue = tasks.queue, tasks.dead_letter_queue
+        self.tasks = TaskQueue.of_pool(self, self.props, dead_letter_removal_policy=dead_letter_removal_policy, key=key)
+        self.queue, self.dead_letter_queue = self.tasks.queue, self.tasks.dead_letter_queue
 
     def _job_queue(self) -> batch.JobQueue:
         return batch.JobQueue(
@@ -232,10 +223,8 @@ class WorkerPool(Construct):
             assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
             description=f"Celery workers of pool {self.name}: consume its task queue, dead-letter poison messages",
         )
-        # Its own queue only: Celery retries re-publish to it; poison messages go to its DLQ.
-        self.queue.grant_consume_messages(role)
-        self.queue.grant_send_messages(role)
-        self.dead_letter_queue.grant_send_messages(role)
+        # Its own queue only.
+        self.tasks.grant_worker(role)
         if results is not None:
             results.grant_write(role)
         return role

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy, aws_kms as kms, aws_sqs as sqs
+from aws_cdk import Duration, RemovalPolicy, aws_iam as iam, aws_kms as kms, aws_sqs as sqs
 from constructs import Construct
 
-from .props import DLQ_RETENTION_DAYS
+from .props import DLQ_RETENTION_DAYS, PoolProps
 
 
 def queue_encryption(key: kms.IKey | None) -> dict:
@@ -56,3 +56,25 @@ class TaskQueue(Construct):
                 queue=self.dead_letter_queue, max_receive_count=max_receive_count
             ),
         )
+
+    @classmethod
+    def of_pool(cls, scope: Construct, props: PoolProps, *, dead_letter_removal_policy: RemovalPolicy,
+                key: kms.IKey | None) -> "TaskQueue":
+        """A pool's queue pair from its props, Batch and Lambda pools alike."""
+        return cls(
+            scope,
+            "TaskQueue",
+            visibility_timeout=Duration.seconds(props.queue_visibility_timeout_seconds),
+            retention=Duration.days(props.message_retention_days),
+            max_receive_count=props.max_receive_count,
+            dead_letter_removal_policy=dead_letter_removal_policy,
+            key=key,
+        )
+
+    def grant_worker(self, role: iam.IGrantable) -> None:
+        """What whatever runs the pool's tasks needs, and no more: consume its own queue, send to
+        it (Celery retries re-publish there) and to its dead-letter queue (a task that used up its
+        retries, or that cannot wait in SQS)."""
+        self.queue.grant_consume_messages(role)
+        self.queue.grant_send_messages(role)
+        self.dead_letter_queue.grant_send_messages(role)

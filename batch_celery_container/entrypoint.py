@@ -50,15 +50,23 @@ def job_environment(environ: dict[str, str] | None = None, cwd: str | None = Non
     return env
 
 
+def _help_or_version(command: str, usage: str, argv: list[str]) -> int | None:
+    """``--help`` and ``--version`` of an entry point (their exit status), or None for the rest."""
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0
+    if argv and argv[0] == "--version":
+        print(f"{command} {__version__}")
+        return 0
+    return None
+
+
 def worker(argv: list[str] | None = None) -> int:
     """``batch-celery-worker``: exec the lifecycle script (it becomes the job's main process)."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("-h", "--help"):
-        print(WORKER_USAGE)
-        return 0
-    if argv and argv[0] == "--version":
-        print(f"batch-celery-worker {__version__}")
-        return 0
+    answered = _help_or_version("batch-celery-worker", WORKER_USAGE, argv)
+    if answered is not None:
+        return answered
     if argv:
         print(f"batch-celery-worker: takes no arguments (got {argv[0]!r}); the job's environment "
               "configures it (batch-celery-worker --help)", file=sys.stderr)
@@ -87,12 +95,9 @@ def lambda_(argv: list[str] | None = None) -> int:
     """``batch-celery-lambda``: exec the Lambda runtime interface client on the handler, with this
     folder (the worker's modules) and the start folder (your task modules) importable."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("-h", "--help"):
-        print(LAMBDA_USAGE)
-        return 0
-    if argv and argv[0] == "--version":
-        print(f"batch-celery-lambda {__version__}")
-        return 0
+    answered = _help_or_version("batch-celery-lambda", LAMBDA_USAGE, argv)
+    if answered is not None:
+        return answered
     if len(argv) > 1 or (argv and argv[0].startswith("-")):
         print(f"batch-celery-lambda: takes one handler at most (got {' '.join(argv)!r}); "
               "see batch-celery-lambda --help", file=sys.stderr)

@@ -213,7 +213,28 @@ def api_params(headers, body: bytes) -> dict:
     return {key: values[0] for key, values in parse_qs(body.decode("utf-8", "replace")).items()}
 
 
-class ApiProxy:
+class _LocalServer:
+    """A server on 127.0.0.1 in a thread of this process: ``start()`` it (or use ``with``), ``stop()``."""
+
+    _server: "http.server.ThreadingHTTPServer | None" = None
+
+    def start(self) -> "_LocalServer":
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+class ApiProxy(_LocalServer):
     """HTTP proxy on 127.0.0.1 in front of moto: ``counts`` of forwarded and answered calls by
     action, and ``decide(action) -> None | THROTTLE | SERVER_ERROR | LOST_RESPONSE`` per call, or
     ``decide_call(action, params)`` to choose by the call's parameters (e.g. its QueueUrl).
@@ -317,24 +338,13 @@ class ApiProxy:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> "ApiProxy":
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
 
 # ---------------------------------------------------------------------------------------------
 # A container credential endpoint (what the ECS agent serves a Batch job's role from) that can fail.
 
 
-class CredentialServer:
+class CredentialServer(_LocalServer):
     """Serves AWS credentials the way a container's credential endpoint does; point a process at it
     with ``env()`` (it replaces the static keys). ``outage()`` answers every request with HTTP 500.
 
@@ -399,17 +409,6 @@ class CredentialServer:
         threading.Thread(target=self._server.serve_forever, name="credential-server", daemon=True).start()
         return self
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> "CredentialServer":
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
 
 class FailDeleteAfterSend:
