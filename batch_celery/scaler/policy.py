@@ -1,7 +1,12 @@
 """How many worker jobs to submit: pure arithmetic, no I/O, shared by the Lambda, the local run
 and the scaling simulator.
 
-**The rule.** ``wanted = min(busy + ceil((visible + delayed) / messages_per_worker), max_workers)``
+**The default: a target wait** (``workers_for_target``, below): start the workers that start every
+waiting message within the pool's ``target_wait_seconds``, from the run time its tasks reported
+and the start its jobs took (docs/scaling.md). What follows is the rule ``messages_per_worker``
+selects instead, and why it counts in-flight messages as it does (the target rule does too).
+
+**The override rule.** ``wanted = min(busy + ceil((visible + delayed) / messages_per_worker), max_workers)``
 with ``busy = min(ceil(in_flight / tasks_per_worker), active_workers)``; submit ``wanted - active``.
 In words: every in-flight message holds a worker until it is acked, and every
 ``messages_per_worker`` messages that nobody holds yet get a worker that holds nothing (idle, or
